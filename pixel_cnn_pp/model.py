@@ -1,0 +1,194 @@
+"""The PixelCNN++ network (the official pixel_cnn_pp/model.py model_spec)."""
+
+import tensorflow as tf
+import keras
+
+from pixel_cnn_pp import nn
+
+ENERGY_DISTANCE_SAMPLES = 10
+
+
+class PixelCNNPP(keras.Model):
+    """PixelCNN++ as a Keras model: model(x, h=None, training=False, init=False) maps
+    images x (B,H,W,C) in [-1, 1], C = 3 or 1, H and W divisible by 4, to the
+    parameters of a discretized logistic mixture per pixel (B,H,W,10*nr_logistic_mix
+    for RGB, 3*nr_logistic_mix for grayscale), or with energy_distance=True to a list
+    of 10 sample images. h is an optional (B, K) conditioning vector; training=True
+    applies dropout; init=True runs the data-dependent initialisation on this batch.
+
+    Sub-layers are created in the order model_spec calls them and named as its
+    variable scopes (conv2d_N, dense_N, deconv2d_N, conditional_weights_N), which
+    `official_variables()` exposes and the official-checkpoint loader relies on.
+    """
+
+    def __init__(self, nr_resnet=5, nr_filters=160, nr_logistic_mix=10,
+                 resnet_nonlinearity='concat_elu', dropout_p=0.5, energy_distance=False, **kwargs):
+        super().__init__(**kwargs)
+        if resnet_nonlinearity not in nn.NONLINEARITIES:
+            raise ValueError('resnet_nonlinearity must be one of %s, got %r'
+                             % (sorted(nn.NONLINEARITIES), resnet_nonlinearity))
+        for arg, value in (('nr_resnet', nr_resnet), ('nr_filters', nr_filters),
+                           ('nr_logistic_mix', nr_logistic_mix)):
+            if int(value) != value or value < 1:
+                raise ValueError('%s must be a positive integer, got %r' % (arg, value))
+        if not 0. <= dropout_p < 1.:
+            raise ValueError('dropout_p must be in [0, 1), got %r' % dropout_p)
+        self.nr_resnet = nr_resnet
+        self.nr_filters = nr_filters
+        self.nr_logistic_mix = nr_logistic_mix
+        self.resnet_nonlinearity = resnet_nonlinearity
+        self.dropout_p = dropout_p
+        self.energy_distance = energy_distance
+        self.channels = None
+        self.conditional = None
+        self._counters = {}
+
+        c = self._counters
+        F = nr_filters
+
+        def resnet(conv, has_aux):
+            return nn.GatedResnet(F, conv, resnet_nonlinearity, dropout_p, c, has_aux=has_aux)
+
+        # Up pass: 3 stages of nr_resnet blocks per stream, stride-2 convs between.
+        self.u_in = nn.down_shifted_conv2d(F, (2, 3), name=nn.next_name('conv2d', c))
+        self.ul_in_down = nn.down_shifted_conv2d(F, (1, 3), name=nn.next_name('conv2d', c))
+        self.ul_in_right = nn.down_right_shifted_conv2d(F, (2, 1), name=nn.next_name('conv2d', c))
+        up_u, up_ul, down_u, down_ul, downsample, upsample = [], [], [], [], [], []
+        for stage in range(3):
+            if stage > 0:
+                downsample.append((
+                    nn.down_shifted_conv2d(F, stride=(2, 2), name=nn.next_name('conv2d', c)),
+                    nn.down_right_shifted_conv2d(F, stride=(2, 2), name=nn.next_name('conv2d', c))))
+            us, uls = [], []
+            for _ in range(nr_resnet):
+                us.append(resnet(nn.down_shifted_conv2d, False))
+                uls.append(resnet(nn.down_right_shifted_conv2d, True))
+            up_u.append(tuple(us))
+            up_ul.append(tuple(uls))
+        # Down pass: nr_resnet, then nr_resnet + 1 blocks, transposed convs between.
+        for stage in range(3):
+            if stage > 0:
+                upsample.append((
+                    nn.down_shifted_deconv2d(F, stride=(2, 2), name=nn.next_name('deconv2d', c)),
+                    nn.down_right_shifted_deconv2d(F, stride=(2, 2), name=nn.next_name('deconv2d', c))))
+            us, uls = [], []
+            for _ in range(nr_resnet + (stage > 0)):
+                us.append(resnet(nn.down_shifted_conv2d, True))
+                uls.append(resnet(nn.down_right_shifted_conv2d, True))
+            down_u.append(tuple(us))
+            down_ul.append(tuple(uls))
+        # Tuples, not lists: Keras 3 wraps lists in a type tf.train.Checkpoint skips.
+        self.up_u, self.up_ul = tuple(up_u), tuple(up_ul)
+        self.down_u, self.down_ul = tuple(down_u), tuple(down_ul)
+        self.downsample, self.upsample = tuple(downsample), tuple(upsample)
+        self.head = None
+
+    def build(self, x_shape):
+        channels = x_shape[-1]
+        if channels not in (1, 3):
+            raise ValueError('x must have 1 (grayscale) or 3 (RGB) channels, got shape %s'
+                             % (tuple(x_shape),))
+        self.channels = channels
+        c = self._counters
+        if self.energy_distance:
+            self.head = (nn.nin(64, name=nn.next_name('dense', c)),
+                         nn.nin(64, name=nn.next_name('dense', c)),
+                         nn.nin(64, name=nn.next_name('dense', c)),
+                         nn.nin(channels, init_scale=0.1, name=nn.next_name('dense', c)))
+        else:
+            self.head = (nn.nin(nn.num_mixture_params(channels) * self.nr_logistic_mix,
+                                name=nn.next_name('dense', c)),)
+
+    def _check_inputs(self, x, h):
+        if x.shape.rank != 4:
+            raise ValueError('x must be a 4-D batch of images (B, H, W, C), got shape %s' % x.shape)
+        if x.shape[-1] != self.channels:
+            raise ValueError('x must have %s channels (this model was built for them), got shape %s'
+                             % (self.channels, x.shape))
+        for axis, size in (('height', x.shape[1]), ('width', x.shape[2])):
+            if size is not None and size % 4:
+                raise ValueError('image %s must be divisible by 4 (two stride-2 downsamplings), '
+                                 'got shape %s' % (axis, x.shape))
+        if self.conditional is None:
+            self.conditional = h is not None
+        if self.conditional and h is None:
+            raise ValueError('this model was built with conditioning: pass h (B, K)')
+        if not self.conditional and h is not None:
+            raise ValueError('this model was built without conditioning: h must be None')
+        if h is not None:
+            if h.shape.rank != 2:
+                raise ValueError('h must be a (B, K) matrix, got shape %s' % h.shape)
+            if x.shape[0] is not None and h.shape[0] is not None and x.shape[0] != h.shape[0]:
+                raise ValueError('h has batch size %d but x has %d' % (h.shape[0], x.shape[0]))
+
+    def call(self, x, h=None, training=False, init=False):
+        x = tf.convert_to_tensor(x, tf.float32)
+        h = None if h is None else tf.cast(h, x.dtype)
+        self._check_inputs(x, h)
+        kw = dict(h=h, training=training, init=init)
+
+        x_pad = tf.concat([x, tf.ones_like(x[..., :1])], axis=3)  # tells image from padding
+        u_list = [nn.down_shift(self.u_in(x_pad, init=init))]
+        ul_list = [nn.down_shift(self.ul_in_down(x_pad, init=init))
+                   + nn.right_shift(self.ul_in_right(x_pad, init=init))]
+        for stage in range(3):
+            if stage > 0:
+                conv_u, conv_ul = self.downsample[stage - 1]
+                u_list.append(conv_u(u_list[-1], init=init))
+                ul_list.append(conv_ul(ul_list[-1], init=init))
+            for block_u, block_ul in zip(self.up_u[stage], self.up_ul[stage]):
+                u_list.append(block_u(u_list[-1], **kw))
+                ul_list.append(block_ul(ul_list[-1], u_list[-1], **kw))
+
+        u, ul = u_list.pop(), ul_list.pop()
+        for stage in range(3):
+            if stage > 0:
+                deconv_u, deconv_ul = self.upsample[stage - 1]
+                u, ul = deconv_u(u, init=init), deconv_ul(ul, init=init)
+            for block_u, block_ul in zip(self.down_u[stage], self.down_ul[stage]):
+                u = block_u(u, u_list.pop(), **kw)
+                ul = block_ul(ul, tf.concat([u, ul_list.pop()], axis=3), **kw)
+        assert not u_list and not ul_list
+
+        if not self.energy_distance:
+            return self.head[0](tf.nn.elu(ul), init=init)
+        f_in, f_noise, f_mid, f_out = self.head
+        f = tf.tile(f_in(tf.nn.elu(ul), init=init), [ENERGY_DISTANCE_SAMPLES, 1, 1, 1])
+        noise = tf.random.uniform(tf.concat([tf.shape(f)[:3], [4]], 0), -1., 1.)
+        f += f_noise(noise, init=init)
+        f = f_mid(nn.concat_elu(f), init=init)
+        x_sample = tf.tanh(f_out(nn.concat_elu(f), init=init))
+        return tf.split(x_sample, ENERGY_DISTANCE_SAMPLES, axis=0)
+
+    def official_variables(self):
+        """{official variable name: variable}, e.g. 'conv2d_0/V', 'conditional_weights_3/hw',
+        in the official creation order (the order of tf.trainable_variables())."""
+        if not self.built or self.channels is None:
+            raise ValueError('the model is not built yet: call it once on a batch first')
+        layers = [self.u_in, self.ul_in_down, self.ul_in_right]
+        for stage in range(3):
+            if stage > 0:
+                layers.extend(self.downsample[stage - 1])
+            for pair in zip(self.up_u[stage], self.up_ul[stage]):
+                layers.extend(pair)
+        for stage in range(3):
+            if stage > 0:
+                layers.extend(self.upsample[stage - 1])
+            for pair in zip(self.down_u[stage], self.down_ul[stage]):
+                layers.extend(pair)
+        layers.extend(self.head)
+        out = {}
+        for layer in layers:
+            if isinstance(layer, nn.GatedResnet):
+                for sub in (layer.conv1, layer.nin_aux, layer.conv2):
+                    if sub is not None:
+                        out.update(_wn_variables(sub))
+                if layer.hw is not None:
+                    out[layer.hw_name + '/hw'] = layer.hw
+            else:
+                out.update(_wn_variables(layer))
+        return out
+
+
+def _wn_variables(layer):
+    return {'%s/%s' % (layer.name, v): getattr(layer, v) for v in ('V', 'g', 'b')}

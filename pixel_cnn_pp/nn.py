@@ -1,0 +1,342 @@
+"""Layers and distribution functions of PixelCNN++ (the official pixel_cnn_pp/nn.py).
+
+Weight-normalised layers are Keras layers whose variables carry the official names
+(`V`, `g`, `b`, `hw`) and whose layer names are the official scopes (`conv2d_3`,
+`dense_0`, `deconv2d_1`, `conditional_weights_2`), so an official checkpoint maps onto
+them one to one. Calling a layer with `init=True` runs the official data-dependent
+initialisation on that batch.
+"""
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+INIT_EPS = 1e-10  # the official variance epsilon of the data-dependent init
+
+
+def int_shape(x):
+    return list(map(int, x.shape))
+
+
+def concat_elu(x):
+    """ELU of [x, -x] along the channels (official concat_elu)."""
+    return tf.nn.elu(tf.concat([x, -x], axis=-1))
+
+
+NONLINEARITIES = {'concat_elu': concat_elu, 'elu': tf.nn.elu, 'relu': tf.nn.relu}
+
+
+def log_sum_exp(x):
+    """Numerically stable log(sum(exp(x))) over the last axis."""
+    m = tf.reduce_max(x, axis=-1)
+    m2 = tf.reduce_max(x, axis=-1, keepdims=True)
+    return m + tf.math.log(tf.reduce_sum(tf.exp(x - m2), axis=-1))
+
+
+def log_prob_from_logits(x):
+    """Numerically stable log_softmax over the last axis."""
+    m = tf.reduce_max(x, axis=-1, keepdims=True)
+    return x - m - tf.math.log(tf.reduce_sum(tf.exp(x - m), axis=-1, keepdims=True))
+
+
+def num_mixture_params(channels):
+    """Outputs per mixture component: 1 logit, then per channel a mean and a log-scale,
+    plus one coupling coefficient per earlier channel (10 for RGB, 3 for grayscale)."""
+    if channels not in (1, 3):
+        raise ValueError('images must have 1 or 3 channels, got %d' % channels)
+    return 10 if channels == 3 else 3
+
+
+def _unpack_mixture(l, channels):
+    """Splits l (B,H,W,P*nr_mix) into logits (B,H,W,nr_mix) and per-channel
+    means, raw log-scales and raw coefficients (B,H,W,C,nr_mix), official layout."""
+    nr_mix = l.shape[-1] // num_mixture_params(channels)
+    logit_probs = l[..., :nr_mix]
+    per_channel = 3 if channels == 3 else 2
+    l = tf.reshape(l[..., nr_mix:], tf.concat([tf.shape(l)[:3], [channels, per_channel * nr_mix]], 0))
+    means = l[..., :nr_mix]
+    log_scales = l[..., nr_mix:2 * nr_mix]
+    coeffs = l[..., 2 * nr_mix:3 * nr_mix] if channels == 3 else None
+    return nr_mix, logit_probs, means, log_scales, coeffs
+
+
+def discretized_mix_logistic_loss(x, l, sum_all=True):
+    """Negative log-likelihood in nats of x (B,H,W,C in [-1,1], C = 3 or 1) under the
+    discretized mixture of logistics l (official discretized_mix_logistic_loss).
+    Returns a scalar if sum_all, else one value per image."""
+    x = tf.convert_to_tensor(x)
+    l = tf.convert_to_tensor(l)
+    channels = x.shape[-1]
+    nr_mix, logit_probs, means, log_scales, coeffs = _unpack_mixture(l, channels)
+    log_scales = tf.maximum(log_scales, -7.)
+    x = x[..., None] + tf.zeros_like(means)
+    if channels == 3:
+        coeffs = tf.tanh(coeffs)
+        m2 = means[:, :, :, 1, :] + coeffs[:, :, :, 0, :] * x[:, :, :, 0, :]
+        m3 = (means[:, :, :, 2, :] + coeffs[:, :, :, 1, :] * x[:, :, :, 0, :]
+              + coeffs[:, :, :, 2, :] * x[:, :, :, 1, :])
+        means = tf.stack([means[:, :, :, 0, :], m2, m3], axis=3)
+    centered_x = x - means
+    inv_stdv = tf.exp(-log_scales)
+    plus_in = inv_stdv * (centered_x + 1. / 255.)
+    cdf_plus = tf.sigmoid(plus_in)
+    min_in = inv_stdv * (centered_x - 1. / 255.)
+    cdf_min = tf.sigmoid(min_in)
+    log_cdf_plus = plus_in - tf.nn.softplus(plus_in)  # x = 0 (before scaling)
+    log_one_minus_cdf_min = -tf.nn.softplus(min_in)  # x = 255 (before scaling)
+    cdf_delta = cdf_plus - cdf_min
+    mid_in = inv_stdv * centered_x
+    log_pdf_mid = mid_in - log_scales - 2. * tf.nn.softplus(mid_in)
+    # The maximum keeps the log (and its gradient) finite in the branches tf.where
+    # does not select; where cdf_delta is tiny the density at the bin centre is used.
+    log_probs = tf.where(
+        x < -0.999, log_cdf_plus,
+        tf.where(x > 0.999, log_one_minus_cdf_min,
+                 tf.where(cdf_delta > 1e-5, tf.math.log(tf.maximum(cdf_delta, 1e-12)),
+                          log_pdf_mid - np.log(127.5))))
+    log_probs = tf.reduce_sum(log_probs, axis=3) + log_prob_from_logits(logit_probs)
+    if sum_all:
+        return -tf.reduce_sum(log_sum_exp(log_probs))
+    return -tf.reduce_sum(log_sum_exp(log_probs), axis=[1, 2])
+
+
+def mixture_noise(l, channels, seed=None):
+    """The uniform noise sample_from_discretized_mix_logistic consumes: one value per
+    component (Gumbel-max choice) and one per channel (logistic sample), drawn in
+    [1e-5, 1 - 1e-5] as the official sampler does. A seed makes it reproducible."""
+    shape = tf.shape(l)
+    nr_mix = l.shape[-1] // num_mixture_params(channels)
+    mix_shape = tf.concat([shape[:3], [nr_mix]], 0)
+    logistic_shape = tf.concat([shape[:3], [channels]], 0)
+    lo, hi = 1e-5, 1. - 1e-5
+    if seed is None:
+        return (tf.random.uniform(mix_shape, lo, hi), tf.random.uniform(logistic_shape, lo, hi))
+    seed = tf.cast(seed, tf.int64)
+    return (tf.random.stateless_uniform(mix_shape, tf.stack([seed, 0]), lo, hi),
+            tf.random.stateless_uniform(logistic_shape, tf.stack([seed, 1]), lo, hi))
+
+
+def sample_with_noise(l, channels, noise):
+    """Samples x (B,H,W,C in [-1,1]) from the mixture l given mixture_noise(...)."""
+    u_mix, u = noise
+    nr_mix, logit_probs, means, log_scales, coeffs = _unpack_mixture(l, channels)
+    sel = tf.one_hot(tf.argmax(logit_probs - tf.math.log(-tf.math.log(u_mix)), axis=3),
+                     depth=nr_mix, dtype=l.dtype)[:, :, :, None, :]
+    means = tf.reduce_sum(means * sel, axis=4)
+    log_scales = tf.maximum(tf.reduce_sum(log_scales * sel, axis=4), -7.)
+    x = means + tf.exp(log_scales) * (tf.math.log(u) - tf.math.log(1. - u))
+    x0 = tf.clip_by_value(x[..., 0], -1., 1.)
+    if channels == 1:
+        return x0[..., None]
+    coeffs = tf.reduce_sum(tf.tanh(coeffs) * sel, axis=4)
+    x1 = tf.clip_by_value(x[..., 1] + coeffs[..., 0] * x0, -1., 1.)
+    x2 = tf.clip_by_value(x[..., 2] + coeffs[..., 1] * x0 + coeffs[..., 2] * x1, -1., 1.)
+    return tf.stack([x0, x1, x2], axis=-1)
+
+
+def sample_from_discretized_mix_logistic(l, nr_mix, seed=None):
+    """One sample per pixel from the mixture l (official sample_from_discretized_mix_logistic):
+    Gumbel-max choice of the component, a logistic sample, clipping to [-1, 1] and the
+    RGB coupling. The number of channels follows from l's size and nr_mix."""
+    l = tf.convert_to_tensor(l)
+    per_mix = l.shape[-1] // nr_mix
+    if per_mix * nr_mix != l.shape[-1] or per_mix not in (10, 3):
+        raise ValueError('l has %d channels; expected 10 * nr_mix (RGB) or 3 * nr_mix '
+                         '(grayscale) with nr_mix = %d' % (l.shape[-1], nr_mix))
+    channels = 3 if per_mix == 10 else 1
+    return sample_with_noise(l, channels, mixture_noise(l, channels, seed))
+
+
+def energy_distance(x, x_sample):
+    """Energy distance between x and a list of model samples (official energy_distance)."""
+    def dist(a, b):
+        return tf.reduce_sum(tf.pow(1e-10 + tf.reduce_sum(tf.square(127.5 * (a - b)), 3), 0.75))
+    l1 = tf.add_n([dist(x, xs) for xs in x_sample]) / len(x_sample)
+    pairs = [(i, j) for i in range(len(x_sample)) for j in range(i + 1, len(x_sample))]
+    l2 = tf.add_n([dist(x_sample[i], x_sample[j]) for i, j in pairs]) / len(pairs)
+    return 2. * l1 - l2
+
+
+def _normal_init():
+    return keras.initializers.RandomNormal(0., 0.05)
+
+
+class _WeightNorm(keras.layers.Layer):
+    """Shared part of the weight-normalised layers: variables V, g = 1, b = 0, and the
+    data-dependent init g <- g * s, b <- b - m * s with s = init_scale / sqrt(var + 1e-10),
+    after which the output is recomputed with the new g and b (as in the official code)."""
+
+    def __init__(self, num_units, init_scale=1., **kwargs):
+        super().__init__(**kwargs)
+        self.num_units = num_units
+        self.init_scale = init_scale
+
+    def _add_variables(self, v_shape):
+        self.V = self.add_weight(name='V', shape=v_shape, initializer=_normal_init())
+        self.g = self.add_weight(name='g', shape=(self.num_units,), initializer='ones')
+        self.b = self.add_weight(name='b', shape=(self.num_units,), initializer='zeros')
+
+    def call(self, x, init=False):
+        out = self.apply_weights(x)
+        if init:
+            m, v = tf.nn.moments(out, axes=list(range(len(out.shape) - 1)))
+            scale = tf.debugging.check_numerics(
+                self.init_scale / tf.sqrt(v + INIT_EPS),
+                'data-dependent init of %s: the init batch gives a non-finite scale' % self.name)
+            self.g.assign(self.g * scale)
+            self.b.assign(self.b - m * scale)
+            out = self.apply_weights(x)
+        return out
+
+
+class Conv2d(_WeightNorm):
+    """Weight-normalised 2-D convolution (official conv2d). `pad` is 'SAME', 'VALID'
+    or explicit [[top, bottom], [left, right]] padding."""
+
+    def __init__(self, num_filters, filter_size=(3, 3), stride=(1, 1), pad='SAME', **kwargs):
+        super().__init__(num_filters, **kwargs)
+        self.filter_size = tuple(filter_size)
+        self.stride = tuple(stride)
+        self.pad = pad if isinstance(pad, str) else [[0, 0], list(pad[0]), list(pad[1]), [0, 0]]
+
+    def build(self, input_shape):
+        self._add_variables(self.filter_size + (input_shape[-1], self.num_units))
+
+    def apply_weights(self, x):
+        W = self.g * tf.nn.l2_normalize(self.V, [0, 1, 2])
+        return tf.nn.bias_add(tf.nn.conv2d(x, W, (1,) + self.stride + (1,), self.pad), self.b)
+
+
+class Deconv2d(_WeightNorm):
+    """Weight-normalised transposed convolution (official deconv2d); V has shape
+    filter_size + [num_filters, in_channels] and is normalised over axes [0, 1, 3]."""
+
+    def __init__(self, num_filters, filter_size=(3, 3), stride=(1, 1), pad='SAME', **kwargs):
+        super().__init__(num_filters, **kwargs)
+        self.filter_size = tuple(filter_size)
+        self.stride = tuple(stride)
+        self.pad = pad
+
+    def build(self, input_shape):
+        self._add_variables(self.filter_size + (self.num_units, input_shape[-1]))
+
+    def apply_weights(self, x):
+        s = tf.shape(x)
+        out_h, out_w = s[1] * self.stride[0], s[2] * self.stride[1]
+        if self.pad != 'SAME':
+            out_h, out_w = out_h + self.filter_size[0] - 1, out_w + self.filter_size[1] - 1
+        W = tf.reshape(self.g, [1, 1, self.num_units, 1]) * tf.nn.l2_normalize(self.V, [0, 1, 3])
+        out = tf.nn.conv2d_transpose(x, W, tf.stack([s[0], out_h, out_w, self.num_units]),
+                                     (1,) + self.stride + (1,), padding=self.pad)
+        return tf.nn.bias_add(out, self.b)
+
+
+class Dense(_WeightNorm):
+    """Weight-normalised fully connected layer (official dense) over the last axis of
+    an input of any rank; on a 4-D input it is the official nin (1x1 convolution)."""
+
+    def build(self, input_shape):
+        self._add_variables((input_shape[-1], self.num_units))
+
+    def apply_weights(self, x):
+        flat = tf.reshape(x, [-1, x.shape[-1]])
+        scaler = self.g / tf.sqrt(tf.reduce_sum(tf.square(self.V), axis=0))
+        out = tf.matmul(flat, self.V) * scaler + self.b
+        return tf.reshape(out, tf.concat([tf.shape(x)[:-1], [self.num_units]], 0))
+
+
+nin = Dense
+
+
+def down_shift(x):
+    """Shifts x one row down, filling the top row with zeros."""
+    return tf.pad(x[:, :-1], [[0, 0], [1, 0], [0, 0], [0, 0]])
+
+
+def right_shift(x):
+    """Shifts x one column right, filling the left column with zeros."""
+    return tf.pad(x[:, :, :-1], [[0, 0], [0, 0], [1, 0], [0, 0]])
+
+
+def down_shifted_conv2d(num_filters, filter_size=(2, 3), stride=(1, 1), **kwargs):
+    """Convolution that sees only rows above (and the current row), centred horizontally
+    (official down_shifted_conv2d: top padding filter_h - 1, symmetric left/right)."""
+    side = (filter_size[1] - 1) // 2
+    return Conv2d(num_filters, filter_size, stride,
+                  pad=((filter_size[0] - 1, 0), (side, side)), **kwargs)
+
+
+def down_right_shifted_conv2d(num_filters, filter_size=(2, 2), stride=(1, 1), **kwargs):
+    """Convolution that sees only pixels above and to the left
+    (official down_right_shifted_conv2d)."""
+    return Conv2d(num_filters, filter_size, stride,
+                  pad=((filter_size[0] - 1, 0), (filter_size[1] - 1, 0)), **kwargs)
+
+
+class _CroppedDeconv2d(Deconv2d):
+    """A VALID transposed convolution cropped back to stride x input size."""
+
+    def __init__(self, num_filters, filter_size, stride, crop_left, crop_right, **kwargs):
+        super().__init__(num_filters, filter_size, stride, pad='VALID', **kwargs)
+        self.crop = (crop_left, crop_right)
+
+    def call(self, x, init=False):
+        out = super().call(x, init)
+        h = tf.shape(x)[1] * self.stride[0]
+        w = tf.shape(x)[2] * self.stride[1]
+        return out[:, :h, self.crop[0]:self.crop[0] + w]
+
+
+def down_shifted_deconv2d(num_filters, filter_size=(2, 3), stride=(1, 1), **kwargs):
+    """Official down_shifted_deconv2d: keep the top rows, crop the sides evenly."""
+    return _CroppedDeconv2d(num_filters, filter_size, stride,
+                            (filter_size[1] - 1) // 2, (filter_size[1] - 1) // 2, **kwargs)
+
+
+def down_right_shifted_deconv2d(num_filters, filter_size=(2, 2), stride=(1, 1), **kwargs):
+    """Official down_right_shifted_deconv2d: keep the top-left corner."""
+    return _CroppedDeconv2d(num_filters, filter_size, stride, 0, filter_size[1] - 1, **kwargs)
+
+
+class GatedResnet(keras.layers.Layer):
+    """Official gated_resnet: x + a * sigmoid(b) where [a, b] = conv(dropout(f(conv(f(x))
+    [+ nin(f(aux))]))) [+ h @ hw]. `conv` builds the layer type (down_shifted_conv2d or
+    down_right_shifted_conv2d); the layers are created in the official call order, so
+    `counters` gives them the official names."""
+
+    def __init__(self, num_filters, conv, nonlinearity, dropout_p, counters, has_aux=False, **kwargs):
+        super().__init__(**kwargs)
+        self.num_filters = num_filters
+        self.nonlinearity = NONLINEARITIES[nonlinearity]
+        self.dropout_p = dropout_p
+        self.conv1 = conv(num_filters, name=next_name('conv2d', counters))
+        self.nin_aux = nin(num_filters, name=next_name('dense', counters)) if has_aux else None
+        self.conv2 = conv(2 * num_filters, init_scale=0.1, name=next_name('conv2d', counters))
+        self.hw_name = next_name('conditional_weights', counters)
+        self.hw = None
+
+    def build(self, x_shape, aux_shape=None, h_shape=None):
+        if h_shape is not None:
+            self.hw = self.add_weight(name='hw', shape=(h_shape[-1], 2 * self.num_filters),
+                                      initializer=_normal_init())
+
+    def call(self, x, aux=None, h=None, training=False, init=False):
+        f = self.nonlinearity
+        c1 = self.conv1(f(x), init=init)
+        if self.nin_aux is not None:
+            c1 += self.nin_aux(f(aux), init=init)
+        c1 = f(c1)
+        if training and self.dropout_p > 0:
+            c1 = tf.nn.dropout(c1, rate=self.dropout_p)
+        c2 = self.conv2(c1, init=init)
+        if h is not None:
+            c2 += tf.matmul(h, self.hw)[:, None, None, :]
+        a, b = tf.split(c2, 2, axis=3)
+        return x + a * tf.sigmoid(b)
+
+
+def next_name(layer_name, counters):
+    """The official get_name: layer_name + '_' + a per-type counter."""
+    n = counters.get(layer_name, 0)
+    counters[layer_name] = n + 1
+    return '%s_%d' % (layer_name, n)

@@ -180,9 +180,13 @@ class _WeightNorm(keras.layers.Layer):
         out = self.apply_weights(x)
         if init:
             m, v = tf.nn.moments(out, axes=list(range(len(out.shape) - 1)))
-            scale = tf.debugging.check_numerics(
-                self.init_scale / tf.sqrt(v + INIT_EPS),
-                'data-dependent init of %s: the init batch gives a non-finite scale' % self.name)
+            # The official code would scale a constant channel by 1e5 and training would
+            # then diverge; a constant or non-finite init batch is an error instead.
+            tf.debugging.assert_greater(
+                v, INIT_EPS, message='data-dependent init of %s: some output channels are constant '
+                'or not finite on the init batch; use a larger batch of real, finite images'
+                % self.name)
+            scale = self.init_scale / tf.sqrt(v + INIT_EPS)
             self.g.assign(self.g * scale)
             self.b.assign(self.b - m * scale)
             out = self.apply_weights(x)

@@ -1,0 +1,159 @@
+"""PixelCNNPP: structure, the autoregressive property, checkpointing and input errors."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import pixel_cnn_pp
+from pixel_cnn_pp import PixelCNNPP
+
+
+def small_model(**kwargs):
+    return PixelCNNPP(**dict(dict(nr_resnet=1, nr_filters=8, nr_logistic_mix=2), **kwargs))
+
+
+def images(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    return ((rng.integers(0, 256, shape) - 127.5) / 127.5).astype(np.float32)
+
+
+def test_paper_size_parameter_count():
+    model = PixelCNNPP()
+    model(tf.zeros([1, 4, 4, 3]))  # the weights do not depend on the image size
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_weights) == 53_659_080
+    assert len(model.official_variables()) == len(model.trainable_weights) == 567
+
+
+@pytest.mark.parametrize('channels, outputs', [(3, 10 * 2), (1, 3 * 2)])
+def test_output_shape_and_init(channels, outputs):
+    model = small_model()
+    x = images((4, 8, 12, channels))
+    out = model(x, init=True, training=True)
+    assert out.shape == (4, 8, 12, outputs)
+    # after the init pass the final nin's output is normalised on the init batch
+    np.testing.assert_allclose(np.asarray(out).mean(axis=(0, 1, 2)), 0., atol=1e-4)
+    np.testing.assert_allclose(np.asarray(out).var(axis=(0, 1, 2)), 1., rtol=1e-3)
+    loss = pixel_cnn_pp.nn.discretized_mix_logistic_loss(x, model(x))
+    assert np.isfinite(loss.numpy())
+
+
+def test_official_variable_names():
+    model = small_model()
+    model(images((2, 8, 8, 3)), h=tf.one_hot([1, 2], 10))
+    names = list(model.official_variables())
+    # one nin per block that takes a short-cut input: 3 ul blocks on the way up, 1 + 2 + 2 pairs
+    # on the way down, so the final nin is dense_13; every block has conditional weights
+    assert names[:6] == ['conv2d_0/V', 'conv2d_0/g', 'conv2d_0/b', 'conv2d_1/V', 'conv2d_1/g', 'conv2d_1/b']
+    assert names[-3:] == ['dense_13/V', 'dense_13/g', 'dense_13/b']
+    assert sum(n.endswith('/hw') for n in names) == 2 * (3 + 1 + 2 + 2)
+    assert 'conditional_weights_15/hw' in names and 'deconv2d_1/V' in names
+
+
+@pytest.mark.parametrize('nonlinearity', ['concat_elu', 'elu'])
+def test_autoregressive_property(nonlinearity):
+    """The logits at (i, j) depend on no input at or after (i, j) in raster order, in any
+    channel, and do depend on the pixel to the left and the one above."""
+    H = W = 8
+    model = small_model(resnet_nonlinearity=nonlinearity)
+    model(images((4, H, W, 3)), init=True)
+    # one copy of the image per output position: row b of the batch asks about pixel b
+    x = tf.constant(np.repeat(images((1, H, W, 3), seed=1), H * W, axis=0))
+    select = tf.reshape(tf.one_hot(tf.range(H * W), H * W), [H * W, H, W, 1])
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = model(x)
+        total = tf.reduce_sum(out * select * tf.random.stateless_normal(out.shape, [0, 1]))
+    grad = np.abs(tape.gradient(total, x).numpy()).sum(axis=-1).reshape(H * W, H * W)
+    order = np.arange(H * W)
+    for p in order:
+        assert np.all(grad[p, order >= p] == 0.), p
+        i, j = divmod(p, W)
+        if j > 0:
+            assert grad[p, p - 1] > 0, (i, j)
+        if i > 0:
+            assert grad[p, p - W] > 0, (i, j)
+
+
+def test_conditioning_changes_output_and_keeps_causality():
+    model = small_model()
+    x = tf.constant(images((2, 8, 8, 3)))
+    h = tf.one_hot([3, 3], 10)
+    model(x, h=h, init=True)
+    a, b = model(x, h=h), model(x, h=tf.one_hot([3, 7], 10))
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.allclose(a[1], b[1])
+
+
+def test_dropout_only_in_training():
+    model = small_model(dropout_p=0.5)
+    x = images((2, 8, 8, 3))
+    model(x, init=True)
+    np.testing.assert_array_equal(model(x), model(x))
+    assert not np.allclose(model(x, training=True), model(x))
+
+
+def test_energy_distance_head():
+    model = small_model(energy_distance=True)
+    x = images((2, 8, 8, 3))
+    samples = model(x, init=True)
+    assert len(samples) == 10 and all(s.shape == (2, 8, 8, 3) for s in samples)
+    assert all(np.all(np.abs(s) <= 1.) for s in samples)
+    assert np.isfinite(pixel_cnn_pp.nn.energy_distance(x, samples).numpy())
+    assert list(model.official_variables())[-3:] == ['dense_16/V', 'dense_16/g', 'dense_16/b']
+
+
+def test_tf_train_checkpoint_round_trip(tmp_path):
+    model = small_model()
+    x = images((2, 8, 8, 3))
+    expected = model(x, init=True)
+    path = tf.train.Checkpoint(model=model).write(str(tmp_path / 'ckpt'))
+    restored = small_model()
+    restored(x)
+    tf.train.Checkpoint(model=restored).read(path).assert_consumed()
+    np.testing.assert_array_equal(restored(x), expected)
+
+
+def test_works_in_tf_function_with_unknown_batch():
+    model = small_model()
+    x = images((3, 8, 8, 3))
+    eager = model(x, init=True)
+    fn = tf.function(lambda x: model(x), input_signature=[tf.TensorSpec([None, 8, 8, 3])])
+    np.testing.assert_allclose(fn(x), eager, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('x, h, message', [
+    (np.zeros((8, 8, 3)), None, '4-D'),
+    (np.zeros((1, 8, 8, 2)), None, '1 .grayscale. or 3 .RGB. channels'),
+    (np.zeros((1, 8, 8, 4)), None, '1 .grayscale. or 3 .RGB. channels'),
+    (np.zeros((1, 10, 8, 3)), None, 'height must be divisible by 4'),
+    (np.zeros((1, 8, 6, 3)), None, 'width must be divisible by 4'),
+    (np.zeros((2, 8, 8, 3)), np.zeros((3, 10)), 'h has batch size 3 but x has 2'),
+    (np.zeros((2, 8, 8, 3)), np.zeros((2, 10, 1)), r'h must be a \(B, K\) matrix'),
+])
+def test_bad_input_errors(x, h, message):
+    with pytest.raises(ValueError, match=message):
+        small_model()(x.astype(np.float32), h=h)
+
+
+def test_errors_after_build():
+    model = small_model()
+    model(np.zeros((1, 8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match='must have 3 channels'):
+        model(np.zeros((1, 8, 8, 1), np.float32))
+    with pytest.raises(ValueError, match='built without conditioning'):
+        model(np.zeros((1, 8, 8, 3), np.float32), h=np.zeros((1, 10), np.float32))
+    cond = small_model()
+    cond(np.zeros((1, 8, 8, 3), np.float32), h=np.zeros((1, 10), np.float32))
+    with pytest.raises(ValueError, match='built with conditioning: pass h'):
+        cond(np.zeros((1, 8, 8, 3), np.float32))
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(resnet_nonlinearity='tanh'), 'resnet_nonlinearity must be one of'),
+    (dict(nr_resnet=0), 'nr_resnet must be a positive integer'),
+    (dict(nr_filters=2.5), 'nr_filters must be a positive integer'),
+    (dict(dropout_p=1.), r'dropout_p must be in \[0, 1\)'),
+])
+def test_bad_config_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PixelCNNPP(**kwargs)

@@ -1,0 +1,166 @@
+"""Training and test data as the official data loaders give it (cifar10_data.py,
+imagenet_data.py), served through tf.data: uint8 images in memory, a fresh permutation
+of the training set every epoch from the seed, pixels scaled to [-1, 1]."""
+
+import os
+import pickle
+from typing import NamedTuple, Optional
+
+import numpy as np
+import tensorflow as tf
+
+DATA_SETS = ('cifar', 'imagenet', 'npz')
+CIFAR_DIR = os.path.join('cifar-10-python', 'cifar-10-batches-py')
+
+
+class Data(NamedTuple):
+    train_x: np.ndarray  # (N, H, W, C) uint8
+    train_y: Optional[np.ndarray]  # (N,) int32, or None without labels
+    test_x: np.ndarray
+    test_y: Optional[np.ndarray]
+    num_labels: int  # 0 without labels
+
+
+def _read_cifar_batch(path):
+    """One file of the official CIFAR-10 python layout: N x 3072 uint8 (R, G, B planes)."""
+    with open(path, 'rb') as f:
+        d = pickle.load(f, encoding='latin1')
+    x = np.asarray(d['data'], np.uint8)
+    if x.ndim != 2 or x.shape[1] != 3072:
+        raise ValueError('%s: expected a CIFAR-10 batch with data of shape (N, 3072), got %s'
+                         % (path, x.shape))
+    return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(d['labels'], np.int32)
+
+
+def load_cifar_official(data_dir):
+    """CIFAR-10 from data_dir/cifar-10-python/cifar-10-batches-py/{data_batch_1..5,
+    test_batch}, the layout the official code downloads."""
+    root = os.path.join(data_dir, CIFAR_DIR)
+    train = [_read_cifar_batch(os.path.join(root, 'data_batch_%d' % i)) for i in range(1, 6)]
+    test_x, test_y = _read_cifar_batch(os.path.join(root, 'test_batch'))
+    return Data(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
+                test_x, test_y, 10)
+
+
+def _load_tfds(name, data_dir, test_split, with_labels):
+    import tensorflow_datasets as tfds
+    splits = tfds.load(name, split=['train', test_split], data_dir=data_dir, batch_size=-1)
+    arrays = [tfds.as_numpy(s) for s in splits]
+    labels = [a['label'].astype(np.int32) if with_labels else None for a in arrays]
+    return Data(arrays[0]['image'], labels[0], arrays[1]['image'], labels[1], 10 if with_labels else 0)
+
+
+def load_npz(path):
+    """Your own images: an .npz with train_x, test_x (N, H, W, C) uint8 and optional
+    integer train_y, test_y."""
+    with np.load(path) as f:
+        for key in ('train_x', 'test_x'):
+            if key not in f:
+                raise ValueError('--data_dir=%s: the .npz has no %s (needs train_x and test_x, '
+                                 'uint8 (N, H, W, C))' % (path, key))
+        d = {k: f[k] for k in f.files}
+    labels = 'train_y' in d and 'test_y' in d
+    num_labels = int(max(d['train_y'].max(), d['test_y'].max())) + 1 if labels else 0
+    return Data(d['train_x'], d['train_y'].astype(np.int32) if labels else None,
+                d['test_x'], d['test_y'].astype(np.int32) if labels else None, num_labels)
+
+
+def load(data_set, data_dir, class_conditional=False):
+    """The Data of --data_set from --data_dir: cifar reads the official python layout if
+    data_dir holds it and otherwise tensorflow-datasets' cifar10 (downloaded into
+    data_dir on first use); imagenet is tensorflow-datasets' downsampled_imagenet/32x32
+    (no labels); npz reads your own arrays (data_dir is the .npz file)."""
+    if data_set not in DATA_SETS:
+        raise ValueError('--data_set must be one of %s, got %r' % ('|'.join(DATA_SETS), data_set))
+    if data_set == 'imagenet' and class_conditional:
+        raise ValueError('--class_conditional needs labels, and --data_set=imagenet '
+                         '(downsampled ImageNet) has none')
+    if data_set == 'npz':
+        if not os.path.isfile(data_dir):
+            raise ValueError('--data_set=npz needs --data_dir to be an .npz file; %r is not a file'
+                             % data_dir)
+        data = load_npz(data_dir)
+    elif data_set == 'cifar' and os.path.isdir(os.path.join(data_dir, CIFAR_DIR)):
+        data = load_cifar_official(data_dir)
+    else:
+        if not os.path.isdir(data_dir):
+            raise ValueError('--data_dir=%s does not exist; create it (tensorflow-datasets '
+                             'downloads %s there) or point it at your data' % (data_dir, data_set))
+        if data_set == 'cifar':
+            data = _load_tfds('cifar10', data_dir, 'test', True)
+        else:
+            data = _load_tfds('downsampled_imagenet/32x32', data_dir, 'validation', False)
+    check(data, data_set, class_conditional)
+    return data
+
+
+def check(data, data_set, class_conditional):
+    for name, x in (('train', data.train_x), ('test', data.test_x)):
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
+            raise ValueError('%s %s images must be uint8 (N, H, W, C) with C = 1 or 3, got %s %s'
+                             % (data_set, name, x.dtype, x.shape))
+        if x.shape[1] % 4 or x.shape[2] % 4:
+            raise ValueError('%s %s images are %dx%d; PixelCNN++ needs height and width divisible '
+                             'by 4' % (data_set, name, x.shape[1], x.shape[2]))
+        if len(x) == 0:
+            raise ValueError('%s has no %s images' % (data_set, name))
+    if data.train_x.shape[1:] != data.test_x.shape[1:]:
+        raise ValueError('%s train images are %s but test images are %s'
+                         % (data_set, data.train_x.shape[1:], data.test_x.shape[1:]))
+    if class_conditional and not data.num_labels:
+        raise ValueError('--class_conditional needs labels: %s has none' % data_set)
+
+
+def scale(x):
+    """uint8 [0, 255] -> float32 [-1, 1], as the official make_feed_dict."""
+    return (tf.cast(x, tf.float32) - 127.5) / 127.5
+
+
+def steps_per_epoch(num_images, global_batch):
+    """Full batches per epoch: the official loader drops the last partial batch."""
+    return num_images // global_batch
+
+
+def epoch_order(num_images, seed, epoch):
+    """The training set's order in `epoch`: a permutation fixed by (seed, epoch), so a
+    resumed run sees the same batches as an uninterrupted one."""
+    return np.random.default_rng([seed, epoch]).permutation(num_images)
+
+
+def _pipeline(x, y, index_batches, input_context, per_replica_batch):
+    """Per-replica batches (x, y, weight) for this worker from global batches of indices.
+    Worker w takes its replicas' slices of every global batch."""
+    local = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+    start = input_context.input_pipeline_id * local * per_replica_batch
+    x = tf.constant(x)
+    y = tf.constant(np.zeros(len(x), np.int32) if y is None else y)
+    ds = tf.data.Dataset.from_tensor_slices(index_batches)
+    ds = ds.map(lambda idx: idx[start:start + local * per_replica_batch]).unbatch()
+    ds = ds.map(lambda i: (scale(tf.gather(x, tf.maximum(i, 0))), tf.gather(y, tf.maximum(i, 0)),
+                           tf.cast(i >= 0, tf.float32)))
+    return ds.batch(per_replica_batch).prefetch(tf.data.AUTOTUNE)
+
+
+def train_batches(strategy, data, per_replica_batch, seed, epoch, skip=0, max_steps=None):
+    """The distributed training batches of `epoch` after the first `skip` ones, at most
+    max_steps of them."""
+    global_batch = per_replica_batch * strategy.num_replicas_in_sync
+    steps = steps_per_epoch(len(data.train_x), global_batch)
+    if max_steps:
+        steps = min(steps, max_steps)
+    order = epoch_order(len(data.train_x), seed, epoch)[:steps * global_batch]
+    index_batches = order.reshape(steps, global_batch)[skip:]
+    return strategy.distribute_datasets_from_function(
+        lambda ctx: _pipeline(data.train_x, data.train_y, index_batches, ctx, per_replica_batch))
+
+
+def test_batches(strategy, data, per_replica_batch):
+    """Every test image once, in order; the last global batch is padded with weight-0
+    copies so all replicas see full batches."""
+    global_batch = per_replica_batch * strategy.num_replicas_in_sync
+    n = len(data.test_x)
+    padded = -np.ones(-(-n // global_batch) * global_batch, np.int64)
+    padded[:n] = np.arange(n)
+    return strategy.distribute_datasets_from_function(
+        lambda ctx: _pipeline(data.test_x, data.test_y, padded.reshape(-1, global_batch), ctx,
+                              per_replica_batch))

@@ -1,0 +1,162 @@
+"""The training procedure: the official Adam and EMA, a replay of the official reference
+run, and replicas that sum like the official multi-GPU code."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pixel_cnn_pp import data as data_lib
+from pixel_cnn_pp.nn import discretized_mix_logistic_loss
+from pixel_cnn_pp.training import Adam, ExponentialMovingAverage, Trainer
+from test_official import CONFIG, FIXTURES
+
+TINY = dict(nr_resnet=1, nr_filters=8, nr_logistic_mix=2, dropout_p=0.)
+
+
+def test_adam_matches_numpy_transcription():
+    rng = np.random.default_rng(0)
+    p0 = rng.normal(size=(3, 4))
+    grads = [rng.normal(size=(3, 4)) * 10. ** rng.integers(-3, 2) for _ in range(5)]
+    params = {'w': tf.Variable(p0, dtype=tf.float32)}
+    adam = Adam(params, learning_rate=0.01, lr_decay=0.9)
+    for g in grads:
+        adam.apply_gradients({'w': tf.constant(g, tf.float32)})
+    # official nn.adam_updates, mom1 = 0.95, mom2 = 0.9995, in float64
+    p, m, v, lr = p0.copy(), 0., 0., 0.01
+    for t, g in enumerate(grads, start=1):
+        lr *= 0.9
+        m = 0.95 * m + 0.05 * g
+        v = 0.9995 * v + 0.0005 * g ** 2
+        p = p - lr * (m / (1 - 0.95 ** t)) / np.sqrt(v / (1 - 0.9995 ** t) + 1e-8)
+    np.testing.assert_allclose(params['w'].numpy(), p, rtol=1e-5, atol=1e-6)
+    assert adam.step.numpy() == 5 and adam.lr.numpy() == pytest.approx(0.01 * 0.9 ** 5, rel=1e-12)
+
+
+def test_ema_matches_numpy():
+    params = {'w': tf.Variable([1., 2.])}
+    shadows = {'w': tf.Variable([0., 0.])}
+    ema = ExponentialMovingAverage(params, shadows, decay=0.9)
+    expected = np.zeros(2)
+    for value in ([1., 2.], [3., -1.], [0.5, 0.5]):
+        params['w'].assign(value)
+        ema.apply()
+        expected = 0.9 * expected + 0.1 * np.array(value)
+    np.testing.assert_allclose(shadows['w'].numpy(), expected, rtol=1e-6)
+    ema.reset()
+    np.testing.assert_array_equal(shadows['w'].numpy(), [0.5, 0.5])
+
+
+@pytest.mark.parametrize('run', ['official_small', 'official_small_cond'])
+def test_replays_official_run(run):
+    """Init, three official Adam steps and EMA from the official starting weights reach the
+    official run's loss. The weights agree only to about lr per element: the official step
+    does not compute every gradient from the same weights (see the README), ours does."""
+    ref = dict(np.load(os.path.join(FIXTURES, run, 'ref.npz')))
+    reader = tf.train.load_checkpoint(os.path.join(FIXTURES, run, 'params_cifar.ckpt'))
+    cond = 'y' in ref
+    trainer = Trainer(tf.distribute.get_strategy(), dict(CONFIG, dropout_p=0.), (32, 32, 3),
+                      num_labels=10 if cond else 0)
+    pre = {k: ref['pre_init/model/' + k] for k in trainer.params}
+    for k, var in trainer.params.items():
+        var.assign(pre[k])
+    trainer.initialize(ref['x_init'], ref['y_init'] if cond else None)
+    for k, var in trainer.shadows.items():  # the official shadows start before the init pass
+        var.assign(pre[k])
+    y = ref['y'] if cond else np.zeros(len(ref['x']), np.int32)
+    batch = (tf.constant(ref['x']), tf.constant(y), tf.ones(len(ref['x'])))
+    for _ in range(3):
+        trainer.train_step(batch)
+    assert trainer.optimizer.step.numpy() == 3 == reader.get_tensor('Variable') - 1  # official t
+    assert trainer.optimizer.lr.numpy() == pytest.approx(1e-3 * 0.999995 ** 3, rel=1e-12)
+    h = tf.one_hot(y, 10) if cond else None
+    loss = discretized_mix_logistic_loss(ref['x'], trainer.model(ref['x'], h=h)).numpy()
+    assert loss == pytest.approx(ref['loss'], rel=1e-4)
+    for k in trainer.params:
+        gap = np.abs(reader.get_tensor('model/' + k) - trainer.params[k].numpy()).max()
+        assert gap < 2 * 3 * 1e-3  # each run moves a weight by at most 3 lr
+        # the shadows average the weights with weight 1 - 0.9995 per step
+        shadow_gap = np.abs(trainer.shadows[k].numpy() -
+                            reader.get_tensor('model/' + k + '/ExponentialMovingAverage')).max()
+        assert shadow_gap <= 3 * (1 - 0.9995) * 3e-3 + 1e-7, k
+
+
+def tiny_data(n_train=32, n_test=10, size=8, channels=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return data_lib.Data(rng.integers(0, 256, (n_train, size, size, channels), dtype=np.uint8),
+                         rng.integers(0, 10, n_train).astype(np.int32),
+                         rng.integers(0, 256, (n_test, size, size, channels), dtype=np.uint8),
+                         rng.integers(0, 10, n_test).astype(np.int32), 10)
+
+
+def first_batch(strategy, data, per_replica):
+    return next(iter(data_lib.train_batches(strategy, data, per_replica, seed=3, epoch=0)))
+
+
+def test_two_replicas_equal_one_replica_with_double_batch(one_replica, two_replicas):
+    """Losses and gradients summed over replicas, as the official code sums its GPUs'."""
+    data = tiny_data()
+    one, two = one_replica, two_replicas
+    t1 = Trainer(one, TINY, (8, 8, 3), num_labels=10)
+    t2 = Trainer(two, TINY, (8, 8, 3), num_labels=10)
+    t1.initialize(data_lib.scale(data.train_x[:8]), data.train_y[:8])
+    for k, var in t2.params.items():
+        var.assign(t1.params[k].read_value())
+    t2.ema.reset()
+    start = {k: v.numpy() for k, v in t1.params.items()}
+    loss1, _ = t1.train_step(first_batch(one, data, 8))
+    loss2, _ = t2.train_step(first_batch(two, data, 4))
+    assert loss1 == pytest.approx(loss2, rel=1e-5)
+    for k in t1.params:
+        a, b = t1.params[k].numpy(), t2.params[k].numpy()
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        for replica in t2.params[k].values:  # the mirrored copies agree
+            np.testing.assert_array_equal(replica.numpy(), b)
+    assert any(not np.allclose(start[k], t1.params[k].numpy()) for k in start)
+    assert t1.evaluate(data_lib.test_batches(one, data, 4)) == \
+        pytest.approx(t2.evaluate(data_lib.test_batches(two, data, 2)), rel=1e-5)
+
+
+def test_evaluate_counts_every_test_image_once(two_replicas):
+    """10 test images in global batches of 4: the padded last batch adds nothing."""
+    data = tiny_data()
+    strategy = two_replicas
+    trainer = Trainer(strategy, TINY, (8, 8, 3))
+    trainer.initialize(data_lib.scale(data.train_x[:8]))
+    x = data_lib.scale(data.test_x)
+    nats = discretized_mix_logistic_loss(x, trainer.ema_model(x)).numpy()
+    expected = nats / (np.log(2.) * 8 * 8 * 3 * 10)
+    assert trainer.evaluate(data_lib.test_batches(strategy, data, 2)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_nonfinite_batch_is_reported():
+    trainer = Trainer(tf.distribute.get_strategy(), TINY, (8, 8, 3))
+    x = np.zeros((2, 8, 8, 3), np.float32)
+    trainer.initialize(np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32))
+    x[1, 2, 3, 0] = np.nan
+    loss, finite = trainer.train_step((tf.constant(x), tf.zeros(2, tf.int32), tf.ones(2)))
+    assert not finite and not np.isfinite(loss)
+
+
+def test_epoch_order_is_a_seeded_permutation():
+    a = data_lib.epoch_order(100, 1, 0)
+    assert sorted(a) == list(range(100))
+    np.testing.assert_array_equal(a, data_lib.epoch_order(100, 1, 0))
+    assert not np.array_equal(a, data_lib.epoch_order(100, 1, 1))
+    assert not np.array_equal(a, data_lib.epoch_order(100, 2, 0))
+
+
+def test_train_batches_resume_where_they_stopped(two_replicas):
+    data = tiny_data(n_train=40)
+    strategy = two_replicas
+    full = [b for b in data_lib.train_batches(strategy, data, 4, seed=5, epoch=2)]
+    rest = [b for b in data_lib.train_batches(strategy, data, 4, seed=5, epoch=2, skip=3)]
+    assert len(full) == 5 and len(rest) == 2  # 40 // 8 full global batches; the rest dropped
+    for a, b in zip(full[3:], rest):
+        for ra, rb in zip(a[0].values, b[0].values):
+            np.testing.assert_array_equal(ra.numpy(), rb.numpy())
+    # the replicas' images of one global batch are the epoch's next 8, in order
+    order = data_lib.epoch_order(40, 5, 2)
+    first = np.concatenate([r.numpy() for r in full[0][0].values])
+    np.testing.assert_array_equal(first, data_lib.scale(data.train_x[order[:8]]).numpy())

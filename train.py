@@ -1,0 +1,289 @@
+"""Trains a PixelCNN++ on CIFAR-10, downsampled ImageNet or your own images: the official
+train.py on tf.distribute (one GPU, several with MirroredStrategy, several machines with
+MultiWorkerMirroredStrategy when TF_CONFIG is set). --mode=eval prints a checkpoint's
+test bits/dim.
+
+    python train.py --data_dir=data --save_dir=save            # all visible GPUs
+    python train.py --mode=eval --save_dir=save                # latest checkpoint, EMA
+    python train.py --mode=eval --tf1_checkpoint=params_cifar.ckpt
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pixel_cnn_pp import data as data_lib
+from pixel_cnn_pp import load_official_checkpoint, sampling
+from pixel_cnn_pp.training import Trainer
+
+FLAGS = flags.FLAGS
+# data I/O
+flags.DEFINE_string('data_dir', 'data', 'Location for the dataset (for --data_set=npz: the .npz file)')
+flags.DEFINE_string('save_dir', 'save', 'Location for parameter checkpoints and samples')
+flags.DEFINE_enum('data_set', 'cifar', ['cifar', 'imagenet', 'npz'],
+                  'cifar | imagenet (downsampled 32x32) | npz (your own train_x/test_x arrays)')
+flags.DEFINE_integer('save_interval', 20, 'Every how many epochs to write checkpoint/samples?')
+flags.DEFINE_boolean('load_params', False, 'Restore training from the latest checkpoint in --save_dir?')
+# model
+flags.DEFINE_integer('nr_resnet', 5, 'Number of residual blocks per stage of the model')
+flags.DEFINE_integer('nr_filters', 160, 'Number of filters to use across the model. Higher = larger model.')
+flags.DEFINE_integer('nr_logistic_mix', 10, 'Number of logistic components in the mixture.')
+flags.DEFINE_enum('resnet_nonlinearity', 'concat_elu', ['concat_elu', 'elu', 'relu'],
+                  'Which nonlinearity to use in the ResNet layers')
+flags.DEFINE_boolean('class_conditional', False, 'Condition generative model on labels?')
+flags.DEFINE_boolean('energy_distance', False, 'Use energy distance in place of likelihood')
+# optimization
+flags.DEFINE_float('learning_rate', 0.001, 'Base learning rate')
+flags.DEFINE_float('lr_decay', 0.999995, 'Learning rate decay, applied every step of the optimization')
+flags.DEFINE_integer('batch_size', 16, 'Batch size during training per GPU (replica)')
+flags.DEFINE_integer('init_batch_size', 16, 'How much data to use for data-dependent initialization.')
+flags.DEFINE_float('dropout_p', 0.5, 'Dropout strength (1 - keep_prob). 0 = no dropout.')
+flags.DEFINE_integer('max_epochs', 5000, 'How many epochs to run in total?')
+flags.DEFINE_integer('nr_gpu', None, 'Replicas: GPUs to train on (default: all visible). Without '
+                     'GPUs, N > 1 splits the CPU into N logical devices.')
+# evaluation
+flags.DEFINE_float('polyak_decay', 0.9995, 'Exponential decay rate of the sum of previous model '
+                   'iterates during Polyak averaging')
+flags.DEFINE_integer('num_samples', 1, 'How many batches of samples to output (0: none).')
+# reproducibility
+flags.DEFINE_integer('seed', 1, 'Random seed to use')
+# beyond the official flags
+flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'train, or print the test bits/dim of the '
+                  'latest checkpoint in --save_dir (or of --tf1_checkpoint)')
+flags.DEFINE_string('tf1_checkpoint', None, 'With --mode=eval: an official TF1 checkpoint '
+                    '(e.g. params_cifar.ckpt) to evaluate')
+flags.DEFINE_boolean('xla', False, 'Compile the forward and backward pass with XLA')
+flags.DEFINE_integer('max_steps_per_epoch', None, 'Cap on training steps per epoch, for quick runs')
+flags.DEFINE_integer('save_steps', 0, 'Also checkpoint every N steps within an epoch (0: only at '
+                     'the end of every --save_interval epochs, as the official code)')
+flags.DEFINE_boolean('progress', True, 'Show a progress bar with images/s and ETA')
+
+
+def check_flags():
+    for name in ('batch_size', 'init_batch_size', 'max_epochs', 'save_interval', 'nr_resnet',
+                 'nr_filters', 'nr_logistic_mix'):
+        if FLAGS[name].value < 1:
+            raise app.UsageError('--%s must be at least 1, got %d' % (name, FLAGS[name].value))
+    if FLAGS.nr_gpu is not None and FLAGS.nr_gpu < 1:
+        raise app.UsageError('--nr_gpu must be at least 1, got %d' % FLAGS.nr_gpu)
+    if not 0. <= FLAGS.dropout_p < 1.:
+        raise app.UsageError('--dropout_p must be in [0, 1), got %g' % FLAGS.dropout_p)
+    if FLAGS.data_set == 'imagenet' and FLAGS.class_conditional:
+        raise app.UsageError('--class_conditional needs labels, and --data_set=imagenet has none')
+    if FLAGS.tf1_checkpoint and FLAGS.mode != 'eval':
+        raise app.UsageError('--tf1_checkpoint is for --mode=eval')
+
+
+def make_strategy():
+    """MultiWorkerMirroredStrategy under TF_CONFIG, else MirroredStrategy over --nr_gpu GPUs
+    (or CPU devices), OneDeviceStrategy for one."""
+    if os.environ.get('TF_CONFIG'):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_physical_devices('GPU')
+    if gpus:
+        n = FLAGS.nr_gpu or len(gpus)
+        if n > len(gpus):
+            raise app.UsageError('--nr_gpu=%d but only %d GPU(s) are visible' % (n, len(gpus)))
+        devices = ['/gpu:%d' % i for i in range(n)]
+    else:
+        n = FLAGS.nr_gpu or 1
+        cpu = tf.config.list_physical_devices('CPU')[0]
+        if n > len(tf.config.get_logical_device_configuration(cpu) or [None]):
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+        devices = ['/cpu:%d' % i for i in range(n)]
+    if n == 1:  # the same procedure, with less tracing and dispatch than a 1-device mirror
+        return tf.distribute.OneDeviceStrategy(devices[0])
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def is_chief(strategy):
+    resolver = getattr(strategy, 'cluster_resolver', None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == 'chief':
+        return True
+    return resolver.task_type == 'worker' and resolver.task_id == 0 and \
+        'chief' not in resolver.cluster_spec().as_dict()
+
+
+def model_kwargs():
+    return dict(nr_resnet=FLAGS.nr_resnet, nr_filters=FLAGS.nr_filters,
+                nr_logistic_mix=FLAGS.nr_logistic_mix, resnet_nonlinearity=FLAGS.resnet_nonlinearity,
+                dropout_p=FLAGS.dropout_p, energy_distance=FLAGS.energy_distance)
+
+
+def evaluate(trainer, data, strategy):
+    if FLAGS.tf1_checkpoint:
+        load_official_checkpoint(trainer.ema_model, FLAGS.tf1_checkpoint, use_ema=True)
+        print('evaluating the EMA weights of', FLAGS.tf1_checkpoint)
+    else:
+        trainer.check_config(FLAGS.save_dir)
+        latest = tf.train.latest_checkpoint(FLAGS.save_dir)
+        if latest is None:
+            raise app.UsageError('no checkpoint in --save_dir=%s' % FLAGS.save_dir)
+        trainer.restore_ema(latest)
+        print('evaluating the EMA weights of', latest)
+    bpd = trainer.evaluate(data_lib.test_batches(strategy, data, FLAGS.batch_size))
+    print('test bits_per_dim = %.4f' % bpd)
+    return bpd
+
+
+class Run:
+    """The training loop of the official train.py, with checkpoints that resume exactly."""
+
+    def __init__(self, trainer, data, strategy):
+        self.trainer, self.data, self.strategy = trainer, data, strategy
+        self.chief = is_chief(strategy)
+        self.global_batch = FLAGS.batch_size * strategy.num_replicas_in_sync
+        # every worker of a multi-worker run must save; the others keep their (identical)
+        # latest checkpoint aside
+        task_id = getattr(getattr(strategy, 'cluster_resolver', None), 'task_id', 0)
+        ckpt_dir = FLAGS.save_dir if self.chief else os.path.join(FLAGS.save_dir, 'worker%d' % task_id)
+        self.manager = tf.train.CheckpointManager(trainer.checkpoint, ckpt_dir,
+                                                  max_to_keep=3 if self.chief else 1)
+        self.history_path = os.path.join(FLAGS.save_dir, 'test_bpd_%s.npz' % FLAGS.data_set)
+        self.test_bpd = []
+        self.writer = tf.summary.create_file_writer(os.path.join(FLAGS.save_dir, 'tensorboard')) \
+            if self.chief else tf.summary.create_noop_writer()
+
+    def start(self):
+        trainer = self.trainer
+        if FLAGS.load_params:
+            trainer.check_config(FLAGS.save_dir)
+            if self.manager.latest_checkpoint is None:
+                raise app.UsageError('--load_params but no checkpoint in --save_dir=%s' % FLAGS.save_dir)
+            print('restoring parameters from', self.manager.latest_checkpoint)
+            trainer.checkpoint.read(self.manager.latest_checkpoint).assert_consumed()
+            if os.path.exists(self.history_path):
+                self.test_bpd = list(np.load(self.history_path)['test_bpd'])
+        else:
+            if self.manager.latest_checkpoint is not None:
+                raise app.UsageError('--save_dir=%s already holds checkpoints: pass --load_params to '
+                                     'resume, or use another --save_dir' % FLAGS.save_dir)
+            print('initializing the model...')
+            first = data_lib.epoch_order(len(self.data.train_x), FLAGS.seed, 0)[:FLAGS.init_batch_size]
+            y = self.data.train_y[first] if FLAGS.class_conditional else None
+            trainer.initialize(data_lib.scale(self.data.train_x[first]), y)
+            if self.chief:
+                trainer.write_config(FLAGS.save_dir)
+        print('starting training')
+        sys.stdout.flush()
+
+    def save(self):
+        """A checkpoint is complete before CheckpointManager names it the latest, so a run
+        killed while saving resumes from the previous one."""
+        path = self.manager.save(checkpoint_number=int(self.trainer.optimizer.step.numpy()))
+        if self.chief:
+            tmp = self.history_path + '.tmp.npz'
+            np.savez(tmp, test_bpd=np.array(self.test_bpd))
+            os.replace(tmp, self.history_path)
+        return path
+
+    def write_samples(self, epoch):
+        trainer = self.trainer
+        images = []
+        for i in range(FLAGS.num_samples):
+            y = np.arange(self.global_batch) % self.data.num_labels if FLAGS.class_conditional else None
+            h = trainer.one_hot(y) if y is not None else None
+            images.append(sampling.sample(trainer.ema_model, self.global_batch, h=h,
+                                          seed=FLAGS.seed * 100003 + epoch * 101 + i,
+                                          image_shape=self.data.train_x.shape[1:]))
+        images = np.concatenate(images)
+        prefix = os.path.join(FLAGS.save_dir, '%s_sample%d' % (FLAGS.data_set, epoch))
+        if self.chief:
+            sampling.write_samples(images, prefix)
+        with self.writer.as_default():
+            tf.summary.image('samples', images[:16], step=int(trainer.optimizer.step.numpy()), max_outputs=16)
+        print('wrote %s.png and .npz' % prefix)
+
+    def train(self):
+        trainer = self.trainer
+        test_batches = data_lib.test_batches(self.strategy, self.data, FLAGS.batch_size)
+        steps = data_lib.steps_per_epoch(len(self.data.train_x), self.global_batch)
+        if FLAGS.max_steps_per_epoch:
+            steps = min(steps, FLAGS.max_steps_per_epoch)
+        if steps == 0:
+            raise app.UsageError('%d training images make no batch of %d (--batch_size x replicas)'
+                                 % (len(self.data.train_x), self.global_batch))
+        saved_epoch = None
+        for epoch in range(int(trainer.epoch.numpy()), FLAGS.max_epochs):
+            begin = time.time()
+            skip = int(trainer.epoch_step.numpy())
+            batches = data_lib.train_batches(self.strategy, self.data, FLAGS.batch_size, FLAGS.seed,
+                                             epoch, skip=skip, max_steps=steps)
+            bar = keras.utils.Progbar(steps, stateful_metrics=['bits_per_dim', 'images/s'],
+                                      verbose=1 if FLAGS.progress else 0)
+            train_losses = []
+            for k, batch in enumerate(batches, start=skip + 1):
+                t0 = time.time()
+                nats, finite_input = trainer.train_step(batch)
+                step = int(trainer.optimizer.step.numpy())
+                if not finite_input:
+                    raise FloatingPointError('a training batch of epoch %d contains NaN or inf pixels '
+                                             '(step %d); no checkpoint was written' % (epoch, step))
+                if not np.isfinite(nats):
+                    raise FloatingPointError(
+                        'the training loss became %s at step %d (epoch %d); stopping before any '
+                        'checkpoint of these weights is written. The last good checkpoint is %s.'
+                        % (nats, step, epoch, self.manager.latest_checkpoint))
+                train_losses.append(trainer.bits_per_dim(nats, self.global_batch))
+                rate = self.global_batch / (time.time() - t0)
+                bar.update(k, [('bits_per_dim', train_losses[-1]), ('images/s', rate)])
+                if FLAGS.save_steps and step % FLAGS.save_steps == 0 and k < steps:
+                    self.save()
+            test_loss = trainer.evaluate(test_batches)
+            self.test_bpd.append(test_loss)
+            print('Iteration %d, time = %ds, train bits_per_dim = %.4f, test bits_per_dim = %.4f'
+                  % (epoch, time.time() - begin, np.mean(train_losses), test_loss))
+            sys.stdout.flush()
+            trainer.epoch.assign(epoch + 1)
+            trainer.epoch_step.assign(0)
+            step = int(trainer.optimizer.step.numpy())
+            with self.writer.as_default():
+                tf.summary.scalar('train/bits_per_dim', np.mean(train_losses), step=step)
+                tf.summary.scalar('test/bits_per_dim', test_loss, step=step)
+                tf.summary.scalar('lr', float(trainer.optimizer.lr.numpy()), step=step)
+                tf.summary.scalar('images_per_second', len(train_losses) * self.global_batch /
+                                  (time.time() - begin), step=step)
+            if epoch % FLAGS.save_interval == 0:
+                if FLAGS.num_samples:
+                    self.write_samples(epoch)
+                self.save()
+                saved_epoch = epoch
+        if saved_epoch != FLAGS.max_epochs - 1 and int(trainer.epoch.numpy()) == FLAGS.max_epochs:
+            self.save()
+
+
+def main(argv):
+    del argv
+    check_flags()
+    ours = FLAGS.get_key_flags_for_module(sys.modules[__name__])
+    print('input args:\n', json.dumps({f.name: f.value for f in ours}, indent=4, separators=(',', ':')))
+
+    tf.random.set_seed(FLAGS.seed)
+    strategy = make_strategy()
+    try:
+        data = data_lib.load(FLAGS.data_set, FLAGS.data_dir, FLAGS.class_conditional)
+    except (ValueError, OSError) as e:
+        raise app.UsageError(str(e))
+    os.makedirs(FLAGS.save_dir, exist_ok=True)
+    trainer = Trainer(strategy, model_kwargs(), data.train_x.shape[1:],
+                      num_labels=data.num_labels if FLAGS.class_conditional else 0,
+                      learning_rate=FLAGS.learning_rate, lr_decay=FLAGS.lr_decay,
+                      polyak_decay=FLAGS.polyak_decay, jit_compile=FLAGS.xla)
+    if FLAGS.mode == 'eval':
+        evaluate(trainer, data, strategy)
+        return
+    run = Run(trainer, data, strategy)
+    run.start()
+    run.train()
+
+
+if __name__ == '__main__':
+    app.run(main)

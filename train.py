@@ -159,7 +159,7 @@ class Run:
             if self.manager.latest_checkpoint is None:
                 raise app.UsageError('--load_params but no checkpoint in --save_dir=%s' % FLAGS.save_dir)
             print('restoring parameters from', self.manager.latest_checkpoint)
-            trainer.checkpoint.read(self.manager.latest_checkpoint).assert_consumed()
+            trainer.checkpoint.restore(self.manager.latest_checkpoint).assert_consumed()
             if os.path.exists(self.history_path):
                 self.test_bpd = list(np.load(self.history_path)['test_bpd'])
         else:
@@ -266,7 +266,7 @@ def main(argv):
     ours = FLAGS.get_key_flags_for_module(sys.modules[__name__])
     print('input args:\n', json.dumps({f.name: f.value for f in ours}, indent=4, separators=(',', ':')))
 
-    tf.random.set_seed(FLAGS.seed)
+    keras.utils.set_random_seed(FLAGS.seed)  # Python, NumPy, TensorFlow and Keras initializers
     strategy = make_strategy()
     try:
         data = data_lib.load(FLAGS.data_set, FLAGS.data_dir, FLAGS.class_conditional)

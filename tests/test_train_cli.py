@@ -1,0 +1,231 @@
+"""train.py end to end on tiny configs and data the tests write (no network)."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from absl import flags
+from absl.testing import flagsaver
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import train
+from pixel_cnn_pp.training import Trainer
+from test_official import FIXTURES
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['--nr_resnet=1', '--nr_filters=8', '--nr_logistic_mix=2', '--batch_size=4',
+        '--init_batch_size=4', '--noprogress', '--seed=7']
+LINE = re.compile(r'^Iteration (\d+), time = \d+s, train bits_per_dim = (\d+\.\d{4}), '
+                  r'test bits_per_dim = (\d+\.\d{4})$', re.M)
+
+
+def write_npz(path, n_train=24, n_test=6, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    np.savez(path, train_x=rng.integers(0, 256, (n_train, size, size, 3), dtype=np.uint8),
+             train_y=rng.integers(0, 10, n_train), test_x=rng.integers(0, 256, (n_test, size, size, 3),
+                                                                      dtype=np.uint8),
+             test_y=rng.integers(0, 10, n_test))
+    return str(path)
+
+
+def run_train(args):
+    """train.py's main in this process, flags restored afterwards."""
+    with flagsaver.flagsaver():
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(['train.py'] + args)
+        train.main([])
+
+
+def subprocess_env(**extra):
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='2')
+    env.pop('TF_CONFIG', None)
+    env.update(extra)
+    return env
+
+
+def final_params(save_dir):
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(save_dir))
+    return {k: reader.get_tensor(k) for k, _ in tf.train.list_variables(tf.train.latest_checkpoint(save_dir))
+            if k.startswith(('params/', 'ema/', 'adam/'))}
+
+
+def train_process(args, **env):
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py')] + args,
+                            env=subprocess_env(**env), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc):
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out
+    return out
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """Two epochs of 6 steps then a resumed third epoch, and three epochs straight, each
+    run its own process, as users run them."""
+    d = tmp_path_factory.mktemp('train')
+    data = write_npz(d / 'data.npz')
+    common = TINY + ['--data_set=npz', '--data_dir=' + data, '--dropout_p=0', '--save_interval=1']
+    first = train_process(common + ['--save_dir=%s' % (d / 'resumed'), '--max_epochs=2'])
+    straight = train_process(common + ['--save_dir=%s' % (d / 'straight'), '--max_epochs=3',
+                                       '--num_samples=0'])
+    logs = {'resumed': finish(first), 'straight': finish(straight)}
+    logs['resumed_part2'] = finish(train_process(
+        common + ['--save_dir=%s' % (d / 'resumed'), '--max_epochs=3', '--load_params']))
+    return d, logs, common
+
+
+def test_official_console_lines_and_outputs(trained):
+    d, logs, _ = trained
+    lines = LINE.findall(logs['resumed'])
+    assert [int(i) for i, _, _ in lines] == [0, 1]
+    assert all(4 < float(bpd) < 16 for line in lines for bpd in line[1:])  # random 8-bit data: ~8
+    save = d / 'resumed'
+    for epoch in (0, 1):
+        samples = np.load(save / ('npz_sample%d.npz' % epoch))['samples']
+        assert samples.shape == (4, 8, 8, 3) and samples.dtype == np.uint8
+        png = tf.io.decode_png(tf.io.read_file(str(save / ('npz_sample%d.png' % epoch))))
+        assert png.shape == (2 * 9 + 1, 2 * 9 + 1, 3)  # 4 images on a 2x2 grid, 1-pixel borders
+    history = np.load(save / 'test_bpd_npz.npz')['test_bpd']
+    np.testing.assert_allclose(history[:2], [float(t) for _, _, t in lines], atol=5e-5)
+    assert json.load(open(save / 'config.json'))['nr_filters'] == 8
+    assert any(f.startswith('events.out.tfevents') for f in os.listdir(save / 'tensorboard'))
+
+
+def test_resume_continues_exactly(trained):
+    d, logs, _ = trained
+    assert 'restoring parameters from' in logs['resumed_part2']
+    assert [int(i) for i, _, _ in LINE.findall(logs['resumed_part2'])] == [2]
+    resumed, straight = final_params(d / 'resumed'), final_params(d / 'straight')
+    assert resumed.keys() == straight.keys()
+    step = [k for k in resumed if k.startswith('adam/step')][0]
+    assert resumed[step] == straight[step] == 3 * 6  # 24 images // 4 per step, 3 epochs
+    lr = [k for k in resumed if k.startswith('adam/lr')][0]
+    assert resumed[lr] == pytest.approx(0.001 * 0.999995 ** 18, rel=1e-12)
+    for k in resumed:
+        np.testing.assert_array_equal(resumed[k], straight[k], err_msg=k)
+
+
+def test_eval_mode_prints_test_bits_per_dim(trained, capsys):
+    d, logs, common = trained
+    run_train(common + ['--save_dir=%s' % (d / 'straight'), '--mode=eval'])
+    printed = re.search(r'^test bits_per_dim = (\d+\.\d{4})$', capsys.readouterr().out, re.M)
+    last_epoch = LINE.findall(logs['straight'])[-1][2]
+    assert printed.group(1) == last_epoch
+
+
+def test_eval_of_official_checkpoint(tmp_path, capsys):
+    """The official EMA loss of the reference run's 4 images, as bits/dim."""
+    ref = np.load(os.path.join(FIXTURES, 'official_small', 'ref.npz'))
+    x = np.rint(ref['x'] * 127.5 + 127.5).astype(np.uint8)
+    np.savez(tmp_path / 'ref.npz', train_x=x, test_x=x)
+    run_train(['--mode=eval', '--data_set=npz', '--data_dir=%s' % (tmp_path / 'ref.npz'),
+               '--save_dir=%s' % (tmp_path / 'save'), '--nr_resnet=1', '--nr_filters=32',
+               '--nr_logistic_mix=5', '--batch_size=3',
+               '--tf1_checkpoint=' + os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt')])
+    expected = float(ref['loss_ema']) / (4 * 32 * 32 * 3 * np.log(2.))
+    assert 'test bits_per_dim = %.4f' % expected in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--data_set=npz', '--data_dir=/nonexistent/data.npz'], 'needs --data_dir to be an .npz file'),
+    (['--data_dir=/nonexistent/dir'], '--data_dir=/nonexistent/dir does not exist'),
+    (['--data_set=imagenet', '--class_conditional'], '--class_conditional needs labels'),
+    (['--batch_size=0'], '--batch_size must be at least 1'),
+    (['--dropout_p=1'], r'--dropout_p must be in \[0, 1\)'),
+    (['--tf1_checkpoint=x.ckpt'], '--tf1_checkpoint is for --mode=eval'),
+])
+def test_bad_flags(args, message, tmp_path):
+    with pytest.raises(Exception, match=message):
+        run_train(['--save_dir=%s' % tmp_path] + args)
+
+
+def test_unknown_data_set():
+    with pytest.raises(flags.IllegalFlagValueError, match='one of <cifar.imagenet.npz>'):
+        run_train(['--data_set=mnist'])
+
+
+def test_image_size_not_divisible_by_4(tmp_path):
+    data = write_npz(tmp_path / 'odd.npz', size=10)
+    with pytest.raises(Exception, match='10x10; PixelCNN.. needs height and width divisible by 4'):
+        run_train(TINY + ['--data_set=npz', '--data_dir=' + data, '--save_dir=%s' % tmp_path])
+
+
+def test_checkpoint_dir_errors(trained, tmp_path):
+    d, _, common = trained
+    with pytest.raises(Exception, match='already holds checkpoints: pass --load_params'):
+        run_train(common + ['--save_dir=%s' % (d / 'straight')])
+    with pytest.raises(Exception, match=r'another model config \(nr_filters: checkpoint 8, now 16\)'):
+        run_train(common + ['--save_dir=%s' % (d / 'straight'), '--load_params', '--nr_filters=16'])
+    with pytest.raises(Exception, match='--load_params but no checkpoint'):
+        run_train(common + ['--save_dir=%s' % tmp_path, '--load_params'])
+    with pytest.raises(Exception, match='no checkpoint in --save_dir'):
+        run_train(common + ['--save_dir=%s' % tmp_path, '--mode=eval'])
+
+
+def test_nan_loss_stops_before_any_checkpoint(tmp_path, monkeypatch):
+    initialize = Trainer.initialize
+
+    def poisoned(self, *args):
+        initialize(self, *args)
+        self.params['conv2d_0/V'].assign(tf.fill(self.params['conv2d_0/V'].shape, np.nan))
+
+    monkeypatch.setattr(Trainer, 'initialize', poisoned)
+    data = write_npz(tmp_path / 'data.npz')
+    with pytest.raises(FloatingPointError, match='loss became nan at step 1 .epoch 0.; stopping before'):
+        run_train(TINY + ['--data_set=npz', '--data_dir=' + data, '--save_dir=%s' % (tmp_path / 's')])
+    assert not any(f.startswith('ckpt') for f in os.listdir(tmp_path / 's'))
+
+
+def free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(('localhost', 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_two_workers_train_to_equal_weights(tmp_path):
+    data = write_npz(tmp_path / 'data.npz')
+    cluster = {'worker': ['localhost:%d' % p for p in free_ports(2)]}
+    args = TINY + ['--data_set=npz', '--data_dir=' + data, '--save_dir=%s' % (tmp_path / 'save'),
+                   '--max_epochs=1', '--max_steps_per_epoch=2', '--num_samples=0']
+    procs = [train_process(args, TF_CONFIG=json.dumps({'cluster': cluster, 'task': {'type': 'worker', 'index': i}}))
+             for i in range(2)]
+    outs = [finish(p) for p in procs]
+    assert 'MultiWorkerMirroredStrategy' in outs[0] and len(LINE.findall(outs[0])) == 1
+    chief, other = final_params(tmp_path / 'save'), final_params(tmp_path / 'save' / 'worker1')
+    step = [k for k in chief if k.startswith('adam/step')][0]
+    assert chief[step] == 2  # 2 steps of a global batch of 2 workers x 4 images
+    for k in chief:
+        np.testing.assert_array_equal(chief[k], other[k], err_msg=k)
+
+
+def test_sigkill_then_resume(tmp_path):
+    """Killed right after a mid-epoch checkpoint, the run resumes from it."""
+    data = write_npz(tmp_path / 'data.npz', n_train=48)
+    save = tmp_path / 'save'
+    args = TINY + ['--data_set=npz', '--data_dir=' + data, '--save_dir=%s' % save,
+                   '--max_epochs=2', '--save_steps=2', '--num_samples=0']
+    proc = train_process(args)
+    deadline = time.time() + 300
+    while tf.train.latest_checkpoint(str(save)) is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = tf.train.latest_checkpoint(str(save))
+    assert killed_at is not None
+    assert 'restoring parameters from %s' % killed_at in finish(train_process(args + ['--load_params']))
+    step = [k for k in final_params(save) if k.startswith('adam/step')][0]
+    assert final_params(save)[step] == 2 * 12  # 48 images // 4 per step, 2 epochs

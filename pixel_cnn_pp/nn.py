@@ -176,6 +176,9 @@ class _WeightNorm(keras.layers.Layer):
         self.g = self.add_weight(name='g', shape=(self.num_units,), initializer='ones')
         self.b = self.add_weight(name='b', shape=(self.num_units,), initializer='zeros')
 
+    def apply_weights(self, x):
+        return self.apply(x, self.weights_now())
+
     def call(self, x, init=False):
         out = self.apply_weights(x)
         if init:
@@ -206,9 +209,15 @@ class Conv2d(_WeightNorm):
     def build(self, input_shape):
         self._add_variables(self.filter_size + (input_shape[-1], self.num_units))
 
-    def apply_weights(self, x):
-        W = self.g * tf.nn.l2_normalize(self.V, [0, 1, 2])
-        return tf.nn.bias_add(tf.nn.conv2d(x, W, (1,) + self.stride + (1,), self.pad), self.b)
+    def weights_now(self):
+        """(W, b): the weight-normalised kernel and bias, for apply()."""
+        return self.g * tf.nn.l2_normalize(self.V, [0, 1, 2]), self.b
+
+    def apply(self, x, weights, pad=None):
+        """The convolution with given weights; pad overrides the layer's padding."""
+        W, b = weights
+        return tf.nn.bias_add(tf.nn.conv2d(x, W, (1,) + self.stride + (1,),
+                                           self.pad if pad is None else pad), b)
 
 
 class Deconv2d(_WeightNorm):
@@ -224,15 +233,19 @@ class Deconv2d(_WeightNorm):
     def build(self, input_shape):
         self._add_variables(self.filter_size + (self.num_units, input_shape[-1]))
 
-    def apply_weights(self, x):
+    def weights_now(self):
+        W = tf.reshape(self.g, [1, 1, self.num_units, 1]) * tf.nn.l2_normalize(self.V, [0, 1, 3])
+        return W, self.b
+
+    def apply(self, x, weights):
+        W, b = weights
         s = tf.shape(x)
         out_h, out_w = s[1] * self.stride[0], s[2] * self.stride[1]
         if self.pad != 'SAME':
             out_h, out_w = out_h + self.filter_size[0] - 1, out_w + self.filter_size[1] - 1
-        W = tf.reshape(self.g, [1, 1, self.num_units, 1]) * tf.nn.l2_normalize(self.V, [0, 1, 3])
         out = tf.nn.conv2d_transpose(x, W, tf.stack([s[0], out_h, out_w, self.num_units]),
                                      (1,) + self.stride + (1,), padding=self.pad)
-        return tf.nn.bias_add(out, self.b)
+        return tf.nn.bias_add(out, b)
 
 
 class Dense(_WeightNorm):
@@ -242,10 +255,12 @@ class Dense(_WeightNorm):
     def build(self, input_shape):
         self._add_variables((input_shape[-1], self.num_units))
 
-    def apply_weights(self, x):
-        flat = tf.reshape(x, [-1, x.shape[-1]])
-        scaler = self.g / tf.sqrt(tf.reduce_sum(tf.square(self.V), axis=0))
-        out = tf.matmul(flat, self.V) * scaler + self.b
+    def weights_now(self):
+        return self.V, self.g / tf.sqrt(tf.reduce_sum(tf.square(self.V), axis=0)), self.b
+
+    def apply(self, x, weights):
+        V, scaler, b = weights
+        out = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), V) * scaler + b
         return tf.reshape(out, tf.concat([tf.shape(x)[:-1], [self.num_units]], 0))
 
 

@@ -4,5 +4,6 @@ of the official openai/pixel-cnn code."""
 from pixel_cnn_pp import nn
 from pixel_cnn_pp.checkpoints import load_official_checkpoint
 from pixel_cnn_pp.model import PixelCNNPP
+from pixel_cnn_pp.sampling import sample
 
-__all__ = ['PixelCNNPP', 'load_official_checkpoint', 'nn']
+__all__ = ['PixelCNNPP', 'load_official_checkpoint', 'nn', 'sample']

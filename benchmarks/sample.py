@@ -1,0 +1,75 @@
+"""Seconds per batch of samples, naive (the official per-pixel loop) against fast (cached).
+
+    python benchmarks/sample.py                      # paper size and small, batch 16
+    python benchmarks/sample.py --sizes=small --batch_size=4
+
+Prints JSON. Fast is timed on whole batches (its first batch includes tracing and is
+reported apart). Every naive iteration is the same work, one forward pass of the whole
+network plus sampling, so naive's seconds per batch are the median time of that iteration
+times H * W (a full naive batch at the paper size takes over an hour on 2 CPU cores).
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+import keras
+import numpy as np
+import tensorflow as tf
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from pixel_cnn_pp import PixelCNNPP, nn, sampling  # noqa: E402
+
+SIZES = {'paper': dict(nr_resnet=5, nr_filters=160, nr_logistic_mix=10),
+         'small': dict(nr_resnet=2, nr_filters=64, nr_logistic_mix=5)}
+flags.DEFINE_list('sizes', ['paper', 'small'], 'Model sizes to time: %s' % ', '.join(SIZES))
+flags.DEFINE_integer('batch_size', 16, 'Images per batch')
+flags.DEFINE_integer('image_size', 32, 'Height and width')
+flags.DEFINE_integer('naive_iterations', 5, 'Naive iterations to time (median taken)')
+flags.DEFINE_integer('fast_batches', 2, 'Fast batches to time after the first')
+FLAGS = flags.FLAGS
+
+
+def median_seconds(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def bench(size):
+    keras.utils.set_random_seed(0)
+    B, H = FLAGS.batch_size, FLAGS.image_size
+    shape = (B, H, H, 3)
+    model = PixelCNNPP(dropout_p=0., **SIZES[size])
+    model(np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32), init=True)
+    noise = sampling._noise(shape, model.nr_logistic_mix, tf.constant(0, tf.int64))
+    x = tf.zeros(shape)
+    iteration = tf.function(lambda x: nn.sample_with_noise(model(x), 3, noise))
+    iteration(x).numpy()  # trace
+    naive_pixel = median_seconds(lambda: iteration(x).numpy(), FLAGS.naive_iterations)
+    start = time.perf_counter()
+    sampling.sample(model, B, seed=0, image_shape=shape[1:], method='fast')
+    fast_first = time.perf_counter() - start
+    fast = median_seconds(lambda: sampling.sample(model, B, seed=0, image_shape=shape[1:], method='fast'),
+                          FLAGS.fast_batches)
+    naive = naive_pixel * H * H
+    return dict(model=SIZES[size], batch_size=B, image_size=H,
+                naive_seconds_per_pixel=round(naive_pixel, 4),
+                naive_seconds_per_batch=round(naive, 1),
+                fast_seconds_per_batch_first=round(fast_first, 1),
+                fast_seconds_per_batch=round(fast, 1),
+                speedup=round(naive / fast, 1))
+
+
+def main(argv):
+    del argv
+    print(json.dumps({size: bench(size) for size in FLAGS.sizes}, indent=1))
+
+
+if __name__ == '__main__':
+    app.run(main)

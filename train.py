@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from pixel_cnn_pp import data as data_lib
 from pixel_cnn_pp import load_official_checkpoint, sampling
+from pixel_cnn_pp import training
 from pixel_cnn_pp.training import Trainer
 
 FLAGS = flags.FLAGS
@@ -30,14 +31,7 @@ flags.DEFINE_enum('data_set', 'cifar', ['cifar', 'imagenet', 'npz'],
                   'cifar | imagenet (downsampled 32x32) | npz (your own train_x/test_x arrays)')
 flags.DEFINE_integer('save_interval', 20, 'Every how many epochs to write checkpoint/samples?')
 flags.DEFINE_boolean('load_params', False, 'Restore training from the latest checkpoint in --save_dir?')
-# model
-flags.DEFINE_integer('nr_resnet', 5, 'Number of residual blocks per stage of the model')
-flags.DEFINE_integer('nr_filters', 160, 'Number of filters to use across the model. Higher = larger model.')
-flags.DEFINE_integer('nr_logistic_mix', 10, 'Number of logistic components in the mixture.')
-flags.DEFINE_enum('resnet_nonlinearity', 'concat_elu', ['concat_elu', 'elu', 'relu'],
-                  'Which nonlinearity to use in the ResNet layers')
-flags.DEFINE_boolean('class_conditional', False, 'Condition generative model on labels?')
-flags.DEFINE_boolean('energy_distance', False, 'Use energy distance in place of likelihood')
+training.define_model_flags()
 # optimization
 flags.DEFINE_float('learning_rate', 0.001, 'Base learning rate')
 flags.DEFINE_float('lr_decay', 0.999995, 'Learning rate decay, applied every step of the optimization')
@@ -110,12 +104,6 @@ def is_chief(strategy):
         return True
     return resolver.task_type == 'worker' and resolver.task_id == 0 and \
         'chief' not in resolver.cluster_spec().as_dict()
-
-
-def model_kwargs():
-    return dict(nr_resnet=FLAGS.nr_resnet, nr_filters=FLAGS.nr_filters,
-                nr_logistic_mix=FLAGS.nr_logistic_mix, resnet_nonlinearity=FLAGS.resnet_nonlinearity,
-                dropout_p=FLAGS.dropout_p, energy_distance=FLAGS.energy_distance)
 
 
 def evaluate(trainer, data, strategy):
@@ -193,7 +181,8 @@ class Run:
             h = trainer.one_hot(y) if y is not None else None
             images.append(sampling.sample(trainer.ema_model, self.global_batch, h=h,
                                           seed=FLAGS.seed * 100003 + epoch * 101 + i,
-                                          image_shape=self.data.train_x.shape[1:]))
+                                          image_shape=self.data.train_x.shape[1:],
+                                          method='naive' if FLAGS.energy_distance else 'fast'))
         images = np.concatenate(images)
         prefix = os.path.join(FLAGS.save_dir, '%s_sample%d' % (FLAGS.data_set, epoch))
         if self.chief:
@@ -273,7 +262,7 @@ def main(argv):
     except (ValueError, OSError) as e:
         raise app.UsageError(str(e))
     os.makedirs(FLAGS.save_dir, exist_ok=True)
-    trainer = Trainer(strategy, model_kwargs(), data.train_x.shape[1:],
+    trainer = Trainer(strategy, training.model_kwargs(FLAGS), data.train_x.shape[1:],
                       num_labels=data.num_labels if FLAGS.class_conditional else 0,
                       learning_rate=FLAGS.learning_rate, lr_decay=FLAGS.lr_decay,
                       polyak_decay=FLAGS.polyak_decay, jit_compile=FLAGS.xla)

@@ -13,6 +13,51 @@ from pixel_cnn_pp.model import PixelCNNPP
 MODEL_FLAGS = ('nr_resnet', 'nr_filters', 'nr_logistic_mix', 'resnet_nonlinearity', 'energy_distance')
 
 
+def define_model_flags():
+    """The official model flags, for train.py and sample.py."""
+    from absl import flags
+    flags.DEFINE_integer('nr_resnet', 5, 'Number of residual blocks per stage of the model')
+    flags.DEFINE_integer('nr_filters', 160, 'Number of filters to use across the model. Higher = larger model.')
+    flags.DEFINE_integer('nr_logistic_mix', 10, 'Number of logistic components in the mixture.')
+    flags.DEFINE_enum('resnet_nonlinearity', 'concat_elu', ['concat_elu', 'elu', 'relu'],
+                      'Which nonlinearity to use in the ResNet layers')
+    flags.DEFINE_boolean('class_conditional', False, 'Condition generative model on labels?')
+    flags.DEFINE_boolean('energy_distance', False, 'Use energy distance in place of likelihood')
+
+
+def model_kwargs(FLAGS):
+    """PixelCNNPP's arguments from the flags (dropout_p where the script has it)."""
+    kwargs = {k: FLAGS[k].value for k in MODEL_FLAGS}
+    if 'dropout_p' in FLAGS:
+        kwargs['dropout_p'] = FLAGS.dropout_p
+    return kwargs
+
+
+def check_config(save_dir, config):
+    """Raises if save_dir holds checkpoints of a model config other than `config`."""
+    path = os.path.join(save_dir, 'config.json')
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    diff = ['%s: checkpoint %r, now %r' % (k, saved.get(k), config[k]) for k in config if saved.get(k) != config[k]]
+    if diff:
+        raise ValueError('the checkpoints in %s are of another model config (%s); pass the '
+                         'flags they were trained with or use another --save_dir'
+                         % (save_dir, '; '.join(diff)))
+
+
+def model_config(model_kwargs, image_shape, num_labels):
+    """What config.json records: what the weights' shapes depend on."""
+    return dict({k: model_kwargs.get(k) for k in MODEL_FLAGS}, image_shape=list(image_shape),
+                num_labels=num_labels)
+
+
+def load_ema(model, path):
+    """Loads the Polyak-averaged weights of a checkpoint of ours into a built model."""
+    tf.train.Checkpoint(ema=_tf_variables(model.official_variables())).read(path).expect_partial()
+
+
 def _tf_variables(keras_variables):
     """{name: the tf.Variable (or MirroredVariable) behind each Keras variable}."""
     return {name: v.value for name, v in keras_variables.items()}
@@ -201,22 +246,10 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def config(self):
-        return dict({k: self.model_kwargs.get(k) for k in MODEL_FLAGS},
-                    image_shape=list(self.image_shape), num_labels=self.num_labels)
+        return model_config(self.model_kwargs, self.image_shape, self.num_labels)
 
     def check_config(self, save_dir):
-        """Raises if save_dir holds checkpoints of another model config."""
-        path = os.path.join(save_dir, 'config.json')
-        if not os.path.exists(path):
-            return
-        with open(path) as f:
-            saved = json.load(f)
-        ours = self.config()
-        diff = ['%s: checkpoint %r, now %r' % (k, saved.get(k), ours[k]) for k in ours if saved.get(k) != ours[k]]
-        if diff:
-            raise ValueError('the checkpoints in %s are of another model config (%s); pass the '
-                             'flags they were trained with or use another --save_dir'
-                             % (save_dir, '; '.join(diff)))
+        check_config(save_dir, self.config())
 
     def write_config(self, save_dir):
         tmp = os.path.join(save_dir, 'config.json.tmp')
@@ -226,4 +259,4 @@ class Trainer:
 
     def restore_ema(self, path):
         """Loads only the EMA weights of a checkpoint of ours (for evaluation, sampling)."""
-        tf.train.Checkpoint(ema=self.shadows).read(path).expect_partial()
+        load_ema(self.ema_model, path)

@@ -20,11 +20,9 @@ import numpy as np
 import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pixel_cnn_pp.training import Trainer  # noqa: E402
+from pixel_cnn_pp import training  # noqa: E402
 
-flags.DEFINE_integer('nr_resnet', 5, 'Residual blocks per stage')
-flags.DEFINE_integer('nr_filters', 160, 'Filters')
-flags.DEFINE_integer('nr_logistic_mix', 10, 'Mixture components')
+training.define_model_flags()
 flags.DEFINE_float('dropout_p', 0.5, 'Dropout')
 flags.DEFINE_integer('batch_size', 16, 'Images per step')
 flags.DEFINE_integer('image_size', 32, 'Height and width')
@@ -40,11 +38,9 @@ def main(argv):
     shape = (FLAGS.batch_size, FLAGS.image_size, FLAGS.image_size, 3)
     rng = np.random.default_rng(0)
     x = tf.constant((rng.integers(0, 256, shape) - 127.5) / 127.5, tf.float32)
-    trainer = Trainer(tf.distribute.OneDeviceStrategy('/cpu:0' if not tf.config.list_physical_devices('GPU')
-                                                      else '/gpu:0'),
-                      dict(nr_resnet=FLAGS.nr_resnet, nr_filters=FLAGS.nr_filters,
-                           nr_logistic_mix=FLAGS.nr_logistic_mix, dropout_p=FLAGS.dropout_p),
-                      shape[1:], jit_compile=FLAGS.xla)
+    device = '/gpu:0' if tf.config.list_physical_devices('GPU') else '/cpu:0'
+    trainer = training.Trainer(tf.distribute.OneDeviceStrategy(device), training.model_kwargs(FLAGS),
+                               shape[1:], jit_compile=FLAGS.xla)
     trainer.initialize(x)
     batch = (x, tf.zeros(shape[0], tf.int32), tf.ones(shape[0]))
     for _ in range(FLAGS.warmup):

@@ -44,8 +44,10 @@ def load_cifar_official(data_dir):
 
 def _load_tfds(name, data_dir, test_split, with_labels):
     import tensorflow_datasets as tfds
-    splits = tfds.load(name, split=['train', test_split], data_dir=data_dir, batch_size=-1)
-    arrays = [tfds.as_numpy(s) for s in splits]
+    arrays = []
+    for split in tfds.load(name, split=['train', test_split], data_dir=data_dir):
+        batches = list(tfds.as_numpy(split.batch(4096)))
+        arrays.append({k: np.concatenate([b[k] for b in batches]) for k in batches[0]})
     labels = [a['label'].astype(np.int32) if with_labels else None for a in arrays]
     return Data(arrays[0]['image'], labels[0], arrays[1]['image'], labels[1], 10 if with_labels else 0)
 

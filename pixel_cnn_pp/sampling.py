@@ -80,9 +80,10 @@ class _FastSampler:
     - Level L (size H / 2^L) changes only when i (and for ul, j) is a multiple of 2^L; the
       transposed convolutions then write their 2-row (u) or 2x2 (ul) block of the finer level.
 
-    Caches hold a zero border (one row above, a column each side), which is the padding
-    of the shifted convolutions, so position (r, c) is cache[:, r + 1, c + 1]. The outputs
-    equal the full network's (model(x) on the partly generated x) up to float round-off.
+    Caches are stored row first, (H + 1, B, W + 2, C), with a zero border (one row above,
+    a column each side) that is the padding of the shifted convolutions: position (r, c)
+    of image b is cache[r + 1, b, c + 1]. The outputs equal the full network's (model(x)
+    on the partly generated x) up to float round-off.
     """
 
     def __init__(self, model, shape, h):

@@ -160,3 +160,18 @@ def test_train_batches_resume_where_they_stopped(two_replicas):
     order = data_lib.epoch_order(40, 5, 2)
     first = np.concatenate([r.numpy() for r in full[0][0].values])
     np.testing.assert_array_equal(first, data_lib.scale(data.train_x[order[:8]]).numpy())
+
+
+def test_sampling_from_mirrored_weights(two_replicas):
+    """train.py samples from its EMA model, whose weights are mirrored over the replicas."""
+    import pixel_cnn_pp
+    data = tiny_data()
+    trainer = Trainer(two_replicas, TINY, (8, 8, 3))
+    trainer.initialize(data_lib.scale(data.train_x[:8]))
+    mirrored = pixel_cnn_pp.sample(trainer.ema_model, 2, seed=1, image_shape=(8, 8, 3))
+    plain = pixel_cnn_pp.PixelCNNPP(**TINY)
+    plain(np.zeros((1, 8, 8, 3), np.float32))
+    for k, v in plain.official_variables().items():
+        v.assign(trainer.shadows[k].read_value())
+    np.testing.assert_array_equal(
+        mirrored, pixel_cnn_pp.sample(plain, 2, seed=1, image_shape=(8, 8, 3), method='naive'))

@@ -68,8 +68,6 @@ def check_flags():
         raise app.UsageError('--nr_gpu must be at least 1, got %d' % FLAGS.nr_gpu)
     if not 0. <= FLAGS.dropout_p < 1.:
         raise app.UsageError('--dropout_p must be in [0, 1), got %g' % FLAGS.dropout_p)
-    if FLAGS.data_set == 'imagenet' and FLAGS.class_conditional:
-        raise app.UsageError('--class_conditional needs labels, and --data_set=imagenet has none')
     if FLAGS.tf1_checkpoint and FLAGS.mode != 'eval':
         raise app.UsageError('--tf1_checkpoint is for --mode=eval')
 

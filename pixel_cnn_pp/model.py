@@ -160,9 +160,8 @@ class PixelCNNPP(keras.Model):
         x_sample = tf.tanh(f_out(nn.concat_elu(f), init=init))
         return tf.split(x_sample, ENERGY_DISTANCE_SAMPLES, axis=0)
 
-    def official_variables(self):
-        """{official variable name: variable}, e.g. 'conv2d_0/V', 'conditional_weights_3/hw',
-        in the official creation order (the order of tf.trainable_variables())."""
+    def _blocks_in_order(self):
+        """The top-level layers and gated resnets, in the order model_spec creates them."""
         if not self.built or self.channels is None:
             raise ValueError('the model is not built yet: call it once on a batch first')
         layers = [self.u_in, self.ul_in_down, self.ul_in_right]
@@ -176,19 +175,28 @@ class PixelCNNPP(keras.Model):
                 layers.extend(self.upsample[stage - 1])
             for pair in zip(self.down_u[stage], self.down_ul[stage]):
                 layers.extend(pair)
-        layers.extend(self.head)
-        out = {}
-        for layer in layers:
+        return layers + list(self.head)
+
+    def weight_norm_layers(self):
+        """Every weight-normalised layer (conv2d, deconv2d, dense), in creation order."""
+        out = []
+        for layer in self._blocks_in_order():
             if isinstance(layer, nn.GatedResnet):
-                for sub in (layer.conv1, layer.nin_aux, layer.conv2):
-                    if sub is not None:
-                        out.update(_wn_variables(sub))
-                if layer.hw is not None:
-                    out[layer.hw_name + '/hw'] = layer.hw
+                out.extend(sub for sub in (layer.conv1, layer.nin_aux, layer.conv2) if sub is not None)
             else:
-                out.update(_wn_variables(layer))
+                out.append(layer)
         return out
 
-
-def _wn_variables(layer):
-    return {'%s/%s' % (layer.name, v): getattr(layer, v) for v in ('V', 'g', 'b')}
+    def official_variables(self):
+        """{official variable name: variable}, e.g. 'conv2d_0/V', 'conditional_weights_3/hw',
+        in the official creation order (the order of tf.trainable_variables())."""
+        out = {}
+        for layer in self._blocks_in_order():
+            subs = [layer]
+            if isinstance(layer, nn.GatedResnet):
+                subs = [sub for sub in (layer.conv1, layer.nin_aux, layer.conv2) if sub is not None]
+            for sub in subs:
+                out.update({'%s/%s' % (sub.name, v): getattr(sub, v) for v in ('V', 'g', 'b')})
+            if isinstance(layer, nn.GatedResnet) and layer.hw is not None:
+                out[layer.hw_name + '/hw'] = layer.hw
+        return out

@@ -131,7 +131,7 @@ class _FastSampler:
         _write(c1_cache, r, c, f(c1))
         c2 = self._conv(block.conv2, _window(c1_cache, r, c), c)
         if self.h is not None:
-            c2 += tf.matmul(self.h, block.hw)[:, None, None, :]
+            c2 += self.h_terms[block.hw_name]
         a, b = tf.split(c2, 2, axis=3)
         _write(out_cache, r, c, _center(x_cache, r, c) + a * tf.sigmoid(b))
 
@@ -201,11 +201,11 @@ class _FastSampler:
     def _run(self, noise):
         m = self.model
         B, H, W, C = self.shape
-        layers = [m.u_in, m.ul_in_down, m.ul_in_right, m.head[0]]
-        layers += [l for pair in m.downsample + m.upsample for l in pair]
-        for block in [b for stage in m.up_u + m.up_ul + m.down_u + m.down_ul for b in stage]:
-            layers += [l for l in (block.conv1, block.nin_aux, block.conv2) if l is not None]
-        self.w = {layer.name: layer.weights_now() for layer in layers}
+        # the weights and the conditioning are fixed for the whole run: computed once
+        self.w = {layer.name: layer.weights_now() for layer in m.weight_norm_layers()}
+        blocks = [b for stage in m.up_u + m.up_ul + m.down_u + m.down_ul for b in stage]
+        self.h_terms = {} if self.h is None else \
+            {b.hw_name: tf.matmul(self.h, b.hw)[:, None, None, :] for b in blocks}
         for v in [self.x_pad, self.ul_in_down] + [c for d in (self.up, self.up_c1, self.down, self.down_c1)
                                                   for s in d.values() for level in s for c in level] + \
                 [c for s in self.down_in.values() for c in s]:

@@ -136,7 +136,6 @@ class Trainer:
         self.model_kwargs = dict(model_kwargs)
         self.image_shape = tuple(image_shape)
         self.num_labels = num_labels
-        self.jit_compile = jit_compile
         self.energy_distance = self.model_kwargs.get('energy_distance', False)
         with strategy.scope():
             self.model = PixelCNNPP(**self.model_kwargs)

@@ -53,6 +53,9 @@ flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'train, or print the test 
 flags.DEFINE_string('tf1_checkpoint', None, 'With --mode=eval: an official TF1 checkpoint '
                     '(e.g. params_cifar.ckpt) to evaluate')
 flags.DEFINE_boolean('xla', False, 'Compile the forward and backward pass with XLA')
+flags.DEFINE_enum('precision', 'float32', list(training.PRECISIONS),
+                  'Compute dtype of training (for GPUs): mixed_bfloat16, or mixed_float16 with '
+                  'dynamic loss scaling; weights, the loss and evaluation stay float32')
 flags.DEFINE_integer('max_steps_per_epoch', None, 'Cap on training steps per epoch, for quick runs')
 flags.DEFINE_integer('save_steps', 0, 'Also checkpoint every N steps within an epoch (0: only at '
                      'the end of every --save_interval epochs, as the official code)')
@@ -263,7 +266,8 @@ def main(argv):
     trainer = Trainer(strategy, training.model_kwargs(FLAGS), data.train_x.shape[1:],
                       num_labels=data.num_labels if FLAGS.class_conditional else 0,
                       learning_rate=FLAGS.learning_rate, lr_decay=FLAGS.lr_decay,
-                      polyak_decay=FLAGS.polyak_decay, jit_compile=FLAGS.xla)
+                      polyak_decay=FLAGS.polyak_decay, jit_compile=FLAGS.xla,
+                      precision=FLAGS.precision)
     if FLAGS.mode == 'eval':
         evaluate(trainer, data, strategy)
         return

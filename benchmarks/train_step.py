@@ -2,22 +2,28 @@
 official Adam, EMA) on random 8-bit images, on one device.
 
     python benchmarks/train_step.py                                   # paper size
-    python benchmarks/train_step.py --nr_resnet=2 --nr_filters=64 --nr_logistic_mix=5
+    python benchmarks/train_step.py --nr_resnet=2 --nr_filters=64     # small
+    python benchmarks/train_step.py --precision=mixed_bfloat16        # on a GPU
 
-Prints JSON: the median seconds per step after warm-up, images/s, and the peak resident
-memory of the process.
+Prints JSON: the median seconds per step after warm-up, images/s, the peak resident
+memory of the process, and from a tf.profiler trace of --profile_steps further steps the
+share of op time spent in convolutions (and matmuls) and the op types taking the most time.
 """
 
+import collections
+import glob
 import json
 import os
 import resource
 import sys
+import tempfile
 import time
 
 from absl import app, flags
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pixel_cnn_pp import training  # noqa: E402
@@ -28,8 +34,39 @@ flags.DEFINE_integer('batch_size', 16, 'Images per step')
 flags.DEFINE_integer('image_size', 32, 'Height and width')
 flags.DEFINE_integer('warmup', 2, 'Steps not timed (the first traces the step)')
 flags.DEFINE_integer('steps', 5, 'Steps timed')
+flags.DEFINE_integer('profile_steps', 1, 'Steps traced with tf.profiler after the timed ones (0: none)')
 flags.DEFINE_boolean('xla', False, 'Compile the forward and backward pass with XLA')
+flags.DEFINE_enum('precision', 'float32', list(training.PRECISIONS), 'Compute dtype of training')
 FLAGS = flags.FLAGS
+
+
+def op_time_by_type(logdir):
+    """{op type: seconds} summed over the executor threads of a tf.profiler trace."""
+    times = collections.Counter()
+    for path in glob.glob(os.path.join(logdir, 'plugins', 'profile', '*', '*.xplane.pb')):
+        space = xplane_pb2.XSpace()
+        with open(path, 'rb') as f:
+            space.ParseFromString(f.read())
+        for plane in space.planes:
+            for line in plane.lines:
+                for event in line.events:
+                    name, _, op_type = plane.event_metadata[event.metadata_id].name.rpartition(':')
+                    if name and not name.endswith(':') and op_type.isidentifier():
+                        times[op_type] += event.duration_ps * 1e-12  # TF ops: "op_name:OpType"
+    return times
+
+
+def profile(trainer, batch, steps):
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        for _ in range(steps):
+            trainer.train_step(batch)
+        tf.profiler.experimental.stop()
+        times = op_time_by_type(logdir)
+    total = sum(times.values())
+    share = lambda word: round(sum(t for k, t in times.items() if word in k) / total, 3)  # noqa: E731
+    return dict(conv_share=share('Conv2D'), matmul_share=share('MatMul'),
+                top_ops={k: round(t / steps, 3) for k, t in times.most_common(8)})
 
 
 def main(argv):
@@ -40,7 +77,7 @@ def main(argv):
     x = tf.constant((rng.integers(0, 256, shape) - 127.5) / 127.5, tf.float32)
     device = '/gpu:0' if tf.config.list_physical_devices('GPU') else '/cpu:0'
     trainer = training.Trainer(tf.distribute.OneDeviceStrategy(device), training.model_kwargs(FLAGS),
-                               shape[1:], jit_compile=FLAGS.xla)
+                               shape[1:], jit_compile=FLAGS.xla, precision=FLAGS.precision)
     trainer.initialize(x)
     batch = (x, tf.zeros(shape[0], tf.int32), tf.ones(shape[0]))
     for _ in range(FLAGS.warmup):
@@ -51,12 +88,15 @@ def main(argv):
         trainer.train_step(batch)
         times.append(time.perf_counter() - start)
     step = float(np.median(times))
-    print(json.dumps(dict(nr_resnet=FLAGS.nr_resnet, nr_filters=FLAGS.nr_filters,
-                          nr_logistic_mix=FLAGS.nr_logistic_mix, batch_size=FLAGS.batch_size,
-                          xla=FLAGS.xla, seconds_per_step=round(step, 3),
-                          images_per_second=round(FLAGS.batch_size / step, 2),
-                          peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2)),
-                     indent=1))
+    result = dict(nr_resnet=FLAGS.nr_resnet, nr_filters=FLAGS.nr_filters,
+                  nr_logistic_mix=FLAGS.nr_logistic_mix, batch_size=FLAGS.batch_size,
+                  xla=FLAGS.xla, precision=FLAGS.precision, seconds_per_step=round(step, 3),
+                  images_per_second=round(FLAGS.batch_size / step, 2),
+                  peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2))
+    if FLAGS.profile_steps:
+        result.update(profile(trainer, batch, FLAGS.profile_steps), op_seconds_note=(
+            'op time summed over executor threads, which overlap; shares are of that sum'))
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == '__main__':

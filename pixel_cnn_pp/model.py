@@ -45,20 +45,21 @@ class PixelCNNPP(keras.Model):
 
         c = self._counters
         F = nr_filters
+        p = dict(dtype=self.dtype_policy)  # e.g. 'mixed_bfloat16': every layer computes in it
 
         def resnet(conv, has_aux):
-            return nn.GatedResnet(F, conv, resnet_nonlinearity, dropout_p, c, has_aux=has_aux)
+            return nn.GatedResnet(F, conv, resnet_nonlinearity, dropout_p, c, has_aux=has_aux, **p)
 
         # Up pass: 3 stages of nr_resnet blocks per stream, stride-2 convs between.
-        self.u_in = nn.down_shifted_conv2d(F, (2, 3), name=nn.next_name('conv2d', c))
-        self.ul_in_down = nn.down_shifted_conv2d(F, (1, 3), name=nn.next_name('conv2d', c))
-        self.ul_in_right = nn.down_right_shifted_conv2d(F, (2, 1), name=nn.next_name('conv2d', c))
+        self.u_in = nn.down_shifted_conv2d(F, (2, 3), name=nn.next_name('conv2d', c), **p)
+        self.ul_in_down = nn.down_shifted_conv2d(F, (1, 3), name=nn.next_name('conv2d', c), **p)
+        self.ul_in_right = nn.down_right_shifted_conv2d(F, (2, 1), name=nn.next_name('conv2d', c), **p)
         up_u, up_ul, down_u, down_ul, downsample, upsample = [], [], [], [], [], []
         for stage in range(3):
             if stage > 0:
                 downsample.append((
-                    nn.down_shifted_conv2d(F, stride=(2, 2), name=nn.next_name('conv2d', c)),
-                    nn.down_right_shifted_conv2d(F, stride=(2, 2), name=nn.next_name('conv2d', c))))
+                    nn.down_shifted_conv2d(F, stride=(2, 2), name=nn.next_name('conv2d', c), **p),
+                    nn.down_right_shifted_conv2d(F, stride=(2, 2), name=nn.next_name('conv2d', c), **p)))
             us, uls = [], []
             for _ in range(nr_resnet):
                 us.append(resnet(nn.down_shifted_conv2d, False))
@@ -69,8 +70,8 @@ class PixelCNNPP(keras.Model):
         for stage in range(3):
             if stage > 0:
                 upsample.append((
-                    nn.down_shifted_deconv2d(F, stride=(2, 2), name=nn.next_name('deconv2d', c)),
-                    nn.down_right_shifted_deconv2d(F, stride=(2, 2), name=nn.next_name('deconv2d', c))))
+                    nn.down_shifted_deconv2d(F, stride=(2, 2), name=nn.next_name('deconv2d', c), **p),
+                    nn.down_right_shifted_deconv2d(F, stride=(2, 2), name=nn.next_name('deconv2d', c), **p)))
             us, uls = [], []
             for _ in range(nr_resnet + (stage > 0)):
                 us.append(resnet(nn.down_shifted_conv2d, True))
@@ -90,14 +91,15 @@ class PixelCNNPP(keras.Model):
                              % (tuple(x_shape),))
         self.channels = channels
         c = self._counters
+        p = dict(dtype=self.dtype_policy)
         if self.energy_distance:
-            self.head = (nn.nin(64, name=nn.next_name('dense', c)),
-                         nn.nin(64, name=nn.next_name('dense', c)),
-                         nn.nin(64, name=nn.next_name('dense', c)),
-                         nn.nin(channels, init_scale=0.1, name=nn.next_name('dense', c)))
+            self.head = (nn.nin(64, name=nn.next_name('dense', c), **p),
+                         nn.nin(64, name=nn.next_name('dense', c), **p),
+                         nn.nin(64, name=nn.next_name('dense', c), **p),
+                         nn.nin(channels, init_scale=0.1, name=nn.next_name('dense', c), **p))
         else:
             self.head = (nn.nin(nn.num_mixture_params(channels) * self.nr_logistic_mix,
-                                name=nn.next_name('dense', c)),)
+                                name=nn.next_name('dense', c), **p),)
 
     def _check_inputs(self, x, h):
         if x.shape.rank != 4:
@@ -122,7 +124,7 @@ class PixelCNNPP(keras.Model):
                 raise ValueError('h has batch size %d but x has %d' % (h.shape[0], x.shape[0]))
 
     def call(self, x, h=None, training=False, init=False):
-        x = tf.convert_to_tensor(x, tf.float32)
+        x = tf.cast(x, self.compute_dtype)
         h = None if h is None else tf.cast(h, x.dtype)
         self._check_inputs(x, h)
         kw = dict(h=h, training=training, init=init)
@@ -150,14 +152,15 @@ class PixelCNNPP(keras.Model):
                 ul = block_ul(ul, tf.concat([u, ul_list.pop()], axis=3), **kw)
         assert not u_list and not ul_list
 
+        # The outputs are float32 under any precision policy, so the loss is float32.
         if not self.energy_distance:
-            return self.head[0](tf.nn.elu(ul), init=init)
+            return tf.cast(self.head[0](tf.nn.elu(ul), init=init), tf.float32)
         f_in, f_noise, f_mid, f_out = self.head
         f = tf.tile(f_in(tf.nn.elu(ul), init=init), [ENERGY_DISTANCE_SAMPLES, 1, 1, 1])
-        noise = tf.random.uniform(tf.concat([tf.shape(f)[:3], [4]], 0), -1., 1.)
+        noise = tf.random.uniform(tf.concat([tf.shape(f)[:3], [4]], 0), -1., 1., dtype=f.dtype)
         f += f_noise(noise, init=init)
         f = f_mid(nn.concat_elu(f), init=init)
-        x_sample = tf.tanh(f_out(nn.concat_elu(f), init=init))
+        x_sample = tf.tanh(tf.cast(f_out(nn.concat_elu(f), init=init), tf.float32))
         return tf.split(x_sample, ENERGY_DISTANCE_SAMPLES, axis=0)
 
     def _blocks_in_order(self):

@@ -156,6 +156,10 @@ def energy_distance(x, x_sample):
     return 2. * l1 - l2
 
 
+def _cast(tensors, dtype):
+    return [tf.cast(t, dtype) for t in tensors]
+
+
 def _normal_init():
     return keras.initializers.RandomNormal(0., 0.05)
 
@@ -171,9 +175,11 @@ class _WeightNorm(keras.layers.Layer):
         self.init_scale = init_scale
 
     def _add_variables(self, v_shape):
-        self.V = self.add_weight(name='V', shape=v_shape, initializer=_normal_init())
-        self.g = self.add_weight(name='g', shape=(self.num_units,), initializer='ones')
-        self.b = self.add_weight(name='b', shape=(self.num_units,), initializer='zeros')
+        # autocast=False: under a mixed precision policy the weight normalisation runs in
+        # float32 and apply() casts its result to the compute dtype.
+        self.V = self.add_weight(name='V', shape=v_shape, initializer=_normal_init(), autocast=False)
+        self.g = self.add_weight(name='g', shape=(self.num_units,), initializer='ones', autocast=False)
+        self.b = self.add_weight(name='b', shape=(self.num_units,), initializer='zeros', autocast=False)
 
     def apply_weights(self, x):
         return self.apply(x, self.weights_now())
@@ -181,7 +187,7 @@ class _WeightNorm(keras.layers.Layer):
     def call(self, x, init=False):
         out = self.apply_weights(x)
         if init:
-            m, v = tf.nn.moments(out, axes=list(range(len(out.shape) - 1)))
+            m, v = tf.nn.moments(tf.cast(out, tf.float32), axes=list(range(len(out.shape) - 1)))
             # The official code would scale a constant channel by 1e5 and training would
             # then diverge; a constant or non-finite init batch is an error instead.
             tf.debugging.assert_greater(
@@ -214,7 +220,7 @@ class Conv2d(_WeightNorm):
 
     def apply(self, x, weights, pad=None):
         """The convolution with given weights; pad overrides the layer's padding."""
-        W, b = weights
+        W, b = _cast(weights, x.dtype)
         pad = self.pad if pad is None else pad
         if not isinstance(pad, str):
             # tf.pad + VALID, as the official code: conv2d's own explicit padding has no
@@ -241,7 +247,7 @@ class Deconv2d(_WeightNorm):
         return W, self.b
 
     def apply(self, x, weights):
-        W, b = weights
+        W, b = _cast(weights, x.dtype)
         s = tf.shape(x)
         out_h, out_w = s[1] * self.stride[0], s[2] * self.stride[1]
         if self.pad != 'SAME':
@@ -262,7 +268,7 @@ class Dense(_WeightNorm):
         return self.V, self.g / tf.sqrt(tf.reduce_sum(tf.square(self.V), axis=0)), self.b
 
     def apply(self, x, weights):
-        V, scaler, b = weights
+        V, scaler, b = _cast(weights, x.dtype)
         out = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), V) * scaler + b
         return tf.reshape(out, tf.concat([tf.shape(x)[:-1], [self.num_units]], 0))
 
@@ -341,16 +347,17 @@ class GatedResnet(keras.layers.Layer):
         self.num_filters = num_filters
         self.nonlinearity = NONLINEARITIES[nonlinearity]
         self.dropout_p = dropout_p
-        self.conv1 = conv(num_filters, name=next_name('conv2d', counters))
-        self.nin_aux = nin(num_filters, name=next_name('dense', counters)) if has_aux else None
-        self.conv2 = conv(2 * num_filters, init_scale=0.1, name=next_name('conv2d', counters))
+        policy = dict(dtype=self.dtype_policy)
+        self.conv1 = conv(num_filters, name=next_name('conv2d', counters), **policy)
+        self.nin_aux = nin(num_filters, name=next_name('dense', counters), **policy) if has_aux else None
+        self.conv2 = conv(2 * num_filters, init_scale=0.1, name=next_name('conv2d', counters), **policy)
         self.hw_name = next_name('conditional_weights', counters)
         self.hw = None
 
     def build(self, x_shape, aux_shape=None, h_shape=None):
         if h_shape is not None:
             self.hw = self.add_weight(name='hw', shape=(h_shape[-1], 2 * self.num_filters),
-                                      initializer=_normal_init())
+                                      initializer=_normal_init(), autocast=False)
 
     def call(self, x, aux=None, h=None, training=False, init=False):
         f = self.nonlinearity
@@ -362,7 +369,7 @@ class GatedResnet(keras.layers.Layer):
             c1 = tf.nn.dropout(c1, rate=self.dropout_p)
         c2 = self.conv2(c1, init=init)
         if h is not None:
-            c2 += tf.matmul(h, self.hw)[:, None, None, :]
+            c2 += tf.matmul(h, tf.cast(self.hw, h.dtype))[:, None, None, :]
         a, b = tf.split(c2, 2, axis=3)
         return x + a * tf.sigmoid(b)
 

@@ -11,6 +11,7 @@ from pixel_cnn_pp import nn
 from pixel_cnn_pp.model import PixelCNNPP
 
 MODEL_FLAGS = ('nr_resnet', 'nr_filters', 'nr_logistic_mix', 'resnet_nonlinearity', 'energy_distance')
+PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
 
 
 def define_model_flags():
@@ -125,20 +126,47 @@ class ExponentialMovingAverage(tf.Module):
             _update(s, lambda s, p: s.assign_sub((1. - self.decay) * (s - p)), self.params[k])
 
 
+class DynamicLossScale(tf.Module):
+    """Dynamic loss scaling for float16 training (as keras.optimizers.LossScaleOptimizer):
+    the loss is multiplied by `scale` before the backward pass and the gradients divided by
+    it; a step whose gradients are not finite is skipped and halves the scale, and 2000
+    finite steps in a row double it."""
+
+    def __init__(self, initial_scale=2. ** 15, growth_steps=2000):
+        super().__init__(name='loss_scale')
+        self.growth_steps = growth_steps
+        self.scale = tf.Variable(initial_scale, trainable=False, name='scale')
+        self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name='good_steps')
+
+    def update(self, finite):
+        """After a step; cross-replica context."""
+        grow = tf.logical_and(finite, self.good_steps.read_value() + 1 >= self.growth_steps)
+        scale = tf.where(grow, 2. * self.scale, tf.where(finite, self.scale, self.scale / 2.))
+        good = tf.where(tf.logical_and(finite, tf.logical_not(grow)), self.good_steps + 1, 0)
+        _update(self.scale, lambda v, x: v.assign(x), scale)
+        _update(self.good_steps, lambda v, x: v.assign(x), good)
+
+
 class Trainer:
     """A PixelCNNPP, its Polyak-averaged copy (used for evaluation and sampling), the
     official Adam, and the distributed train and test steps. `model_kwargs` are
-    PixelCNNPP's arguments; `num_labels` > 0 conditions on one-hot labels."""
+    PixelCNNPP's arguments; `num_labels` > 0 conditions on one-hot labels.
+
+    precision='mixed_bfloat16' or 'mixed_float16' trains in that compute dtype (variables,
+    Adam, EMA and the loss stay float32; float16 adds dynamic loss scaling); evaluation
+    uses the float32 EMA model in every case."""
 
     def __init__(self, strategy, model_kwargs, image_shape, num_labels=0, learning_rate=1e-3,
-                 lr_decay=0.999995, polyak_decay=0.9995, jit_compile=False):
+                 lr_decay=0.999995, polyak_decay=0.9995, jit_compile=False, precision='float32'):
+        if precision not in PRECISIONS:
+            raise ValueError('precision must be one of %s, got %r' % (PRECISIONS, precision))
         self.strategy = strategy
         self.model_kwargs = dict(model_kwargs)
         self.image_shape = tuple(image_shape)
         self.num_labels = num_labels
         self.energy_distance = self.model_kwargs.get('energy_distance', False)
         with strategy.scope():
-            self.model = PixelCNNPP(**self.model_kwargs)
+            self.model = PixelCNNPP(**self.model_kwargs, dtype=precision)
             self.ema_model = PixelCNNPP(**dict(self.model_kwargs, dropout_p=0.))
             x = tf.zeros((1,) + self.image_shape)
             for m in (self.model, self.ema_model):
@@ -149,9 +177,11 @@ class Trainer:
             self.ema = ExponentialMovingAverage(self.params, self.shadows, polyak_decay)
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name='epoch')
             self.epoch_step = tf.Variable(0, dtype=tf.int64, trainable=False, name='epoch_step')
+            self.loss_scale = DynamicLossScale() if precision == 'mixed_float16' else None
+        extra = {} if self.loss_scale is None else dict(loss_scale=self.loss_scale)
         self.checkpoint = tf.train.Checkpoint(
             params=self.params, ema=self.shadows, adam=self.optimizer,
-            epoch=self.epoch, epoch_step=self.epoch_step)
+            epoch=self.epoch, epoch_step=self.epoch_step, **extra)
         self._train_step = tf.function(self._distributed_train_step, autograph=False)
         self._test_step = tf.function(self._distributed_test_step, autograph=False)
         self._loss_and_grads = tf.function(self._loss_and_grads_fn, jit_compile=jit_compile, autograph=False)
@@ -196,8 +226,11 @@ class Trainer:
     def _loss_and_grads_fn(self, x, y):
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(self.loss(self.model, x, y, training=True))
-        params = list(self.params.values())
-        return loss, tape.gradient(loss, params)
+            scaled = loss if self.loss_scale is None else loss * self.loss_scale.scale
+        grads = tape.gradient(scaled, list(self.params.values()))
+        if self.loss_scale is not None:
+            grads = [g / self.loss_scale.scale for g in grads]
+        return loss, grads
 
     def _distributed_train_step(self, batch):
         def replica_step(x, y, weight):
@@ -206,13 +239,25 @@ class Trainer:
             loss, grads = self._loss_and_grads(x, y)
             ctx = tf.distribute.get_replica_context()
             grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            finite = tf.constant(True) if self.loss_scale is None else \
+                tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
 
-            def apply(strategy, grads):
-                self.optimizer.apply_gradients(dict(zip(self.params, grads)))
-                self.ema.apply()
+            def apply(strategy, grads, finite):
+                def step():
+                    self.optimizer.apply_gradients(dict(zip(self.params, grads)))
+                    self.ema.apply()
+                    return tf.constant(True)
+
+                if self.loss_scale is None:
+                    step()
+                else:  # a step whose scaled gradients overflowed is skipped (on every replica:
+                    # the summed gradients are the same everywhere)
+                    finite = strategy.experimental_local_results(finite)[0]
+                    tf.cond(finite, step, lambda: tf.constant(False))
+                    self.loss_scale.update(finite)
                 _update(self.epoch_step, lambda s: s.assign_add(1))
 
-            ctx.merge_call(apply, args=(grads,))
+            ctx.merge_call(apply, args=(grads, finite))
             return loss, bad_pixels
 
         loss, bad_pixels = self.strategy.run(replica_step, args=batch)

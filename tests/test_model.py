@@ -121,6 +121,31 @@ def test_works_in_tf_function_with_unknown_batch():
     np.testing.assert_allclose(fn(x), eager, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('precision, dtype, rtol', [('mixed_bfloat16', tf.bfloat16, 0.05),
+                                                     ('mixed_float16', tf.float16, 0.01)])
+def test_mixed_precision_computes_in_low_precision_with_float32_weights_and_outputs(
+        precision, dtype, rtol):
+    x, h = images((4, 8, 8, 3)), np.eye(10, dtype=np.float32)[[1, 2, 3, 4]]
+    full = small_model()
+    expected = full(x, h=h, init=True)
+    mixed = small_model(dtype=precision)
+    mixed(x, h=h)
+    for k, v in mixed.official_variables().items():
+        assert v.dtype == 'float32'
+        v.assign(full.official_variables()[k])
+    assert {layer.compute_dtype for layer in mixed.weight_norm_layers()} == {dtype.name}
+    out = mixed(x, h=h)
+    assert out.dtype == tf.float32
+    # the network really ran in the low precision: close to float32, but not equal to it
+    err = np.abs(out - expected).max() / np.abs(expected).max()
+    assert 1e-5 < err < rtol
+    # the data-dependent init computes its statistics in float32 too
+    mixed(x, h=h, init=True)
+    for k, v in mixed.official_variables().items():
+        if k.endswith('/g'):
+            np.testing.assert_allclose(v.numpy(), full.official_variables()[k].numpy(), rtol=0.1)
+
+
 @pytest.mark.parametrize('x, h, message', [
     (np.zeros((8, 8, 3)), None, '4-D'),
     (np.zeros((1, 8, 8, 2)), None, '1 .grayscale. or 3 .RGB. channels'),

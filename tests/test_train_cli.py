@@ -143,6 +143,7 @@ def test_eval_of_official_checkpoint(tmp_path, capsys):
     (['--batch_size=0'], '--batch_size must be at least 1'),
     (['--dropout_p=1'], r'--dropout_p must be in \[0, 1\)'),
     (['--tf1_checkpoint=x.ckpt'], '--tf1_checkpoint is for --mode=eval'),
+    (['--precision=float64'], 'flag --precision=float64: value should be one of'),
 ])
 def test_bad_flags(args, message, tmp_path):
     with pytest.raises(Exception, match=message):

@@ -130,6 +130,54 @@ def test_evaluate_counts_every_test_image_once(two_replicas):
     assert trainer.evaluate(data_lib.test_batches(strategy, data, 2)) == pytest.approx(expected, rel=1e-5)
 
 
+def test_mixed_bfloat16_training_step(one_replica):
+    """Same weights, same batch: the bfloat16 step's loss is the float32 one to bfloat16
+    precision, and its update moves the float32 weights like the float32 step does."""
+    data = tiny_data()
+    batch = first_batch(one_replica, data, 8)
+    full = Trainer(one_replica, TINY, (8, 8, 3))
+    mixed = Trainer(one_replica, TINY, (8, 8, 3), precision='mixed_bfloat16')
+    full.initialize(data_lib.scale(data.train_x[:8]))
+    for k, v in mixed.params.items():
+        v.assign(full.params[k].read_value())
+    start = {k: v.numpy() for k, v in full.params.items()}
+    loss_full, _ = full.train_step(batch)
+    loss_mixed, _ = mixed.train_step(batch)
+    assert loss_mixed == pytest.approx(loss_full, rel=1e-2) and loss_mixed != loss_full
+    moved_full = np.concatenate([(full.params[k].numpy() - start[k]).ravel() for k in start])
+    moved_mixed = np.concatenate([(mixed.params[k].numpy() - start[k]).ravel() for k in start])
+    assert np.abs(moved_mixed).max() < 1.5e-3  # an Adam first step moves by about lr = 1e-3
+    assert np.mean(np.sign(moved_mixed) == np.sign(moved_full)) > 0.9
+    assert mixed.ema_model.compute_dtype == 'float32'  # evaluation stays float32
+
+
+def test_mixed_float16_loss_scaling(two_replicas):
+    """An overflowing step is skipped on every replica and halves the scale; finite steps
+    update the weights and, growth_steps in a row, double it."""
+    data = tiny_data()
+    batch = first_batch(two_replicas, data, 4)
+    trainer = Trainer(two_replicas, TINY, (8, 8, 3), precision='mixed_float16')
+    trainer.loss_scale.growth_steps = 2
+    trainer.initialize(data_lib.scale(data.train_x[:8]))
+    params = lambda: {k: v.numpy() for k, v in trainer.params.items()}  # noqa: E731
+    start, shadows = params(), {k: v.numpy() for k, v in trainer.shadows.items()}
+    trainer.loss_scale.scale.assign(2. ** 40)  # the float16 gradients overflow
+    loss, finite = trainer.train_step(batch)
+    assert finite and np.isfinite(loss)
+    assert trainer.loss_scale.scale.numpy() == 2. ** 39
+    assert trainer.optimizer.step.numpy() == 0 and trainer.epoch_step.numpy() == 1
+    for k, v in params().items():
+        np.testing.assert_array_equal(v, start[k])
+        np.testing.assert_array_equal(trainer.shadows[k].numpy(), shadows[k])
+    trainer.loss_scale.scale.assign(1.)
+    for steps, scale in ((1, 1.), (2, 2.), (3, 2.)):
+        trainer.train_step(batch)
+        assert trainer.optimizer.step.numpy() == steps and trainer.loss_scale.scale.numpy() == scale
+    for k, v in trainer.params.items():
+        assert all(np.array_equal(r.numpy(), v.values[0].numpy()) for r in v.values)
+    assert any(not np.array_equal(v, start[k]) for k, v in params().items())
+
+
 def test_nonfinite_batch_is_reported():
     trainer = Trainer(tf.distribute.get_strategy(), TINY, (8, 8, 3))
     x = np.zeros((2, 8, 8, 3), np.float32)

@@ -15,6 +15,8 @@ class PixelCNNPP(keras.Model):
     for RGB, 3*nr_logistic_mix for grayscale), or with energy_distance=True to a list
     of 10 sample images. h is an optional (B, K) conditioning vector; training=True
     applies dropout; init=True runs the data-dependent initialisation on this batch.
+    dtype='mixed_bfloat16' or 'mixed_float16' computes in that dtype; the weights and the
+    outputs stay float32.
 
     Sub-layers are created in the order model_spec calls them and named as its
     variable scopes (conv2d_N, dense_N, deconv2d_N, conditional_weights_N), which

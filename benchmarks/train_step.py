@@ -64,7 +64,10 @@ def profile(trainer, batch, steps):
         tf.profiler.experimental.stop()
         times = op_time_by_type(logdir)
     total = sum(times.values())
-    share = lambda word: round(sum(t for k, t in times.items() if word in k) / total, 3)  # noqa: E731
+
+    def share(word):
+        return round(sum(t for k, t in times.items() if word in k) / total, 3)
+
     return dict(conv_share=share('Conv2D'), matmul_share=share('MatMul'),
                 top_ops={k: round(t / steps, 3) for k, t in times.most_common(8)})
 

@@ -177,11 +177,12 @@ class Trainer:
             self.ema = ExponentialMovingAverage(self.params, self.shadows, polyak_decay)
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name='epoch')
             self.epoch_step = tf.Variable(0, dtype=tf.int64, trainable=False, name='epoch_step')
-            self.loss_scale = DynamicLossScale() if precision == 'mixed_float16' else None
-        extra = {} if self.loss_scale is None else dict(loss_scale=self.loss_scale)
+            # in every precision, so that checkpoints resume in any other
+            self.loss_scale = DynamicLossScale()
+        self.scale_loss = precision == 'mixed_float16'
         self.checkpoint = tf.train.Checkpoint(
             params=self.params, ema=self.shadows, adam=self.optimizer,
-            epoch=self.epoch, epoch_step=self.epoch_step, **extra)
+            epoch=self.epoch, epoch_step=self.epoch_step, loss_scale=self.loss_scale)
         self._train_step = tf.function(self._distributed_train_step, autograph=False)
         self._test_step = tf.function(self._distributed_test_step, autograph=False)
         self._loss_and_grads = tf.function(self._loss_and_grads_fn, jit_compile=jit_compile, autograph=False)
@@ -226,9 +227,9 @@ class Trainer:
     def _loss_and_grads_fn(self, x, y):
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(self.loss(self.model, x, y, training=True))
-            scaled = loss if self.loss_scale is None else loss * self.loss_scale.scale
+            scaled = loss * self.loss_scale.scale if self.scale_loss else loss
         grads = tape.gradient(scaled, list(self.params.values()))
-        if self.loss_scale is not None:
+        if self.scale_loss:
             grads = [g / self.loss_scale.scale for g in grads]
         return loss, grads
 
@@ -239,8 +240,8 @@ class Trainer:
             loss, grads = self._loss_and_grads(x, y)
             ctx = tf.distribute.get_replica_context()
             grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-            finite = tf.constant(True) if self.loss_scale is None else \
-                tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]) \
+                if self.scale_loss else tf.constant(True)
 
             def apply(strategy, grads, finite):
                 def step():
@@ -248,7 +249,7 @@ class Trainer:
                     self.ema.apply()
                     return tf.constant(True)
 
-                if self.loss_scale is None:
+                if not self.scale_loss:
                     step()
                 else:  # a step whose scaled gradients overflowed is skipped (on every replica:
                     # the summed gradients are the same everywhere)

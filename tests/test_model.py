@@ -139,7 +139,7 @@ def test_mixed_precision_computes_in_low_precision_with_float32_weights_and_outp
     # the network really ran in the low precision: close to float32, but not equal to it
     err = np.abs(out - expected).max() / np.abs(expected).max()
     assert 1e-5 < err < rtol
-    # the data-dependent init computes its statistics in float32 too
+    # the data-dependent init works under the policy: the same g as in float32, to its precision
     mixed(x, h=h, init=True)
     for k, v in mixed.official_variables().items():
         if k.endswith('/g'):

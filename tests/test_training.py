@@ -178,6 +178,24 @@ def test_mixed_float16_loss_scaling(two_replicas):
     assert any(not np.array_equal(v, start[k]) for k, v in params().items())
 
 
+def test_checkpoints_move_between_precisions(tmp_path):
+    """A checkpoint resumes in another precision (train.py restores with assert_consumed)."""
+    data = tiny_data()
+    mixed = Trainer(tf.distribute.get_strategy(), TINY, (8, 8, 3), precision='mixed_float16')
+    mixed.initialize(data_lib.scale(data.train_x[:8]))
+    mixed.loss_scale.scale.assign(4.)
+    path = mixed.checkpoint.save(str(tmp_path / 'mixed'))
+    full = Trainer(tf.distribute.get_strategy(), TINY, (8, 8, 3))
+    full.checkpoint.restore(path).assert_consumed()
+    for k, v in full.params.items():
+        np.testing.assert_array_equal(v.numpy(), mixed.params[k].numpy())
+    again = Trainer(tf.distribute.get_strategy(), TINY, (8, 8, 3), precision='mixed_float16')
+    again.checkpoint.restore(full.checkpoint.save(str(tmp_path / 'full'))).assert_consumed()
+    assert again.loss_scale.scale.numpy() == 4.
+    for k, v in again.shadows.items():
+        np.testing.assert_array_equal(v.numpy(), mixed.shadows[k].numpy())
+
+
 def test_nonfinite_batch_is_reported():
     trainer = Trainer(tf.distribute.get_strategy(), TINY, (8, 8, 3))
     x = np.zeros((2, 8, 8, 3), np.float32)

@@ -210,8 +210,8 @@ class Run:
             bar = keras.utils.Progbar(steps, stateful_metrics=['bits_per_dim', 'images/s'],
                                       verbose=1 if FLAGS.progress else 0)
             train_losses = []
+            t0 = time.time()  # images/s counts the wait for each batch as well as the step
             for k, batch in enumerate(batches, start=skip + 1):
-                t0 = time.time()
                 nats, finite_input = trainer.train_step(batch)
                 step = int(trainer.optimizer.step.numpy())
                 if not finite_input:
@@ -227,6 +227,7 @@ class Run:
                 bar.update(k, [('bits_per_dim', train_losses[-1]), ('images/s', rate)])
                 if FLAGS.save_steps and step % FLAGS.save_steps == 0 and k < steps:
                     self.save()
+                t0 = time.time()
             test_loss = trainer.evaluate(test_batches)
             self.test_bpd.append(test_loss)
             print('Iteration %d, time = %ds, train bits_per_dim = %.4f, test bits_per_dim = %.4f'

@@ -1,6 +1,6 @@
 """Images per second that train.py's input pipeline delivers on its own (no model), to
-check that it cannot starve the training step: the step consumes about 1 image/s at the
-paper size on a 2-core CPU and a few hundred per GPU.
+check that it cannot starve the training step (which takes 1 to 12 images/s on a 2-core
+CPU; compare with what your GPUs train at).
 
     python benchmarks/input_pipeline.py                       # CIFAR-10 size, one replica
     python benchmarks/input_pipeline.py --replicas=8          # 8 logical CPU replicas
@@ -25,7 +25,7 @@ flags.DEFINE_integer('num_images', 50000, 'Synthetic uint8 training images')
 flags.DEFINE_integer('image_size', 32, 'Height and width')
 flags.DEFINE_integer('batch_size', 16, 'Images per replica per step')
 flags.DEFINE_integer('replicas', 1, 'Replicas of a MirroredStrategy on logical CPU devices')
-flags.DEFINE_integer('steps', 500, 'Global batches timed')
+flags.DEFINE_integer('steps', 500, 'Global batches timed', lower_bound=1)
 FLAGS = flags.FLAGS
 FIRST = 20
 
@@ -38,12 +38,16 @@ def main(argv):
     strategy = tf.distribute.MirroredStrategy(
         ['/cpu:%d' % i for i in range(FLAGS.replicas)]) if FLAGS.replicas > 1 else \
         tf.distribute.OneDeviceStrategy('/cpu:0')
-    rng = np.random.default_rng(0)
     n, s = FLAGS.num_images, FLAGS.image_size
+    global_batch = FLAGS.batch_size * FLAGS.replicas
+    if FLAGS.num_images // global_batch < FIRST + FLAGS.steps:
+        raise app.UsageError('--num_images=%d makes %d batches of %d; the benchmark needs '
+                             '--steps + %d = %d' % (n, n // global_batch, global_batch, FIRST,
+                                                    FLAGS.steps + FIRST))
+    rng = np.random.default_rng(0)
     data = data_lib.Data(rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8),
                          rng.integers(0, 10, n).astype(np.int32),
                          np.zeros((1, s, s, 3), np.uint8), np.zeros(1, np.int32), 10)
-    global_batch = FLAGS.batch_size * FLAGS.replicas
     start = time.perf_counter()
     batches = data_lib.train_batches(strategy, data, FLAGS.batch_size, seed=1, epoch=0,
                                      max_steps=FIRST + FLAGS.steps)

@@ -8,6 +8,7 @@ from pixel_cnn_pp import nn
 ENERGY_DISTANCE_SAMPLES = 10
 
 
+@nn.serializable
 class PixelCNNPP(keras.Model):
     """PixelCNN++ as a Keras model: model(x, h=None, training=False, init=False) maps
     images x (B,H,W,C) in [-1, 1], C = 3 or 1, H and W divisible by 4, to the
@@ -18,13 +19,18 @@ class PixelCNNPP(keras.Model):
     dtype='mixed_bfloat16' or 'mixed_float16' computes in that dtype; the weights and the
     outputs stay float32.
 
+    image_shape (H, W, C) is the size the model was trained on, the default of sampling and
+    export (32x32 with the model's channels if not given); the network itself takes any
+    H and W divisible by 4. `num_labels` is the size of h (None for an unconditional model).
+
     Sub-layers are created in the order model_spec calls them and named as its
     variable scopes (conv2d_N, dense_N, deconv2d_N, conditional_weights_N), which
     `official_variables()` exposes and the official-checkpoint loader relies on.
     """
 
     def __init__(self, nr_resnet=5, nr_filters=160, nr_logistic_mix=10,
-                 resnet_nonlinearity='concat_elu', dropout_p=0.5, energy_distance=False, **kwargs):
+                 resnet_nonlinearity='concat_elu', dropout_p=0.5, energy_distance=False,
+                 image_shape=None, **kwargs):
         super().__init__(**kwargs)
         if resnet_nonlinearity not in nn.NONLINEARITIES:
             raise ValueError('resnet_nonlinearity must be one of %s, got %r'
@@ -35,14 +41,22 @@ class PixelCNNPP(keras.Model):
                 raise ValueError('%s must be a positive integer, got %r' % (arg, value))
         if not 0. <= dropout_p < 1.:
             raise ValueError('dropout_p must be in [0, 1), got %r' % dropout_p)
+        if image_shape is not None:
+            image_shape = tuple(int(d) for d in image_shape)
+            if len(image_shape) != 3 or image_shape[2] not in (1, 3) or image_shape[0] % 4 or \
+                    image_shape[1] % 4 or min(image_shape) < 1:
+                raise ValueError('image_shape must be (H, W, C) with H and W positive multiples '
+                                 'of 4 and C = 1 or 3, got %r' % (image_shape,))
         self.nr_resnet = nr_resnet
         self.nr_filters = nr_filters
         self.nr_logistic_mix = nr_logistic_mix
         self.resnet_nonlinearity = resnet_nonlinearity
         self.dropout_p = dropout_p
         self.energy_distance = energy_distance
+        self._image_shape = image_shape
         self.channels = None
         self.conditional = None
+        self._num_labels = None
         self._counters = {}
 
         c = self._counters
@@ -51,6 +65,8 @@ class PixelCNNPP(keras.Model):
 
         def resnet(conv, has_aux):
             return nn.GatedResnet(F, conv, resnet_nonlinearity, dropout_p, c, has_aux=has_aux, **p)
+
+        down, down_right = 'down_shifted_conv2d', 'down_right_shifted_conv2d'
 
         # Up pass: 3 stages of nr_resnet blocks per stream, stride-2 convs between.
         self.u_in = nn.down_shifted_conv2d(F, (2, 3), name=nn.next_name('conv2d', c), **p)
@@ -64,8 +80,8 @@ class PixelCNNPP(keras.Model):
                     nn.down_right_shifted_conv2d(F, stride=(2, 2), name=nn.next_name('conv2d', c), **p)))
             us, uls = [], []
             for _ in range(nr_resnet):
-                us.append(resnet(nn.down_shifted_conv2d, False))
-                uls.append(resnet(nn.down_right_shifted_conv2d, True))
+                us.append(resnet(down, False))
+                uls.append(resnet(down_right, True))
             up_u.append(tuple(us))
             up_ul.append(tuple(uls))
         # Down pass: nr_resnet, then nr_resnet + 1 blocks, transposed convs between.
@@ -76,8 +92,8 @@ class PixelCNNPP(keras.Model):
                     nn.down_right_shifted_deconv2d(F, stride=(2, 2), name=nn.next_name('deconv2d', c), **p)))
             us, uls = [], []
             for _ in range(nr_resnet + (stage > 0)):
-                us.append(resnet(nn.down_shifted_conv2d, True))
-                uls.append(resnet(nn.down_right_shifted_conv2d, True))
+                us.append(resnet(down, True))
+                uls.append(resnet(down_right, True))
             down_u.append(tuple(us))
             down_ul.append(tuple(uls))
         # Tuples, not lists: Keras 3 wraps lists in a type tf.train.Checkpoint skips.
@@ -86,12 +102,39 @@ class PixelCNNPP(keras.Model):
         self.downsample, self.upsample = tuple(downsample), tuple(upsample)
         self.head = None
 
-    def build(self, x_shape):
+    def get_config(self):
+        return dict(super().get_config(), nr_resnet=self.nr_resnet, nr_filters=self.nr_filters,
+                    nr_logistic_mix=self.nr_logistic_mix,
+                    resnet_nonlinearity=self.resnet_nonlinearity, dropout_p=self.dropout_p,
+                    energy_distance=self.energy_distance, image_shape=self._image_shape)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    @property
+    def image_shape(self):
+        if self._image_shape is not None:
+            return self._image_shape
+        return None if self.channels is None else (32, 32, self.channels)
+
+    @property
+    def num_labels(self):
+        return self._num_labels
+
+    def build(self, x_shape, h_shape=None):
+        """Creates every weight: the channels of x and the size of h fix their shapes (a
+        pass over a 4x4 zero image creates the sub-layers' weights in the official order)."""
         channels = x_shape[-1]
         if channels not in (1, 3):
             raise ValueError('x must have 1 (grayscale) or 3 (RGB) channels, got shape %s'
                              % (tuple(x_shape),))
+        if self._image_shape is not None and self._image_shape[2] != channels:
+            raise ValueError('x has %d channels but image_shape is %s'
+                             % (channels, self._image_shape))
         self.channels = channels
+        self.conditional = h_shape is not None
+        self._num_labels = None if h_shape is None else int(h_shape[-1])
         c = self._counters
         p = dict(dtype=self.dtype_policy)
         if self.energy_distance:
@@ -102,6 +145,8 @@ class PixelCNNPP(keras.Model):
         else:
             self.head = (nn.nin(nn.num_mixture_params(channels) * self.nr_logistic_mix,
                                 name=nn.next_name('dense', c), **p),)
+        h = None if h_shape is None else tf.zeros([1, self._num_labels])
+        self.call(tf.zeros([1, 4, 4, channels]), h=h)
 
     def _check_inputs(self, x, h):
         if x.shape.rank != 4:
@@ -113,8 +158,6 @@ class PixelCNNPP(keras.Model):
             if size is not None and size % 4:
                 raise ValueError('image %s must be divisible by 4 (two stride-2 downsamplings), '
                                  'got shape %s' % (axis, x.shape))
-        if self.conditional is None:
-            self.conditional = h is not None
         if self.conditional and h is None:
             raise ValueError('this model was built with conditioning: pass h (B, K)')
         if not self.conditional and h is not None:

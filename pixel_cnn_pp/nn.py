@@ -13,6 +13,9 @@ import keras
 
 INIT_EPS = 1e-10  # the official variance epsilon of the data-dependent init
 
+# Every layer is registered, so `keras.models.load_model` finds it after `import pixel_cnn_pp`.
+serializable = keras.saving.register_keras_serializable(package='pixel_cnn_pp')
+
 
 def int_shape(x):
     return list(map(int, x.shape))
@@ -174,6 +177,9 @@ class _WeightNorm(keras.layers.Layer):
         self.num_units = num_units
         self.init_scale = init_scale
 
+    def get_config(self):
+        return dict(super().get_config(), init_scale=self.init_scale)
+
     def _add_variables(self, v_shape):
         # autocast=False: under a mixed precision policy the weight normalisation runs in
         # float32 and apply() casts its result to the compute dtype.
@@ -201,6 +207,7 @@ class _WeightNorm(keras.layers.Layer):
         return out
 
 
+@serializable
 class Conv2d(_WeightNorm):
     """Weight-normalised 2-D convolution (official conv2d). `pad` is 'SAME', 'VALID'
     or explicit [[top, bottom], [left, right]] padding."""
@@ -210,6 +217,11 @@ class Conv2d(_WeightNorm):
         self.filter_size = tuple(filter_size)
         self.stride = tuple(stride)
         self.pad = pad if isinstance(pad, str) else [[0, 0], list(pad[0]), list(pad[1]), [0, 0]]
+
+    def get_config(self):
+        pad = self.pad if isinstance(self.pad, str) else self.pad[1:3]
+        return dict(super().get_config(), num_filters=self.num_units, filter_size=self.filter_size,
+                    stride=self.stride, pad=pad)
 
     def build(self, input_shape):
         self._add_variables(self.filter_size + (input_shape[-1], self.num_units))
@@ -229,6 +241,7 @@ class Conv2d(_WeightNorm):
         return tf.nn.bias_add(tf.nn.conv2d(x, W, (1,) + self.stride + (1,), pad), b)
 
 
+@serializable
 class Deconv2d(_WeightNorm):
     """Weight-normalised transposed convolution (official deconv2d); V has shape
     filter_size + [num_filters, in_channels] and is normalised over axes [0, 1, 3]."""
@@ -238,6 +251,10 @@ class Deconv2d(_WeightNorm):
         self.filter_size = tuple(filter_size)
         self.stride = tuple(stride)
         self.pad = pad
+
+    def get_config(self):
+        return dict(super().get_config(), num_filters=self.num_units, filter_size=self.filter_size,
+                    stride=self.stride, pad=self.pad)
 
     def build(self, input_shape):
         self._add_variables(self.filter_size + (self.num_units, input_shape[-1]))
@@ -257,9 +274,13 @@ class Deconv2d(_WeightNorm):
         return tf.nn.bias_add(out, b)
 
 
+@serializable
 class Dense(_WeightNorm):
     """Weight-normalised fully connected layer (official dense) over the last axis of
     an input of any rank; on a 4-D input it is the official nin (1x1 convolution)."""
+
+    def get_config(self):
+        return dict(super().get_config(), num_units=self.num_units)
 
     def build(self, input_shape):
         self._add_variables((input_shape[-1], self.num_units))
@@ -311,12 +332,17 @@ def down_right_shifted_conv2d(num_filters, filter_size=(2, 2), stride=(1, 1), **
                   pad=((filter_size[0] - 1, 0), (filter_size[1] - 1, 0)), **kwargs)
 
 
-class _CroppedDeconv2d(Deconv2d):
+@serializable
+class CroppedDeconv2d(Deconv2d):
     """A VALID transposed convolution cropped back to stride x input size."""
 
     def __init__(self, num_filters, filter_size, stride, crop_left, crop_right, **kwargs):
+        kwargs.pop('pad', None)  # always VALID; get_config of Deconv2d records it
         super().__init__(num_filters, filter_size, stride, pad='VALID', **kwargs)
         self.crop = (crop_left, crop_right)
+
+    def get_config(self):
+        return dict(super().get_config(), crop_left=self.crop[0], crop_right=self.crop[1])
 
     def call(self, x, init=False):
         out = super().call(x, init)
@@ -327,26 +353,40 @@ class _CroppedDeconv2d(Deconv2d):
 
 def down_shifted_deconv2d(num_filters, filter_size=(2, 3), stride=(1, 1), **kwargs):
     """Official down_shifted_deconv2d: keep the top rows, crop the sides evenly."""
-    return _CroppedDeconv2d(num_filters, filter_size, stride,
+    return CroppedDeconv2d(num_filters, filter_size, stride,
                             (filter_size[1] - 1) // 2, (filter_size[1] - 1) // 2, **kwargs)
 
 
 def down_right_shifted_deconv2d(num_filters, filter_size=(2, 2), stride=(1, 1), **kwargs):
     """Official down_right_shifted_deconv2d: keep the top-left corner."""
-    return _CroppedDeconv2d(num_filters, filter_size, stride, 0, filter_size[1] - 1, **kwargs)
+    return CroppedDeconv2d(num_filters, filter_size, stride, 0, filter_size[1] - 1, **kwargs)
 
 
+SHIFTED_CONVS = {'down_shifted_conv2d': down_shifted_conv2d,
+                 'down_right_shifted_conv2d': down_right_shifted_conv2d}
+
+
+@serializable
 class GatedResnet(keras.layers.Layer):
     """Official gated_resnet: x + a * sigmoid(b) where [a, b] = conv(dropout(f(conv(f(x))
-    [+ nin(f(aux))]))) [+ h @ hw]. `conv` builds the layer type (down_shifted_conv2d or
-    down_right_shifted_conv2d); the layers are created in the official call order, so
-    `counters` gives them the official names."""
+    [+ nin(f(aux))]))) [+ h @ hw]. `conv` is the layer type (down_shifted_conv2d or
+    down_right_shifted_conv2d, or its name); the layers are created in the official call order, so
+    `counters` (the official per-type counts so far; updated) gives them the official names."""
 
-    def __init__(self, num_filters, conv, nonlinearity, dropout_p, counters, has_aux=False, **kwargs):
+    def __init__(self, num_filters, conv, nonlinearity='concat_elu', dropout_p=0.5, counters=None,
+                 has_aux=False, **kwargs):
         super().__init__(**kwargs)
+        if counters is None:
+            counters = {}
+        conv = conv if isinstance(conv, str) else conv.__name__
+        if conv not in SHIFTED_CONVS:
+            raise ValueError('conv must be one of %s, got %r' % (sorted(SHIFTED_CONVS), conv))
+        self._config = dict(num_filters=num_filters, conv=conv, nonlinearity=nonlinearity,
+                            dropout_p=dropout_p, counters=dict(counters), has_aux=has_aux)
         self.num_filters = num_filters
         self.nonlinearity = NONLINEARITIES[nonlinearity]
         self.dropout_p = dropout_p
+        conv = SHIFTED_CONVS[conv]
         policy = dict(dtype=self.dtype_policy)
         self.conv1 = conv(num_filters, name=next_name('conv2d', counters), **policy)
         self.nin_aux = nin(num_filters, name=next_name('dense', counters), **policy) if has_aux else None
@@ -354,7 +394,15 @@ class GatedResnet(keras.layers.Layer):
         self.hw_name = next_name('conditional_weights', counters)
         self.hw = None
 
+    def get_config(self):
+        return dict(super().get_config(), **self._config)
+
     def build(self, x_shape, aux_shape=None, h_shape=None):
+        widen = 2 if self.nonlinearity is concat_elu else 1  # concat_elu doubles the channels
+        self.conv1.build(tuple(x_shape[:-1]) + (widen * x_shape[-1],))
+        if self.nin_aux is not None:
+            self.nin_aux.build(tuple(aux_shape[:-1]) + (widen * aux_shape[-1],))
+        self.conv2.build(tuple(x_shape[:-1]) + (widen * self.num_filters,))
         if h_shape is not None:
             self.hw = self.add_weight(name='hw', shape=(h_shape[-1], 2 * self.num_filters),
                                       initializer=_normal_init(), autocast=False)

@@ -5,7 +5,7 @@ test bits/dim.
 
     python train.py --data_dir=data --save_dir=save            # all visible GPUs
     python train.py --mode=eval --save_dir=save                # latest checkpoint, EMA
-    python train.py --mode=eval --tf1_checkpoint=params_cifar.ckpt
+    python train.py --mode=eval --checkpoint=params_cifar.ckpt # the official one
 """
 
 import json
@@ -18,9 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pixel_cnn_pp import checkpoints, cli, sampling, training
 from pixel_cnn_pp import data as data_lib
-from pixel_cnn_pp import load_official_checkpoint, sampling
-from pixel_cnn_pp import training
 from pixel_cnn_pp.training import Trainer
 
 FLAGS = flags.FLAGS
@@ -30,8 +29,12 @@ flags.DEFINE_string('save_dir', 'save', 'Location for parameter checkpoints and 
 flags.DEFINE_enum('data_set', 'cifar', ['cifar', 'imagenet', 'npz'],
                   'cifar | imagenet (downsampled 32x32) | npz (your own train_x/test_x arrays)')
 flags.DEFINE_integer('save_interval', 20, 'Every how many epochs to write checkpoint/samples?')
-flags.DEFINE_boolean('load_params', False, 'Restore training from the latest checkpoint in --save_dir?')
-training.define_model_flags()
+flags.DEFINE_boolean('load_params', False, 'Restore training from the latest checkpoint in '
+                     '--save_dir? (model flags not given are those of its config.json)')
+# model
+cli.define_model_flags()
+flags.DEFINE_boolean('class_conditional', False, 'Condition generative model on labels?')
+flags.adopt_module_key_flags(cli)
 # optimization
 flags.DEFINE_float('learning_rate', 0.001, 'Base learning rate')
 flags.DEFINE_float('lr_decay', 0.999995, 'Learning rate decay, applied every step of the optimization')
@@ -49,9 +52,10 @@ flags.DEFINE_integer('num_samples', 1, 'How many batches of samples to output (0
 flags.DEFINE_integer('seed', 1, 'Random seed to use')
 # beyond the official flags
 flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'train, or print the test bits/dim of the '
-                  'latest checkpoint in --save_dir (or of --tf1_checkpoint)')
-flags.DEFINE_string('tf1_checkpoint', None, 'With --mode=eval: an official TF1 checkpoint '
-                    '(e.g. params_cifar.ckpt) to evaluate')
+                  'EMA weights of --checkpoint (default: the latest in --save_dir)')
+flags.DEFINE_string('checkpoint', None, 'With --mode=eval: what to evaluate, as pixel_cnn_pp.load '
+                    'takes it: a save_dir, one checkpoint (save/ckpt-12), a .keras file, or an '
+                    'official TF1 checkpoint (params_cifar.ckpt); model flags given override it')
 flags.DEFINE_boolean('xla', False, 'Compile the forward and backward pass with XLA')
 flags.DEFINE_enum('precision', 'float32', list(training.PRECISIONS),
                   'Compute dtype of training (for GPUs): mixed_bfloat16, or mixed_float16 with '
@@ -63,16 +67,16 @@ flags.DEFINE_boolean('progress', True, 'Show a progress bar with images/s and ET
 
 
 def check_flags():
-    for name in ('batch_size', 'init_batch_size', 'max_epochs', 'save_interval', 'nr_resnet',
-                 'nr_filters', 'nr_logistic_mix'):
+    for name in ('batch_size', 'init_batch_size', 'max_epochs', 'save_interval'):
         if FLAGS[name].value < 1:
             raise app.UsageError('--%s must be at least 1, got %d' % (name, FLAGS[name].value))
     if FLAGS.nr_gpu is not None and FLAGS.nr_gpu < 1:
         raise app.UsageError('--nr_gpu must be at least 1, got %d' % FLAGS.nr_gpu)
     if not 0. <= FLAGS.dropout_p < 1.:
         raise app.UsageError('--dropout_p must be in [0, 1), got %g' % FLAGS.dropout_p)
-    if FLAGS.tf1_checkpoint and FLAGS.mode != 'eval':
-        raise app.UsageError('--tf1_checkpoint is for --mode=eval')
+    if FLAGS.checkpoint and FLAGS.mode != 'eval':
+        raise app.UsageError('--checkpoint is for --mode=eval (to resume training, --load_params '
+                             'with its --save_dir)')
 
 
 def make_strategy():
@@ -107,20 +111,42 @@ def is_chief(strategy):
         'chief' not in resolver.cluster_spec().as_dict()
 
 
-def evaluate(trainer, data, strategy):
-    if FLAGS.tf1_checkpoint:
-        load_official_checkpoint(trainer.ema_model, FLAGS.tf1_checkpoint, use_ema=True)
-        print('evaluating the EMA weights of', FLAGS.tf1_checkpoint)
-    else:
-        trainer.check_config(FLAGS.save_dir)
-        latest = tf.train.latest_checkpoint(FLAGS.save_dir)
-        if latest is None:
-            raise app.UsageError('no checkpoint in --save_dir=%s' % FLAGS.save_dir)
-        trainer.restore_ema(latest)
-        print('evaluating the EMA weights of', latest)
-    bpd = trainer.evaluate(data_lib.test_batches(strategy, data, FLAGS.batch_size))
+def evaluate(strategy):
+    """--mode=eval: the test bits/dim of a trained model's EMA weights on --data_set."""
+    path = FLAGS.checkpoint or FLAGS.save_dir
+    with strategy.scope():
+        model = cli.load_model(path)
+    data = load_data(bool(model.num_labels))
+    if model.num_labels and model.num_labels != data.num_labels:
+        raise app.UsageError('the model is conditioned on %d labels but --data_set=%s has %d'
+                             % (model.num_labels, FLAGS.data_set, data.num_labels))
+    print('evaluating the EMA weights of', path)
+    batches = data_lib.test_batches(strategy, data, FLAGS.batch_size)
+    bpd = training.Evaluator(strategy, model).evaluate(batches, data.test_x.shape[1:])
     print('test bits_per_dim = %.4f' % bpd)
     return bpd
+
+
+def load_data(class_conditional):
+    try:
+        return data_lib.load(FLAGS.data_set, FLAGS.data_dir, class_conditional)
+    except (ValueError, OSError) as e:
+        raise app.UsageError(str(e))
+
+
+def run_model_kwargs():
+    """PixelCNNPP's arguments and class_conditional for a training run: the flags, and when
+    resuming the run's config.json for every model flag not given."""
+    kwargs, conditional = cli.model_kwargs(), FLAGS.class_conditional
+    if FLAGS.load_params:
+        try:
+            saved = checkpoints.read_config(FLAGS.save_dir) or {}
+        except ValueError as e:
+            raise app.UsageError(str(e))
+        kwargs.update({k: saved[k] for k in checkpoints.MODEL_KEYS if k in saved and not FLAGS[k].present})
+        if 'num_labels' in saved and not FLAGS['class_conditional'].present:
+            conditional = bool(saved['num_labels'])
+    return kwargs, conditional
 
 
 class Run:
@@ -144,7 +170,10 @@ class Run:
     def start(self):
         trainer = self.trainer
         if FLAGS.load_params:
-            trainer.check_config(FLAGS.save_dir)
+            try:
+                checkpoints.check_config(FLAGS.save_dir, trainer.config())
+            except ValueError as e:
+                raise app.UsageError(str(e))
             if self.manager.latest_checkpoint is None:
                 raise app.UsageError('--load_params but no checkpoint in --save_dir=%s' % FLAGS.save_dir)
             print('restoring parameters from', self.manager.latest_checkpoint)
@@ -157,10 +186,10 @@ class Run:
                                      'resume, or use another --save_dir' % FLAGS.save_dir)
             print('initializing the model...')
             first = data_lib.epoch_order(len(self.data.train_x), FLAGS.seed, 0)[:FLAGS.init_batch_size]
-            y = self.data.train_y[first] if FLAGS.class_conditional else None
+            y = self.data.train_y[first] if trainer.num_labels else None
             trainer.initialize(data_lib.scale(self.data.train_x[first]), y)
             if self.chief:
-                trainer.write_config(FLAGS.save_dir)
+                checkpoints.write_config(FLAGS.save_dir, trainer.config())
         print('starting training')
         sys.stdout.flush()
 
@@ -178,12 +207,12 @@ class Run:
         trainer = self.trainer
         images = []
         for i in range(FLAGS.num_samples):
-            y = np.arange(self.global_batch) % self.data.num_labels if FLAGS.class_conditional else None
+            y = np.arange(self.global_batch) % trainer.num_labels if trainer.num_labels else None
             h = trainer.one_hot(y) if y is not None else None
             images.append(sampling.sample(trainer.ema_model, self.global_batch, h=h,
                                           seed=FLAGS.seed * 100003 + epoch * 101 + i,
                                           image_shape=self.data.train_x.shape[1:],
-                                          method='naive' if FLAGS.energy_distance else 'fast'))
+                                          method='naive' if trainer.model.energy_distance else 'fast'))
         images = np.concatenate(images)
         prefix = os.path.join(FLAGS.save_dir, '%s_sample%d' % (FLAGS.data_set, epoch))
         if self.chief:
@@ -259,23 +288,21 @@ def main(argv):
 
     keras.utils.set_random_seed(FLAGS.seed)  # Python, NumPy, TensorFlow and Keras initializers
     strategy = make_strategy()
-    try:
-        data = data_lib.load(FLAGS.data_set, FLAGS.data_dir, FLAGS.class_conditional)
-    except (ValueError, OSError) as e:
-        raise app.UsageError(str(e))
+    if FLAGS.mode == 'eval':
+        evaluate(strategy)
+        return
+    kwargs, conditional = run_model_kwargs()
+    data = load_data(conditional)
     os.makedirs(FLAGS.save_dir, exist_ok=True)
-    trainer = Trainer(strategy, training.model_kwargs(FLAGS), data.train_x.shape[1:],
-                      num_labels=data.num_labels if FLAGS.class_conditional else 0,
+    trainer = Trainer(strategy, kwargs, data.train_x.shape[1:],
+                      num_labels=data.num_labels if conditional else 0,
                       learning_rate=FLAGS.learning_rate, lr_decay=FLAGS.lr_decay,
                       polyak_decay=FLAGS.polyak_decay, jit_compile=FLAGS.xla,
                       precision=FLAGS.precision)
-    if FLAGS.mode == 'eval':
-        evaluate(trainer, data, strategy)
-        return
     run = Run(trainer, data, strategy)
     run.start()
     run.train()
 
 
 if __name__ == '__main__':
-    app.run(main)
+    cli.run(main)

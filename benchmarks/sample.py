@@ -47,7 +47,7 @@ def bench(size):
     shape = (B, H, H, 3)
     model = PixelCNNPP(dropout_p=0., **SIZES[size])
     model(np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32), init=True)
-    noise = sampling._noise(shape, model.nr_logistic_mix, tf.constant(0, tf.int64))
+    noise = sampling.noise(shape, model.nr_logistic_mix, tf.constant(0, tf.int64))
     x = tf.zeros(shape)
     iteration = tf.function(lambda x: nn.sample_with_noise(model(x), 3, noise))
     iteration(x).numpy()  # trace

@@ -26,9 +26,9 @@ import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pixel_cnn_pp import training  # noqa: E402
+from pixel_cnn_pp import cli, training  # noqa: E402
 
-training.define_model_flags()
+cli.define_model_flags()
 flags.DEFINE_float('dropout_p', 0.5, 'Dropout')
 flags.DEFINE_integer('batch_size', 16, 'Images per step')
 flags.DEFINE_integer('image_size', 32, 'Height and width')
@@ -79,7 +79,7 @@ def main(argv):
     rng = np.random.default_rng(0)
     x = tf.constant((rng.integers(0, 256, shape) - 127.5) / 127.5, tf.float32)
     device = '/gpu:0' if tf.config.list_physical_devices('GPU') else '/cpu:0'
-    trainer = training.Trainer(tf.distribute.OneDeviceStrategy(device), training.model_kwargs(FLAGS),
+    trainer = training.Trainer(tf.distribute.OneDeviceStrategy(device), cli.model_kwargs(),
                                shape[1:], jit_compile=FLAGS.xla, precision=FLAGS.precision)
     trainer.initialize(x)
     batch = (x, tf.zeros(shape[0], tf.int32), tf.ones(shape[0]))

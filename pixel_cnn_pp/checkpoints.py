@@ -1,45 +1,156 @@
-"""Reading checkpoints written by the official TF1 train.py (tf.train.Saver)."""
+"""Checkpoints and loading: the run config (config.json), the variables of our checkpoints
+and of the official TF1 ones (tf.train.Saver), the model config a checkpoint implies, and
+`load`, the one loader of a trained model (save_dir, checkpoint, .keras file, official
+checkpoint such as params_cifar.ckpt)."""
 
+import json
+import os
+import re
+
+import keras
 import tensorflow as tf
 
-EMA_SUFFIX = '/ExponentialMovingAverage'
+from pixel_cnn_pp import nn
+from pixel_cnn_pp.model import PixelCNNPP
+
+MODEL_KEYS = ('nr_resnet', 'nr_filters', 'nr_logistic_mix', 'resnet_nonlinearity', 'energy_distance')
+CONFIG_FILE = 'config.json'
+# The groups of our training checkpoint (training.Trainer) that hold weights.
+PARAMS, EMA = 'params', 'ema'
+OFFICIAL_EMA_SUFFIX = '/ExponentialMovingAverage'
+OVERRIDES = MODEL_KEYS + ('image_shape', 'num_labels', 'dropout_p', 'dtype')
+KINDS = ('a save_dir of train.py, one of its checkpoints (save/ckpt-12), a .keras file, or an '
+         'official TF1 checkpoint prefix (params_cifar.ckpt)')
 
 
-def _build_from_checkpoint(model, shapes):
-    """Builds an unbuilt model with the image channels and conditioning size the
-    checkpoint was trained with (its first conv sees C + 1 channels: the ones channel)."""
-    first = shapes.get('model/conv2d_0/V')
-    if first is None:
-        raise ValueError('not an official PixelCNN++ checkpoint: no variable model/conv2d_0/V')
-    x = tf.zeros([1, 4, 4, first[2] - 1])
-    hw = shapes.get('model/conditional_weights_0/hw')
-    model(x, h=None if hw is None else tf.zeros([1, hw[0]]))
+# ---------------------------------------------------------------------- run config
+
+def model_config(model):
+    """What config.json records of a built PixelCNNPP: the model flags, the image shape and
+    the label count (0: unconditional)."""
+    return dict({k: getattr(model, k) for k in MODEL_KEYS}, image_shape=list(model.image_shape),
+                num_labels=model.num_labels or 0)
 
 
-def load_official_checkpoint(model, path, use_ema=True):
-    """Loads a checkpoint of the official code (e.g. params_cifar.ckpt) into `model`, a
-    PixelCNNPP of the same config; use_ema=True takes the Polyak-averaged shadows
-    (`<name>/ExponentialMovingAverage`), as the official test and sampling do. An
-    unbuilt model is built first. Adam slots (`Variable_N`) are ignored. Every variable
-    is checked before any is assigned, so a checkpoint of another config raises a
-    ValueError naming what is missing, mis-shaped or extra, and changes nothing."""
-    reader = tf.train.load_checkpoint(path)
+def read_config(save_dir):
+    """config.json of a run, or None where there is none."""
+    path = os.path.join(save_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError('%s is not readable JSON (%s)' % (path, e)) from None
+    if not isinstance(config, dict):
+        raise ValueError('%s: expected a JSON object of the model config' % path)
+    return config
+
+
+def check_config(save_dir, config):
+    """Raises if save_dir holds checkpoints of a model config other than `config`."""
+    saved = read_config(save_dir)
+    if saved is None:
+        return
+    diff = ['%s: checkpoint %r, now %r' % (k, saved.get(k), config[k]) for k in config if saved.get(k) != config[k]]
+    if diff:
+        raise ValueError('the checkpoints in %s are of another model config (%s); pass the '
+                         'flags they were trained with or use another --save_dir'
+                         % (save_dir, '; '.join(diff)))
+
+
+def write_config(save_dir, config):
+    """Writes config.json atomically."""
+    tmp = os.path.join(save_dir, CONFIG_FILE + '.tmp')
+    with open(tmp, 'w') as f:
+        json.dump(config, f, indent=1)
+    os.replace(tmp, os.path.join(save_dir, CONFIG_FILE))
+
+
+# ---------------------------------------------------------------------- checkpoint variables
+
+def _ours_key(group, name):
+    """The key tf.train.Checkpoint gives dict entry `name` of `group` ('/' escaped as '.S')."""
+    return '%s/%s/.ATTRIBUTES/VARIABLE_VALUE' % (group, name.replace('.', '..').replace('/', '.S'))
+
+
+def checkpoint_key(kind, name, use_ema=True):
+    """The key of official variable `name` in a checkpoint of this kind ('official': written
+    by the official train.py; 'ours': by train.py here), EMA or raw weights."""
+    if kind == 'official':
+        return 'model/' + name + (OFFICIAL_EMA_SUFFIX if use_ema else '')
+    return _ours_key(EMA if use_ema else PARAMS, name)
+
+
+def checkpoint_kind(reader):
+    """'official', 'ours', or None for a checkpoint of something else."""
+    keys = reader.get_variable_to_shape_map()
+    for kind in ('official', 'ours'):
+        if checkpoint_key(kind, 'conv2d_0/V', use_ema=False) in keys:
+            return kind
+    return None
+
+
+def checkpoint_variables(reader, kind, use_ema=True):
+    """{official variable name: key} of one weight set of a checkpoint: the EMA
+    (Polyak-averaged) weights, or the raw ones with use_ema=False."""
+    if kind == 'official':
+        pattern = 'model/(.*)' + (re.escape(OFFICIAL_EMA_SUFFIX) if use_ema else '')
+    else:
+        pattern = r'%s/(.*)/\.ATTRIBUTES/VARIABLE_VALUE' % (EMA if use_ema else PARAMS)
+    out = {}
+    for k in reader.get_variable_to_shape_map():
+        match = re.fullmatch(pattern, k)
+        if match and (use_ema or not k.endswith(OFFICIAL_EMA_SUFFIX)):
+            name = match.group(1)
+            out[name.replace('.S', '/').replace('..', '.') if kind == 'ours' else name] = k
+    return out
+
+
+def infer_config(shapes, path):
+    """The model config that variables of these shapes ({official name: shape}) imply:
+    nr_resnet, nr_filters, nr_logistic_mix, energy_distance, channels, num_labels (None when
+    unconditional), and the resnet nonlinearities they allow (concat_elu doubles a block's
+    input channels; elu and relu cannot be told apart)."""
+    def count(kind):
+        return sum(bool(re.fullmatch(r'%s_\d+/V' % kind, k)) for k in shapes)
+
+    first = shapes['conv2d_0/V']
+    channels, nr_filters = first[2] - 1, first[3]
+    # 3 input convs, 4 downsamplings, 2 per block, 12 n + 4 blocks; 9 n + 4 short-cut nins
+    nr_resnet, rest = divmod(count('conv2d') - 15, 24)
+    head = count('dense') - (9 * nr_resnet + 4)
+    if channels not in (1, 3) or rest or nr_resnet < 1 or head not in (1, 4):
+        raise ValueError('%s: its variables are not those of a PixelCNN++ of any config '
+                         '(%d conv2d, %d dense layers, conv2d_0/V of shape %s)'
+                         % (path, count('conv2d'), count('dense'), tuple(first)))
+    widen = shapes['conv2d_3/V'][2] // nr_filters  # the first gated resnet's conv1
+    hw = shapes.get('conditional_weights_0/hw')
+    config = dict(nr_resnet=nr_resnet, nr_filters=nr_filters, energy_distance=head == 4,
+                  channels=channels, num_labels=None if hw is None else hw[0],
+                  nonlinearities=('concat_elu',) if widen == 2 else ('elu', 'relu'))
+    if head == 1:
+        out = shapes['dense_%d/V' % (count('dense') - 1)][1]
+        config['nr_logistic_mix'] = out // nn.num_mixture_params(channels)
+    return config
+
+
+def assign_weights(model, reader, kind, use_ema, path):
+    """Assigns every official variable of a built model from a checkpoint of this kind. All
+    are checked before any is assigned: a checkpoint of another config raises a ValueError
+    naming what is missing, mis-shaped or extra, and changes nothing."""
     shapes = reader.get_variable_to_shape_map()
-    if not model.built:
-        _build_from_checkpoint(model, shapes)
+    names = checkpoint_variables(reader, kind, use_ema)
     wanted = model.official_variables()
-    suffix = EMA_SUFFIX if use_ema else ''
     problems = []
     for name, var in wanted.items():
-        key = 'model/' + name + suffix
+        key = checkpoint_key(kind, name, use_ema)
         if key not in shapes:
             problems.append('missing %s (model expects shape %s)' % (key, tuple(var.shape)))
         elif tuple(shapes[key]) != tuple(var.shape):
-            problems.append('%s has shape %s, model expects %s'
-                            % (key, tuple(shapes[key]), tuple(var.shape)))
-    extra = sorted(k for k in shapes if k.startswith('model/') and not k.endswith(EMA_SUFFIX)
-                   and k[len('model/'):] not in wanted)
-    problems += ['extra %s %s not in this model' % (k, tuple(shapes[k])) for k in extra]
+            problems.append('%s has shape %s, model expects %s' % (key, tuple(shapes[key]), tuple(var.shape)))
+    problems += ['extra %s %s not in this model' % (names[k], tuple(shapes[names[k]]))
+                 for k in sorted(names) if k not in wanted]
     if problems:
         raise ValueError(
             'checkpoint %s does not match PixelCNNPP(nr_resnet=%d, nr_filters=%d, '
@@ -47,6 +158,157 @@ def load_official_checkpoint(model, path, use_ema=True):
             % (path, model.nr_resnet, model.nr_filters, model.nr_logistic_mix,
                model.energy_distance, 'conditional' if model.conditional else 'unconditional',
                len(problems), '; '.join(problems[:5])))
-    values = {name: reader.get_tensor('model/' + name + suffix) for name in wanted}
+    values = {name: reader.get_tensor(checkpoint_key(kind, name, use_ema)) for name in wanted}
     for name, var in wanted.items():
         var.assign(values[name])
+
+
+def _build(model, channels, num_labels):
+    model.build((None, 4, 4, channels), *([] if num_labels is None else [(None, num_labels)]))
+
+
+def load_official_checkpoint(model, path, use_ema=True):
+    """Loads a checkpoint of the official code (e.g. params_cifar.ckpt) into `model`, a
+    PixelCNNPP of the same config; use_ema=True takes the Polyak-averaged shadows
+    (`<name>/ExponentialMovingAverage`), as the official test and sampling do. An unbuilt
+    model is built from the checkpoint's shapes. Adam slots (`Variable_N`) are ignored.
+    A checkpoint of another config raises a ValueError and changes nothing."""
+    reader = tf.train.load_checkpoint(path)
+    if checkpoint_kind(reader) != 'official':
+        raise ValueError('not an official PixelCNN++ checkpoint: %s has no variable model/conv2d_0/V'
+                         % path)
+    if not model.built:
+        shapes = reader.get_variable_to_shape_map()
+        hw = shapes.get('model/conditional_weights_0/hw')
+        _build(model, shapes['model/conv2d_0/V'][2] - 1, None if hw is None else hw[0])
+    assign_weights(model, reader, 'official', use_ema, path)
+
+
+# ---------------------------------------------------------------------- load
+
+def _checkpoint_prefix(path):
+    """(checkpoint prefix, the run folder that may hold config.json) for a save_dir or a
+    checkpoint prefix (also given as its .index or .data file)."""
+    if os.path.isdir(path):
+        latest = tf.train.latest_checkpoint(path)
+        if latest is None:
+            raise ValueError('%s is a folder with no checkpoint in it (expected %s)' % (path, KINDS))
+        return latest, path
+    path = re.sub(r'\.(index|data-\d{5}-of-\d{5})$', '', path)
+    if not os.path.exists(path + '.index'):
+        raise ValueError('%s: no such checkpoint (expected %s)' % (path, KINDS))
+    return path, os.path.dirname(path) or '.'
+
+
+def _resolve(path, inferred, saved, overrides):
+    """PixelCNNPP's arguments, the image shape and the label count, from the checkpoint's
+    shapes (inferred), config.json (saved, or None) and the caller's overrides; a
+    contradiction is a ValueError that names both values."""
+    saved = dict(saved or {})
+    given = dict(overrides)
+    for d in (saved, given):  # config.json records 0 labels for an unconditional model
+        if 'num_labels' in d:
+            d['num_labels'] = d['num_labels'] or None
+    kwargs = {}
+    for key in ('nr_resnet', 'nr_filters', 'nr_logistic_mix', 'energy_distance', 'num_labels'):
+        found = inferred.get(key, saved.get(key))  # energy distance: no nr_logistic_mix in the shapes
+        if key in inferred and key in saved and saved[key] != found:
+            raise ValueError('%s: its config.json says %s=%r but the checkpoint has %s=%r'
+                             % (path, key, saved[key], key, found))
+        if key in given and key in inferred and given[key] != found:
+            raise ValueError('%s=%r was given, but the checkpoint %s has %s'
+                             % (key, given[key], path, 'no labels (unconditional)'
+                                if key == 'num_labels' and found is None else '%s=%r' % (key, found)))
+        kwargs[key] = given.get(key, found)
+    allowed = inferred['nonlinearities']
+    nonlinearity = given.get('resnet_nonlinearity', saved.get('resnet_nonlinearity'))
+    if nonlinearity is None and len(allowed) > 1:
+        raise ValueError("%s: the checkpoint's resnet blocks take resnet_nonlinearity %s, which "
+                         'its shapes cannot tell apart: pass resnet_nonlinearity'
+                         % (path, ' or '.join(map(repr, allowed))))
+    if nonlinearity is not None and nonlinearity not in allowed:
+        raise ValueError('resnet_nonlinearity=%r was given, but the checkpoint %s has resnet '
+                         'blocks of %s' % (nonlinearity, path, ' or '.join(map(repr, allowed))))
+    kwargs['resnet_nonlinearity'] = nonlinearity or allowed[0]
+    channels = inferred['channels']
+    image_shape = tuple(given.get('image_shape') or saved.get('image_shape') or (32, 32))
+    if len(image_shape) == 2:
+        image_shape += (channels,)
+    elif image_shape[2] != channels:
+        raise ValueError('image_shape=%r was given, but the checkpoint %s is of %d-channel images'
+                         % (image_shape, path, channels))
+    num_labels = kwargs.pop('num_labels')
+    if kwargs['nr_logistic_mix'] is None:
+        kwargs.pop('nr_logistic_mix')
+    for key in ('dropout_p', 'dtype'):
+        if key in given:
+            kwargs[key] = given[key]
+    return kwargs, image_shape, num_labels
+
+
+def _load_keras(path, use_ema, overrides):
+    if not use_ema:
+        raise ValueError('%s: a .keras file holds one set of weights (export.py writes the EMA '
+                         'ones unless --noema); use_ema=False does not apply' % path)
+    model = keras.models.load_model(path)
+    if not isinstance(model, PixelCNNPP):
+        raise ValueError('%s holds a %s, not a PixelCNNPP' % (path, type(model).__name__))
+    inferred = dict({k: getattr(model, k) for k in MODEL_KEYS if k != 'resnet_nonlinearity'},
+                    channels=model.channels, num_labels=model.num_labels,
+                    nonlinearities=(model.resnet_nonlinearity,))
+    kwargs, image_shape, num_labels = _resolve(path, inferred, {'image_shape': model.image_shape},
+                                               overrides)
+    if image_shape == model.image_shape and all(
+            kwargs[k] == getattr(model, k) for k in kwargs if k != 'dtype') and 'dtype' not in kwargs:
+        return model
+    rebuilt = PixelCNNPP(**kwargs, image_shape=image_shape)
+    _build(rebuilt, model.channels, num_labels)
+    for name, var in rebuilt.official_variables().items():
+        var.assign(model.official_variables()[name])
+    return rebuilt
+
+
+def load(path, *, use_ema=True, **overrides):
+    """The trained PixelCNNPP at `path`, built and with its weights: a save_dir of train.py
+    (its latest checkpoint; the architecture from its config.json), one of its checkpoints
+    (save/ckpt-12), a .keras file, or an official TF1 checkpoint prefix (params_cifar.ckpt,
+    of any config: nr_resnet, nr_filters, nr_logistic_mix and the number of labels are read
+    from the variables' shapes). use_ema=True (the default) gives the Polyak-averaged weights,
+    False the raw ones.
+
+    overrides: nr_resnet, nr_filters, nr_logistic_mix, resnet_nonlinearity, energy_distance,
+    num_labels, image_shape ((H, W) or (H, W, C)), dropout_p, dtype. They supply what a checkpoint cannot
+    say (the resnet nonlinearity of an official checkpoint when it is not concat_elu; the
+    image size, by default config.json's or 32x32) and must agree with what it does say: a
+    contradiction is a ValueError naming both values. The model takes any batch and image
+    size divisible by 4; `model.image_shape` is the training size, `model.num_labels` None
+    for an unconditional model."""
+    unknown = sorted(set(overrides) - set(OVERRIDES))
+    if unknown:
+        raise TypeError('load() got unknown overrides %s; known: %s' % (unknown, ', '.join(OVERRIDES)))
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    path = os.fspath(path)
+    if path.endswith('.keras'):
+        if not os.path.isfile(path):
+            raise ValueError('%s: no such .keras file' % path)
+        return _load_keras(path, use_ema, overrides)
+    prefix, run_dir = _checkpoint_prefix(path)
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+    except (tf.errors.OpError, ValueError) as e:
+        raise ValueError('%s: not a readable checkpoint (%s)' % (prefix, str(e).splitlines()[0])) from None
+    kind = checkpoint_kind(reader)
+    if kind is None:
+        raise ValueError('%s is not a PixelCNN++ checkpoint (no weights conv2d_0/V; expected %s)'
+                         % (prefix, KINDS))
+    shapes = reader.get_variable_to_shape_map()
+    names = checkpoint_variables(reader, kind, use_ema)
+    if 'conv2d_0/V' not in names:
+        raise ValueError('%s has no %s weights' % (prefix, 'EMA' if use_ema else 'raw'))
+    inferred = infer_config({name: shapes[key] for name, key in names.items()}, prefix)
+    saved = read_config(run_dir) if kind == 'ours' else None
+    kwargs, image_shape, num_labels = _resolve(prefix, inferred, saved, overrides)
+    model = PixelCNNPP(**kwargs, image_shape=image_shape)
+    _build(model, inferred['channels'], num_labels)
+    assign_weights(model, reader, kind, use_ema, prefix)
+    return model

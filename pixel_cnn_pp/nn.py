@@ -67,6 +67,15 @@ def discretized_mix_logistic_loss(x, l, sum_all=True):
     """Negative log-likelihood in nats of x (B,H,W,C in [-1,1], C = 3 or 1) under the
     discretized mixture of logistics l (official discretized_mix_logistic_loss).
     Returns a scalar if sum_all, else one value per image."""
+    log_probs = discretized_mix_logistic_log_prob(x, l)
+    if sum_all:
+        return -tf.reduce_sum(log_probs)
+    return -tf.reduce_sum(log_probs, axis=[1, 2])
+
+
+def discretized_mix_logistic_log_prob(x, l):
+    """log p(x_ij | x_<ij) in nats of every pixel (B,H,W), its channels together: the terms
+    discretized_mix_logistic_loss sums (and negates)."""
     x = tf.convert_to_tensor(x)
     l = tf.convert_to_tensor(l)
     channels = x.shape[-1]
@@ -97,9 +106,7 @@ def discretized_mix_logistic_loss(x, l, sum_all=True):
                  tf.where(cdf_delta > 1e-5, tf.math.log(tf.maximum(cdf_delta, 1e-12)),
                           log_pdf_mid - np.log(127.5))))
     log_probs = tf.reduce_sum(log_probs, axis=3) + log_prob_from_logits(logit_probs)
-    if sum_all:
-        return -tf.reduce_sum(log_sum_exp(log_probs))
-    return -tf.reduce_sum(log_sum_exp(log_probs), axis=[1, 2])
+    return log_sum_exp(log_probs)
 
 
 def mixture_noise(l, channels, seed=None):

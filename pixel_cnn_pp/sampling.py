@@ -1,12 +1,14 @@
 """Drawing images from a PixelCNNPP, and writing them as the official train.py does."""
 
+import weakref
+
 import numpy as np
 import tensorflow as tf
 
 from pixel_cnn_pp import nn
 
 
-def _noise(shape, nr_mix, seed):
+def noise(shape, nr_mix, seed):
     """All the uniform noise one batch of images consumes, drawn up front so that every
     sampling method uses the same numbers for the same pixel."""
     dummy = tf.zeros(shape[:3] + (nn.num_mixture_params(shape[3]) * nr_mix,))
@@ -17,12 +19,12 @@ def _naive(model, shape, h, seed):
     """The official sample_from_model: a full forward pass per pixel, keeping pixel (i, j)
     of a sample drawn from that pass's output, in one compiled loop."""
     B, H, W, C = shape
-    noise = _noise(shape, model.nr_logistic_mix, seed)
+    pixel_noise = noise(shape, model.nr_logistic_mix, seed)
     positions = tf.reshape(tf.eye(H * W), [H * W, 1, H, W, 1])
 
     def body(p, x):
         out = model(x, h=h)
-        new = out[0] if model.energy_distance else nn.sample_with_noise(out, C, noise)
+        new = out[0] if model.energy_distance else nn.sample_with_noise(out, C, pixel_noise)
         return p + 1, tf.where(positions[p] > 0, new, x)
 
     _, x = tf.while_loop(lambda p, x: p < H * W, body, (tf.constant(0), tf.zeros(shape)))
@@ -84,18 +86,26 @@ class _FastSampler:
     a column each side) that is the padding of the shifted convolutions: position (r, c)
     of image b is cache[r + 1, b, c + 1]. The outputs equal the full network's (model(x)
     on the partly generated x) up to float round-off.
+
+    One sampler serves one model, image shape and conditioning, and any batch size: the
+    caches' batch dimension is set at each run, and `run` is traced once.
     """
 
-    def __init__(self, model, shape, h):
+    def __init__(self, model, image_shape, conditional):
         if model.energy_distance:
             raise ValueError("method='fast' needs a mixture model; the energy-distance head "
                              "draws fresh noise each pass: use method='naive'")
-        self.model, self.shape, self.h = model, shape, h
-        B, H, W, C = shape
+        self.model, self.image_shape = model, tuple(image_shape)
+        H, W, C = image_shape
         n = model.nr_resnet
+        self.caches = []
 
         def cache(level, channels):
-            return tf.Variable(tf.zeros([(H >> level) + 1, B, (W >> level) + 2, channels]), trainable=False)
+            dims = ((H >> level) + 1, (W >> level) + 2, channels)
+            var = tf.Variable(tf.zeros([dims[0], 0, dims[1], dims[2]]), trainable=False,
+                              shape=[dims[0], None, dims[1], dims[2]])
+            self.caches.append((var, dims))
+            return var
 
         def c1_cache(block, level):
             return cache(level, block.conv2.V.shape[2])
@@ -111,7 +121,10 @@ class _FastSampler:
         self.down = {s: [[cache(L, F) for _ in down_blocks[s][2 - L]] for L in range(3)] for s in down_blocks}
         self.down_c1 = {s: [[c1_cache(b, L) for b in down_blocks[s][2 - L]] for L in range(3)]
                         for s in down_blocks}
-        self.run = tf.function(self._run)
+        signature = [tf.TensorSpec([None, H, W, model.nr_logistic_mix]), tf.TensorSpec([None, H, W, C])]
+        if conditional:
+            signature.append(tf.TensorSpec([None, model.num_labels]))
+        self.run = tf.function(self._run, input_signature=signature)
 
     def _conv(self, layer, window, c):
         """The layer's output at the window's position (c given: one position, computed as
@@ -120,7 +133,7 @@ class _FastSampler:
         if c is None:
             return layer.apply(window, self.w[layer.name], 'VALID')
         W, b = self.w[layer.name]
-        flat = tf.reshape(window, [window.shape[0], -1])
+        flat = tf.reshape(window, [-1, np.prod(W.shape[:3])])
         return (tf.matmul(flat, tf.reshape(W, [-1, W.shape[-1]])) + b)[:, None, None, :]
 
     def _block(self, block, x_cache, c1_cache, out_cache, r, c, aux):
@@ -130,7 +143,7 @@ class _FastSampler:
             c1 += block.nin_aux.apply(f(aux), self.w[block.nin_aux.name])
         _write(c1_cache, r, c, f(c1))
         c2 = self._conv(block.conv2, _window(c1_cache, r, c), c)
-        if self.h is not None:
+        if self.h_terms:
             c2 += self.h_terms[block.hw_name]
         a, b = tf.split(c2, 2, axis=3)
         _write(out_cache, r, c, _center(x_cache, r, c) + a * tf.sigmoid(b))
@@ -174,7 +187,7 @@ class _FastSampler:
             layer = m.upsample[stage][0 if s == 'u' else 1]
             x = _center(prev, r, c)
             out = layer.apply(x, self.w[layer.name])
-            width = self.shape[2] // 2 ** L if c is None else 1
+            width = self.image_shape[1] // 2 ** L if c is None else 1
             out = out[:, :2, layer.crop[0]:layer.crop[0] + 2 * width]
             _write(self.down_in[s][L - 1], 2 * r, None if c is None else 2 * c, out, size=2)
 
@@ -198,20 +211,19 @@ class _FastSampler:
             else:
                 _when(active(L), lambda L=L: self._down(s, L, *at(L)))
 
-    def _run(self, noise):
+    def _run(self, u_mix, u_logistic, h=None):
+        """Images (B, H, W, C) in [-1, 1] drawn with the noise of noise() (B from its shape)."""
         m = self.model
-        B, H, W, C = self.shape
+        H, W, C = self.image_shape
+        B = tf.shape(u_logistic)[0]
         # the weights and the conditioning are fixed for the whole run: computed once
         self.w = {layer.name: layer.weights_now() for layer in m.weight_norm_layers()}
         blocks = [b for stage in m.up_u + m.up_ul + m.down_u + m.down_ul for b in stage]
-        self.h_terms = {} if self.h is None else \
-            {b.hw_name: tf.matmul(self.h, b.hw)[:, None, None, :] for b in blocks}
-        for v in [self.x_pad, self.ul_in_down] + [c for d in (self.up, self.up_c1, self.down, self.down_c1)
-                                                  for s in d.values() for level in s for c in level] + \
-                [c for s in self.down_in.values() for c in s]:
-            v.assign(tf.zeros_like(v))
-        self.x_pad[1:, :, 1:-1, C:].assign(tf.ones([H, B, W, 1]))
-        u_mix, u_logistic = noise
+        self.h_terms = {} if h is None else \
+            {b.hw_name: tf.matmul(h, b.hw)[:, None, None, :] for b in blocks}
+        for var, (rows, cols, channels) in self.caches:
+            var.assign(tf.zeros(tf.stack([rows, B, cols, channels])))
+        self.x_pad[1:, :, 1:-1, C:].assign(tf.ones(tf.stack([H, B, W, 1])))
         for i in tf.range(H):
             self._levels('u', i, None)
             for j in tf.range(W):
@@ -223,8 +235,23 @@ class _FastSampler:
         return tf.transpose(self.x_pad[1:, :, 1:-1, :C], [1, 0, 2, 3])
 
 
+# One fast sampler per model, image shape and conditioning, reused by every call.
+_fast_samplers = weakref.WeakKeyDictionary()
+
+
+def fast_sampler(model, image_shape, conditional):
+    """The model's _FastSampler for this image shape and conditioning, made once."""
+    samplers = _fast_samplers.setdefault(model, {})
+    key = (tuple(image_shape), conditional)
+    if key not in samplers:
+        samplers[key] = _FastSampler(model, image_shape, conditional)
+    return samplers[key]
+
+
 def _fast(model, shape, h, seed):
-    return _FastSampler(model, shape, h).run(_noise(shape, model.nr_logistic_mix, seed))
+    u_mix, u_logistic = noise(shape, model.nr_logistic_mix, seed)
+    args = (u_mix, u_logistic) if h is None else (u_mix, u_logistic, h)
+    return fast_sampler(model, shape[1:], h is not None).run(*args)
 
 
 METHODS = {'naive': _naive, 'fast': _fast}
@@ -238,13 +265,13 @@ def to_uint8(x):
 def sample(model, num, h=None, seed=None, method='fast', image_shape=None):
     """`num` images (uint8 NHWC) from a built PixelCNNPP. h: (num, K) conditioning for a
     conditional model; seed: reproducible samples; image_shape (H, W, C): defaults to
-    32x32 with the model's channels."""
+    model.image_shape."""
     if method not in METHODS:
         raise ValueError('method must be one of %s, got %r' % (sorted(METHODS), method))
     if not model.built or model.channels is None:
         raise ValueError('the model is not built yet: call it once on a batch or load weights first')
     if image_shape is None:
-        image_shape = (32, 32, model.channels)
+        image_shape = model.image_shape
     if h is not None:
         h = tf.convert_to_tensor(h, tf.float32)
         if h.shape[0] != num:

@@ -1,62 +1,13 @@
 """The official training procedure (train.py) on tf.distribute: Adam as nn.adam_updates,
 Polyak averaging, losses and gradients summed over replicas, and checkpoints."""
 
-import json
-import os
-
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import nn
+from pixel_cnn_pp import checkpoints, nn
 from pixel_cnn_pp.model import PixelCNNPP
 
-MODEL_FLAGS = ('nr_resnet', 'nr_filters', 'nr_logistic_mix', 'resnet_nonlinearity', 'energy_distance')
 PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
-
-
-def define_model_flags():
-    """The official model flags, for train.py and sample.py."""
-    from absl import flags
-    flags.DEFINE_integer('nr_resnet', 5, 'Number of residual blocks per stage of the model')
-    flags.DEFINE_integer('nr_filters', 160, 'Number of filters to use across the model. Higher = larger model.')
-    flags.DEFINE_integer('nr_logistic_mix', 10, 'Number of logistic components in the mixture.')
-    flags.DEFINE_enum('resnet_nonlinearity', 'concat_elu', ['concat_elu', 'elu', 'relu'],
-                      'Which nonlinearity to use in the ResNet layers')
-    flags.DEFINE_boolean('class_conditional', False, 'Condition generative model on labels?')
-    flags.DEFINE_boolean('energy_distance', False, 'Use energy distance in place of likelihood')
-
-
-def model_kwargs(FLAGS):
-    """PixelCNNPP's arguments from the flags (dropout_p where the script has it)."""
-    kwargs = {k: FLAGS[k].value for k in MODEL_FLAGS}
-    if 'dropout_p' in FLAGS:
-        kwargs['dropout_p'] = FLAGS.dropout_p
-    return kwargs
-
-
-def check_config(save_dir, config):
-    """Raises if save_dir holds checkpoints of a model config other than `config`."""
-    path = os.path.join(save_dir, 'config.json')
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        saved = json.load(f)
-    diff = ['%s: checkpoint %r, now %r' % (k, saved.get(k), config[k]) for k in config if saved.get(k) != config[k]]
-    if diff:
-        raise ValueError('the checkpoints in %s are of another model config (%s); pass the '
-                         'flags they were trained with or use another --save_dir'
-                         % (save_dir, '; '.join(diff)))
-
-
-def model_config(model_kwargs, image_shape, num_labels):
-    """What config.json records: what the weights' shapes depend on."""
-    return dict({k: model_kwargs.get(k) for k in MODEL_FLAGS}, image_shape=list(image_shape),
-                num_labels=num_labels)
-
-
-def load_ema(model, path):
-    """Loads the Polyak-averaged weights of a checkpoint of ours into a built model."""
-    tf.train.Checkpoint(ema=_tf_variables(model.official_variables())).read(path).expect_partial()
 
 
 def _tf_variables(keras_variables):
@@ -147,6 +98,47 @@ class DynamicLossScale(tf.Module):
         _update(self.good_steps, lambda v, x: v.assign(x), good)
 
 
+def image_loss(model, x, h, training):
+    """Per-image loss in nats: the discretized logistic mixture NLL, or for an
+    energy-distance model the official energy distance of each image's samples."""
+    out = model(x, h=h, training=training)
+    if model.energy_distance:
+        return tf.stack([nn.energy_distance(x[i:i + 1], [s[i:i + 1] for s in out])
+                         for i in range(x.shape[0])])
+    return nn.discretized_mix_logistic_loss(x, out, sum_all=False)
+
+
+def bits_per_dim(nats, num_images, image_shape):
+    """The official conversion: nats / (ln 2 * H * W * C * images)."""
+    return nats / (np.log(2.) * int(np.prod(image_shape)) * num_images)
+
+
+class Evaluator:
+    """Test bits/dim of a model over distributed batches (x, y, weight) of data.test_batches:
+    the official test loss, every image counted once. Build the model in strategy.scope()."""
+
+    def __init__(self, strategy, model):
+        self.strategy, self.model = strategy, model
+        self._step = tf.function(self._distributed_step, autograph=False)
+
+    def _distributed_step(self, batch):
+        def replica_step(x, y, weight):
+            h = tf.one_hot(y, self.model.num_labels) if self.model.num_labels else None
+            return tf.reduce_sum(image_loss(self.model, x, h, training=False) * weight), \
+                tf.reduce_sum(weight)
+
+        nats, count = self.strategy.run(replica_step, args=batch)
+        sum_ = tf.distribute.ReduceOp.SUM
+        return self.strategy.reduce(sum_, nats, axis=None), self.strategy.reduce(sum_, count, axis=None)
+
+    def evaluate(self, batches, image_shape):
+        nats = count = 0.
+        for batch in batches:
+            n, c = self._step(batch)
+            nats, count = nats + float(n), count + float(c)
+        return bits_per_dim(nats, count, image_shape)
+
+
 class Trainer:
     """A PixelCNNPP, its Polyak-averaged copy (used for evaluation and sampling), the
     official Adam, and the distributed train and test steps. `model_kwargs` are
@@ -164,10 +156,9 @@ class Trainer:
         self.model_kwargs = dict(model_kwargs)
         self.image_shape = tuple(image_shape)
         self.num_labels = num_labels
-        self.energy_distance = self.model_kwargs.get('energy_distance', False)
         with strategy.scope():
-            self.model = PixelCNNPP(**self.model_kwargs, dtype=precision)
-            self.ema_model = PixelCNNPP(**dict(self.model_kwargs, dropout_p=0.))
+            self.model = PixelCNNPP(**self.model_kwargs, image_shape=image_shape, dtype=precision)
+            self.ema_model = PixelCNNPP(**dict(self.model_kwargs, dropout_p=0.), image_shape=image_shape)
             x = tf.zeros((1,) + self.image_shape)
             for m in (self.model, self.ema_model):
                 m(x, h=self.one_hot(tf.zeros([1], tf.int32)))
@@ -181,10 +172,10 @@ class Trainer:
             self.loss_scale = DynamicLossScale()
         self.scale_loss = precision == 'mixed_float16'
         self.checkpoint = tf.train.Checkpoint(
-            params=self.params, ema=self.shadows, adam=self.optimizer,
+            **{checkpoints.PARAMS: self.params, checkpoints.EMA: self.shadows}, adam=self.optimizer,
             epoch=self.epoch, epoch_step=self.epoch_step, loss_scale=self.loss_scale)
         self._train_step = tf.function(self._distributed_train_step, autograph=False)
-        self._test_step = tf.function(self._distributed_test_step, autograph=False)
+        self.evaluator = Evaluator(strategy, self.ema_model)
         self._loss_and_grads = tf.function(self._loss_and_grads_fn, jit_compile=jit_compile, autograph=False)
 
     # ------------------------------------------------------------------ pieces
@@ -192,22 +183,8 @@ class Trainer:
     def one_hot(self, y):
         return tf.one_hot(y, self.num_labels) if self.num_labels else None
 
-    def loss(self, model, x, y, training):
-        """Per-image loss in nats: the discretized logistic mixture NLL, or with
-        energy_distance the official energy distance of each image's samples."""
-        out = model(x, h=self.one_hot(y), training=training)
-        if self.energy_distance:
-            return tf.stack([nn.energy_distance(x[i:i + 1], [s[i:i + 1] for s in out])
-                             for i in range(x.shape[0])])
-        return nn.discretized_mix_logistic_loss(x, out, sum_all=False)
-
-    @property
-    def dims(self):
-        return int(np.prod(self.image_shape))
-
     def bits_per_dim(self, nats, num_images):
-        """The official conversion: nats / (ln 2 * H * W * C * images)."""
-        return nats / (np.log(2.) * self.dims * num_images)
+        return bits_per_dim(nats, num_images, self.image_shape)
 
     # ------------------------------------------------------------------ init
 
@@ -226,7 +203,7 @@ class Trainer:
 
     def _loss_and_grads_fn(self, x, y):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(self.loss(self.model, x, y, training=True))
+            loss = tf.reduce_sum(image_loss(self.model, x, self.one_hot(y), training=True))
             scaled = loss * self.loss_scale.scale if self.scale_loss else loss
         grads = tape.gradient(scaled, list(self.params.values()))
         if self.scale_loss:
@@ -265,15 +242,6 @@ class Trainer:
         sum_ = tf.distribute.ReduceOp.SUM
         return self.strategy.reduce(sum_, loss, axis=None), self.strategy.reduce(sum_, bad_pixels, axis=None)
 
-    def _distributed_test_step(self, batch):
-        def replica_step(x, y, weight):
-            return tf.reduce_sum(self.loss(self.ema_model, x, y, training=False) * weight), \
-                tf.reduce_sum(weight)
-
-        nats, count = self.strategy.run(replica_step, args=batch)
-        sum_ = tf.distribute.ReduceOp.SUM
-        return self.strategy.reduce(sum_, nats, axis=None), self.strategy.reduce(sum_, count, axis=None)
-
     def train_step(self, batch):
         """One official step on a distributed batch; returns (summed loss in nats, whether
         the input was finite)."""
@@ -282,26 +250,14 @@ class Trainer:
 
     def evaluate(self, batches):
         """Test bits/dim of the EMA weights over the batches (every image counted once)."""
-        nats = count = 0.
-        for batch in batches:
-            n, c = self._test_step(batch)
-            nats, count = nats + float(n), count + float(c)
-        return self.bits_per_dim(nats, count)
+        return self.evaluator.evaluate(batches, self.image_shape)
 
     # ------------------------------------------------------------------ checkpoints
 
     def config(self):
-        return model_config(self.model_kwargs, self.image_shape, self.num_labels)
-
-    def check_config(self, save_dir):
-        check_config(save_dir, self.config())
-
-    def write_config(self, save_dir):
-        tmp = os.path.join(save_dir, 'config.json.tmp')
-        with open(tmp, 'w') as f:
-            json.dump(self.config(), f, indent=1)
-        os.replace(tmp, os.path.join(save_dir, 'config.json'))
+        """What config.json records of this run."""
+        return checkpoints.model_config(self.model)
 
     def restore_ema(self, path):
         """Loads only the EMA weights of a checkpoint of ours (for evaluation, sampling)."""
-        load_ema(self.ema_model, path)
+        checkpoints.assign_weights(self.ema_model, tf.train.load_checkpoint(path), 'ours', True, path)

@@ -42,7 +42,7 @@ def test_naive_is_the_per_pixel_loop():
     seed = tf.constant(2, tf.int64)
     # the float samples: like the official loop, generation conditions on unrounded values
     x = tf.function(sampling._naive)(model, (4, 8, 8, 3), None, seed).numpy()
-    noise = sampling._noise((4, 8, 8, 3), model.nr_logistic_mix, seed)
+    noise = sampling.noise((4, 8, 8, 3), model.nr_logistic_mix, seed)
     for i, j in [(0, 0), (3, 5), (7, 7)]:
         prefix = x.copy()
         prefix.reshape(4, 64, 3)[:, i * 8 + j:] = 0.
@@ -83,24 +83,21 @@ def test_tile_and_write(tmp_path):
 
 
 def test_sample_py_with_official_checkpoint(tmp_path):
-    """sample.py on an official checkpoint draws what pixel_cnn_pp.sample draws."""
+    """sample.py on an official checkpoint, no model flags (the config comes from the
+    checkpoint's shapes), draws what pixel_cnn_pp.sample draws."""
     import os
     import subprocess
     import sys
-    from pixel_cnn_pp import load_official_checkpoint
-    from test_official import CONFIG, FIXTURES
+    from test_official import FIXTURES
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ckpt = os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt')
     out = subprocess.run(
-        [sys.executable, os.path.join(root, 'sample.py'), '--tf1_checkpoint=' + ckpt, '--nr_resnet=1',
-         '--nr_filters=32', '--nr_logistic_mix=5', '--image_size=8', '--num_samples=3',
-         '--batch_size=2', '--seed=4', '--out=%s' % (tmp_path / 's')],
+        [sys.executable, os.path.join(root, 'sample.py'), '--checkpoint=' + ckpt, '--image_size=8',
+         '--num_samples=3', '--batch_size=2', '--seed=4', '--out=%s' % (tmp_path / 's')],
         env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert 'wrote 3 samples to %s.png' % (tmp_path / 's') in out.stdout
     images = np.load(tmp_path / 's.npz')['samples']
-    model = PixelCNNPP(**CONFIG)
-    load_official_checkpoint(model, ckpt)
-    expected = np.concatenate([pixel_cnn_pp.sample(model, 2, seed=4, image_shape=(8, 8, 3)),
-                               pixel_cnn_pp.sample(model, 1, seed=6, image_shape=(8, 8, 3))])
+    model = pixel_cnn_pp.load(ckpt, image_shape=(8, 8))
+    expected = np.concatenate([pixel_cnn_pp.sample(model, 2, seed=4), pixel_cnn_pp.sample(model, 1, seed=6)])
     np.testing.assert_array_equal(images, expected)

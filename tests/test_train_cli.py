@@ -123,17 +123,27 @@ def test_eval_mode_prints_test_bits_per_dim(trained, capsys):
     assert printed.group(1) == last_epoch
 
 
+def test_eval_without_model_flags(trained, capsys):
+    """The model flags come from the run's config.json."""
+    d, logs, common = trained
+    data = [a for a in common if a.startswith('--data')]
+    run_train(data + ['--save_dir=%s' % (d / 'straight'), '--mode=eval', '--batch_size=4'])
+    printed = re.search(r'^test bits_per_dim = (\d+\.\d{4})$', capsys.readouterr().out, re.M)
+    assert printed.group(1) == LINE.findall(logs['straight'])[-1][2]
+
+
 def test_eval_of_official_checkpoint(tmp_path, capsys):
-    """The official EMA loss of the reference run's 4 images, as bits/dim."""
+    """The official EMA loss of the reference run's 4 images, as bits/dim; no model flags
+    (read from the checkpoint), and nothing written."""
     ref = np.load(os.path.join(FIXTURES, 'official_small', 'ref.npz'))
     x = np.rint(ref['x'] * 127.5 + 127.5).astype(np.uint8)
     np.savez(tmp_path / 'ref.npz', train_x=x, test_x=x)
     run_train(['--mode=eval', '--data_set=npz', '--data_dir=%s' % (tmp_path / 'ref.npz'),
-               '--save_dir=%s' % (tmp_path / 'save'), '--nr_resnet=1', '--nr_filters=32',
-               '--nr_logistic_mix=5', '--batch_size=3',
-               '--tf1_checkpoint=' + os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt')])
+               '--save_dir=%s' % (tmp_path / 'save'), '--batch_size=3',
+               '--checkpoint=' + os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt')])
     expected = float(ref['loss_ema']) / (4 * 32 * 32 * 3 * np.log(2.))
     assert 'test bits_per_dim = %.4f' % expected in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path)) == ['ref.npz']
 
 
 @pytest.mark.parametrize('args, message', [
@@ -142,7 +152,7 @@ def test_eval_of_official_checkpoint(tmp_path, capsys):
     (['--data_set=imagenet', '--class_conditional'], '--class_conditional needs labels'),
     (['--batch_size=0'], '--batch_size must be at least 1'),
     (['--dropout_p=1'], r'--dropout_p must be in \[0, 1\)'),
-    (['--tf1_checkpoint=x.ckpt'], '--tf1_checkpoint is for --mode=eval'),
+    (['--checkpoint=x.ckpt'], '--checkpoint is for --mode=eval'),
     (['--precision=float64'], 'flag --precision=float64: value should be one of'),
 ])
 def test_bad_flags(args, message, tmp_path):
@@ -169,7 +179,7 @@ def test_checkpoint_dir_errors(trained, tmp_path):
         run_train(common + ['--save_dir=%s' % (d / 'straight'), '--load_params', '--nr_filters=16'])
     with pytest.raises(Exception, match='--load_params but no checkpoint'):
         run_train(common + ['--save_dir=%s' % tmp_path, '--load_params'])
-    with pytest.raises(Exception, match='no checkpoint in --save_dir'):
+    with pytest.raises(Exception, match='is a folder with no checkpoint in it'):
         run_train(common + ['--save_dir=%s' % tmp_path, '--mode=eval'])
 
 

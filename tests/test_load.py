@@ -1,0 +1,234 @@
+"""pixel_cnn_pp.load: every kind of path round-trips, the config of an official checkpoint
+is read from its shapes, overrides that contradict the checkpoint are errors, and .keras
+files give the same logits bit for bit."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import pixel_cnn_pp
+from pixel_cnn_pp import PixelCNNPP, checkpoints
+from pixel_cnn_pp.training import Trainer
+from test_official import FIXTURES, assert_close_to_official
+
+OFFICIAL_CONFIGS = os.path.join(FIXTURES, 'official_configs')
+
+
+def images(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    return ((rng.integers(0, 256, shape) - 127.5) / 127.5).astype(np.float32)
+
+
+def initialised(channels=3, num_labels=None, **kwargs):
+    kwargs = dict(dict(nr_resnet=2, nr_filters=6, nr_logistic_mix=3), **kwargs)
+    model = PixelCNNPP(**kwargs)
+    h = None if num_labels is None else tf.one_hot(np.arange(4) % num_labels, num_labels)
+    model(images((4, 8, 8, channels)), h=h, init=True)
+    return model, h
+
+
+def write_tf1_checkpoint(model, prefix, ema_model=None):
+    """The layout the official train.py writes: model/<name>, model/<name>/ExponentialMovingAverage,
+    and Adam slots the loader must ignore."""
+    names, tensors = [], []
+    for name, var in model.official_variables().items():
+        names += ['model/' + name, 'model/%s/ExponentialMovingAverage' % name]
+        shadow = (ema_model or model).official_variables()[name]
+        tensors += [var.numpy(), shadow.numpy()]
+    names += ['Variable', 'Variable_1']
+    tensors += [np.zeros(3, np.float32), np.zeros(3, np.float32)]
+    tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[''] * len(names), tensors=tensors)
+    return prefix
+
+
+@pytest.mark.parametrize('channels, num_labels, kwargs', [
+    (3, None, dict()),
+    (3, 4, dict(nr_resnet=1, nr_filters=4, nr_logistic_mix=5)),
+    (1, 3, dict(resnet_nonlinearity='elu')),
+])
+def test_tf1_checkpoint_of_unseen_config_round_trips(tmp_path, channels, num_labels, kwargs):
+    model, h = initialised(channels, num_labels, **kwargs)
+    raw, _ = initialised(channels, num_labels, **kwargs)  # other weights for the raw set
+    prefix = write_tf1_checkpoint(raw, str(tmp_path / 'params.ckpt'), ema_model=model)
+    overrides = {'resnet_nonlinearity': 'elu'} if 'resnet_nonlinearity' in kwargs else {}
+    loaded = pixel_cnn_pp.load(prefix, **overrides)
+    assert (loaded.nr_resnet, loaded.nr_filters, loaded.nr_logistic_mix) == (
+        model.nr_resnet, model.nr_filters, model.nr_logistic_mix)
+    assert loaded.resnet_nonlinearity == model.resnet_nonlinearity
+    assert loaded.num_labels == num_labels and loaded.image_shape == (32, 32, channels)
+    x = images((3, 12, 8, channels), seed=1)  # any batch and image size divisible by 4
+    h3 = None if h is None else h[:3]
+    np.testing.assert_array_equal(loaded(x, h=h3), model(x, h=h3))
+    np.testing.assert_array_equal(pixel_cnn_pp.load(prefix + '.index', use_ema=False, **overrides)(x, h=h3),
+                                  raw(x, h=h3))
+
+
+def test_nonlinearity_a_checkpoint_cannot_tell_is_asked_for(tmp_path):
+    model, _ = initialised(resnet_nonlinearity='relu')
+    prefix = write_tf1_checkpoint(model, str(tmp_path / 'params.ckpt'))
+    with pytest.raises(ValueError, match="resnet_nonlinearity 'elu' or 'relu'.*pass resnet_nonlinearity"):
+        pixel_cnn_pp.load(prefix)
+    x = images((2, 8, 8, 3))
+    np.testing.assert_array_equal(pixel_cnn_pp.load(prefix, resnet_nonlinearity='relu')(x), model(x))
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(nr_filters=16), r'nr_filters=16 was given, but the checkpoint .* has nr_filters=32'),
+    (dict(nr_resnet=2), r'nr_resnet=2 was given, but the checkpoint .* has nr_resnet=1'),
+    (dict(nr_logistic_mix=10), r'nr_logistic_mix=10 was given, but .* has nr_logistic_mix=5'),
+    (dict(num_labels=10), r'num_labels=10 was given, but the checkpoint .* has no labels'),
+    (dict(resnet_nonlinearity='elu'), r"resnet_nonlinearity='elu' was given, but .* 'concat_elu'"),
+    (dict(image_shape=(8, 8, 1)), r'image_shape=\(8, 8, 1\) was given, but .* 3-channel images'),
+])
+def test_override_that_contradicts_the_checkpoint(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        pixel_cnn_pp.load(os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt'), **overrides)
+
+
+def test_overrides_that_agree_and_what_the_checkpoint_cannot_say():
+    path = os.path.join(FIXTURES, 'official_small_cond', 'params_cifar.ckpt')
+    model = pixel_cnn_pp.load(path, nr_filters=32, num_labels=10, image_shape=(16, 24), dropout_p=0.)
+    assert model.image_shape == (16, 24, 3) and model.num_labels == 10 and model.dropout_p == 0.
+    with pytest.raises(TypeError, match=r"unknown overrides \['nr_filter'\]"):
+        pixel_cnn_pp.load(path, nr_filter=32)
+
+
+@pytest.mark.parametrize('run', ['official_small', 'official_small_cond'])
+def test_official_checkpoint_needs_no_config(run):
+    ref = np.load(os.path.join(FIXTURES, run, 'ref.npz'))
+    h = tf.one_hot(ref['y'], 10) if 'y' in ref else None
+    model = pixel_cnn_pp.load(os.path.join(FIXTURES, run, 'params_cifar.ckpt'))
+    assert_close_to_official(model(ref['x'], h=h)[:len(ref['logits_ema'])], ref['logits_ema'])
+    raw = pixel_cnn_pp.load(os.path.join(FIXTURES, run, 'params_cifar.ckpt'), use_ema=False)
+    assert_close_to_official(raw(ref['x'], h=h)[:len(ref['logits'])], ref['logits'])
+
+
+def official_config_runs():
+    if not os.path.isdir(OFFICIAL_CONFIGS):
+        return []
+    return sorted(d for d in os.listdir(OFFICIAL_CONFIGS) if os.path.isdir(os.path.join(OFFICIAL_CONFIGS, d)))
+
+
+@pytest.mark.parametrize('run', official_config_runs())
+@pytest.mark.parametrize('use_ema', [True, False])
+def test_official_checkpoints_of_other_configs(run, use_ema):
+    """Checkpoints written by the official code at other depths, widths, mixtures,
+    nonlinearities, conditioning and image sizes: the config is read from the shapes (the
+    nonlinearity where they tell it), and the logits and per-image losses are the official
+    ones."""
+    ref = np.load(os.path.join(OFFICIAL_CONFIGS, run, 'ref.npz'))
+    config = json.loads(str(ref['config']))
+    prefix = os.path.join(OFFICIAL_CONFIGS, run, 'params.ckpt')
+    overrides = {} if config['resnet_nonlinearity'] == 'concat_elu' else \
+        {'resnet_nonlinearity': config['resnet_nonlinearity']}
+    model = pixel_cnn_pp.load(prefix, use_ema=use_ema, **overrides)
+    for key in ('nr_resnet', 'nr_filters', 'nr_logistic_mix', 'resnet_nonlinearity'):
+        assert getattr(model, key) == config[key], key
+    assert (model.num_labels or 0) == config['num_labels']
+    h = tf.one_hot(ref['y'], config['num_labels']) if config['num_labels'] else None
+    suffix = '_ema' if use_ema else ''
+    assert_close_to_official(model(ref['x'], h=h), ref['logits' + suffix])
+    nats = pixel_cnn_pp.log_prob(model, ref['x_uint8'], h=h)
+    np.testing.assert_allclose(-nats, ref['loss_each' + suffix], rtol=1e-4)
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory, one_replica):
+    """A save_dir as train.py leaves it: config.json and a checkpoint of a trainer whose raw
+    and EMA weights differ."""
+    d = str(tmp_path_factory.mktemp('run'))
+    trainer = Trainer(one_replica, dict(nr_resnet=1, nr_filters=6, nr_logistic_mix=2,
+                                                         resnet_nonlinearity='elu', dropout_p=0.),
+                      (8, 12, 3), num_labels=5, polyak_decay=0.5)
+    x, y = images((4, 8, 12, 3)), np.arange(4)
+    trainer.initialize(x, y)
+    for _ in range(2):
+        trainer.train_step((x, tf.constant(y), tf.ones(4)))
+    checkpoints.write_config(d, trainer.config())
+    path = tf.train.CheckpointManager(trainer.checkpoint, d, max_to_keep=3).save(checkpoint_number=2)
+    return d, path, trainer
+
+
+def test_save_dir_and_checkpoint_round_trip(run_dir):
+    d, path, trainer = run_dir
+    x, h = images((3, 8, 12, 3), seed=2), tf.one_hot([0, 4, 2], 5)
+    for where in (d, path, path + '.index'):
+        model = pixel_cnn_pp.load(where)
+        assert model.image_shape == (8, 12, 3) and model.num_labels == 5
+        assert model.resnet_nonlinearity == 'elu'  # from config.json: the shapes cannot tell
+        np.testing.assert_array_equal(model(x, h=h), trainer.ema_model(x, h=h))
+    raw = pixel_cnn_pp.load(d, use_ema=False)
+    np.testing.assert_array_equal(raw(x, h=h), trainer.model(x, h=h))
+    assert not np.array_equal(raw(x, h=h), trainer.ema_model(x, h=h))
+
+
+def test_checkpoint_without_its_config_json(run_dir, tmp_path):
+    """A checkpoint copied without config.json: the shapes give the config, the overrides the rest."""
+    _, path, trainer = run_dir
+    for suffix in ('.index', '.data-00000-of-00001'):
+        tf.io.gfile.copy(path + suffix, str(tmp_path / 'ckpt-2') + suffix)
+    with pytest.raises(ValueError, match="'elu' or 'relu'"):
+        pixel_cnn_pp.load(str(tmp_path / 'ckpt-2'))
+    model = pixel_cnn_pp.load(str(tmp_path / 'ckpt-2'), resnet_nonlinearity='elu')
+    assert model.image_shape == (32, 32, 3)
+    x, h = images((2, 8, 8, 3)), tf.one_hot([1, 3], 5)
+    np.testing.assert_array_equal(model(x, h=h), trainer.ema_model(x, h=h))
+
+
+def test_config_json_that_contradicts_its_checkpoint(run_dir, tmp_path):
+    d, path, _ = run_dir
+    for suffix in ('.index', '.data-00000-of-00001'):
+        tf.io.gfile.copy(path + suffix, str(tmp_path / 'ckpt-2') + suffix)
+    config = json.load(open(os.path.join(d, 'config.json')))
+    json.dump(dict(config, nr_filters=7), open(tmp_path / 'config.json', 'w'))
+    with pytest.raises(ValueError, match='config.json says nr_filters=7 but the checkpoint has nr_filters=6'):
+        pixel_cnn_pp.load(str(tmp_path / 'ckpt-2'))
+    (tmp_path / 'config.json').write_text('{"nr_filters": ')
+    with pytest.raises(ValueError, match='config.json is not readable JSON'):
+        pixel_cnn_pp.load(str(tmp_path / 'ckpt-2'))
+
+
+def test_keras_file_round_trips_bit_for_bit(run_dir, tmp_path):
+    _, path, _ = run_dir
+    model = pixel_cnn_pp.load(path)
+    model.save(str(tmp_path / 'm.keras'))
+    loaded = keras.models.load_model(str(tmp_path / 'm.keras'))  # no custom_objects
+    assert isinstance(loaded, PixelCNNPP)
+    assert loaded.get_config() == model.get_config()
+    assert loaded.image_shape == (8, 12, 3) and loaded.num_labels == 5
+    x, h = images((3, 16, 12, 3), seed=3), tf.one_hot([0, 1, 2], 5)
+    np.testing.assert_array_equal(loaded(x, h=h), model(x, h=h))
+    via_load = pixel_cnn_pp.load(str(tmp_path / 'm.keras'), image_shape=(16, 16))
+    assert via_load.image_shape == (16, 16, 3)
+    np.testing.assert_array_equal(via_load(x, h=h), model(x, h=h))
+    with pytest.raises(ValueError, match='nr_filters=8 was given, but .*m.keras has nr_filters=6'):
+        pixel_cnn_pp.load(str(tmp_path / 'm.keras'), nr_filters=8)
+    with pytest.raises(ValueError, match='holds one set of weights'):
+        pixel_cnn_pp.load(str(tmp_path / 'm.keras'), use_ema=False)
+
+
+def test_layers_serialise():
+    """Each layer's config rebuilds the same layer: same official names and shapes."""
+    model, _ = initialised(num_labels=2)
+    for layer in model._blocks_in_order():
+        clone = type(layer).from_config(layer.get_config())
+        assert clone.name == layer.name
+        if isinstance(layer, pixel_cnn_pp.nn.GatedResnet):
+            assert [s.name for s in (clone.conv1, clone.nin_aux, clone.conv2) if s is not None] == \
+                [s.name for s in (layer.conv1, layer.nin_aux, layer.conv2) if s is not None]
+            assert clone.hw_name == layer.hw_name
+
+
+@pytest.mark.parametrize('make_path, message', [
+    (lambda d: str(d / 'missing'), 'no such checkpoint'),
+    (lambda d: str(d), 'a folder with no checkpoint in it'),
+    (lambda d: str(d / 'missing.keras'), 'no such .keras file'),
+    (lambda d: tf.train.Checkpoint(v=tf.Variable(1.)).write(str(d / 'other')), 'is not a PixelCNN.. checkpoint'),
+])
+def test_bad_paths(tmp_path, make_path, message):
+    with pytest.raises(ValueError, match=message):
+        pixel_cnn_pp.load(make_path(tmp_path))

@@ -188,14 +188,15 @@ def load_official_checkpoint(model, path, use_ema=True):
 
 def _checkpoint_prefix(path):
     """(checkpoint prefix, the run folder that may hold config.json) for a save_dir or a
-    checkpoint prefix (also given as its .index or .data file)."""
+    checkpoint: a V2 prefix (also given as its .index or .data file) or a V1 file."""
     if os.path.isdir(path):
         latest = tf.train.latest_checkpoint(path)
         if latest is None:
             raise ValueError('%s is a folder with no checkpoint in it (expected %s)' % (path, KINDS))
         return latest, path
-    path = re.sub(r'\.(index|data-\d{5}-of-\d{5})$', '', path)
-    if not os.path.exists(path + '.index'):
+    if not os.path.isfile(path):  # one file: the V1 format of the released params_cifar.ckpt
+        path = re.sub(r'\.(index|data-\d{5}-of-\d{5})$', '', path)
+    if not os.path.isfile(path) and not os.path.exists(path + '.index'):
         raise ValueError('%s: no such checkpoint (expected %s)' % (path, KINDS))
     return path, os.path.dirname(path) or '.'
 

@@ -76,6 +76,22 @@ def test_nonlinearity_a_checkpoint_cannot_tell_is_asked_for(tmp_path):
     np.testing.assert_array_equal(pixel_cnn_pp.load(prefix, resnet_nonlinearity='relu')(x), model(x))
 
 
+def test_v1_single_file_checkpoint(tmp_path):
+    """The released params_cifar.ckpt is one file (TF1's V1 checkpoint format)."""
+    reader = tf.train.load_checkpoint(os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt'))
+    with tf.Graph().as_default():
+        names = sorted(reader.get_variable_to_shape_map())
+        variables = {n: tf.compat.v1.get_variable(n, initializer=reader.get_tensor(n)) for n in names}
+        saver = tf.compat.v1.train.Saver(variables, write_version=tf.compat.v1.train.SaverDef.V1)
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            path = saver.save(session, str(tmp_path / 'params_cifar.ckpt'), write_meta_graph=False)
+    assert os.path.isfile(path) and not os.path.exists(path + '.index')
+    ref = np.load(os.path.join(FIXTURES, 'official_small', 'ref.npz'))
+    for where in (path, str(tmp_path)):
+        assert_close_to_official(pixel_cnn_pp.load(where)(ref['x'][:2]), ref['logits_ema'])
+
+
 @pytest.mark.parametrize('overrides, message', [
     (dict(nr_filters=16), r'nr_filters=16 was given, but the checkpoint .* has nr_filters=32'),
     (dict(nr_resnet=2), r'nr_resnet=2 was given, but the checkpoint .* has nr_resnet=1'),
@@ -232,3 +248,19 @@ def test_layers_serialise():
 def test_bad_paths(tmp_path, make_path, message):
     with pytest.raises(ValueError, match=message):
         pixel_cnn_pp.load(make_path(tmp_path))
+
+
+def test_sample_py_on_a_save_dir_without_model_flags(run_dir, tmp_path):
+    """Everything comes from the run's config.json: size 8x12, 5 labels, elu."""
+    import subprocess
+    import sys
+    d, _, _ = run_dir
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, 'sample.py'), '--checkpoint=' + d,
+                          '--num_samples=3', '--labels=4,1', '--seed=2', '--out=%s' % (tmp_path / 's')],
+                         env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    images = np.load(tmp_path / 's.npz')['samples']
+    expected = pixel_cnn_pp.sample(pixel_cnn_pp.load(d), 3, h=tf.one_hot([4, 1, 4], 5), seed=2)
+    assert images.shape == (3, 8, 12, 3)
+    np.testing.assert_array_equal(images, expected)

@@ -194,9 +194,10 @@ def _checkpoint_prefix(path):
         if latest is None:
             raise ValueError('%s is a folder with no checkpoint in it (expected %s)' % (path, KINDS))
         return latest, path
-    if not os.path.isfile(path):  # one file: the V1 format of the released params_cifar.ckpt
-        path = re.sub(r'\.(index|data-\d{5}-of-\d{5})$', '', path)
-    if not os.path.isfile(path) and not os.path.exists(path + '.index'):
+    prefix = re.sub(r'\.(index|data-\d{5}-of-\d{5})$', '', path)
+    if os.path.exists(prefix + '.index'):
+        path = prefix
+    elif not os.path.isfile(path):  # one file: the V1 format of the released params_cifar.ckpt
         raise ValueError('%s: no such checkpoint (expected %s)' % (path, KINDS))
     return path, os.path.dirname(path) or '.'
 

@@ -7,7 +7,7 @@ A script defines its own flags, calls one of the define_* functions, and then
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from pixel_cnn_pp import checkpoints
 
@@ -84,8 +84,10 @@ def load_model(path, use_ema=True):
 
 def run(main):
     """app.run(main), with a UsageError printed as one short message (absl prints the whole
-    help around it) and exit status 2."""
+    help around it) and exit status 2, and without TensorFlow's INFO log lines."""
     def main_with_short_errors(argv):
+        # TensorFlow's INFO lines (saving, assets, signatures) would bury the scripts' own
+        logging.set_verbosity(logging.WARNING)
         try:
             return main(argv)
         except app.UsageError as e:

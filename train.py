@@ -60,6 +60,13 @@ flags.DEFINE_boolean('xla', False, 'Compile the forward and backward pass with X
 flags.DEFINE_enum('precision', 'float32', list(training.PRECISIONS),
                   'Compute dtype of training (for GPUs): mixed_bfloat16, or mixed_float16 with '
                   'dynamic loss scaling; weights, the loss and evaluation stay float32')
+flags.DEFINE_float('mutation_rate', 0., 'For a background model of score.py\'s likelihood ratio '
+                   '(Ren et al. 2019): replace each sub-pixel of each training batch with this '
+                   'probability by a uniform value in 0..255 (0.1 to 0.3 in the paper)',
+                   lower_bound=0., upper_bound=1.)
+flags.DEFINE_float('l2_weight', 0., 'Add l2_weight x the sum of squared weights to the training '
+                   'objective (not to the reported bits/dim); Ren et al. use it for background models',
+                   lower_bound=0.)
 flags.DEFINE_integer('max_steps_per_epoch', None, 'Cap on training steps per epoch, for quick runs')
 flags.DEFINE_integer('save_steps', 0, 'Also checkpoint every N steps within an epoch (0: only at '
                      'the end of every --save_interval epochs, as the official code)')
@@ -134,19 +141,24 @@ def load_data(class_conditional):
         raise app.UsageError(str(e))
 
 
-def run_model_kwargs():
-    """PixelCNNPP's arguments and class_conditional for a training run: the flags, and when
-    resuming the run's config.json for every model flag not given."""
+RUN_FLAGS = ('mutation_rate', 'l2_weight')  # recorded in config.json beside the model's
+
+
+def run_config():
+    """(PixelCNNPP's arguments, class_conditional, {mutation_rate, l2_weight}) of a training
+    run: the flags, and when resuming the run's config.json for every one not given."""
     kwargs, conditional = cli.model_kwargs(), FLAGS.class_conditional
+    extra = {k: FLAGS[k].value for k in RUN_FLAGS}
     if FLAGS.load_params:
         try:
             saved = checkpoints.read_config(FLAGS.save_dir) or {}
         except ValueError as e:
             raise app.UsageError(str(e))
-        kwargs.update({k: saved[k] for k in checkpoints.MODEL_KEYS if k in saved and not FLAGS[k].present})
+        for d, keys in ((kwargs, checkpoints.MODEL_KEYS), (extra, RUN_FLAGS)):
+            d.update({k: saved[k] for k in keys if k in saved and not FLAGS[k].present})
         if 'num_labels' in saved and not FLAGS['class_conditional'].present:
             conditional = bool(saved['num_labels'])
-    return kwargs, conditional
+    return kwargs, conditional, extra
 
 
 class Run:
@@ -291,14 +303,14 @@ def main(argv):
     if FLAGS.mode == 'eval':
         evaluate(strategy)
         return
-    kwargs, conditional = run_model_kwargs()
+    kwargs, conditional, extra = run_config()
     data = load_data(conditional)
     os.makedirs(FLAGS.save_dir, exist_ok=True)
     trainer = Trainer(strategy, kwargs, data.train_x.shape[1:],
                       num_labels=data.num_labels if conditional else 0,
                       learning_rate=FLAGS.learning_rate, lr_decay=FLAGS.lr_decay,
                       polyak_decay=FLAGS.polyak_decay, jit_compile=FLAGS.xla,
-                      precision=FLAGS.precision)
+                      precision=FLAGS.precision, seed=FLAGS.seed, **extra)
     run = Run(trainer, data, strategy)
     run.start()
     run.train()

@@ -52,7 +52,8 @@ def check_config(save_dir, config):
     saved = read_config(save_dir)
     if saved is None:
         return
-    diff = ['%s: checkpoint %r, now %r' % (k, saved.get(k), config[k]) for k in config if saved.get(k) != config[k]]
+    diff = ['%s: checkpoint %r, now %r' % (k, saved[k], config[k])
+            for k in config if k in saved and saved[k] != config[k]]
     if diff:
         raise ValueError('the checkpoints in %s are of another model config (%s); pass the '
                          'flags they were trained with or use another --save_dir'

@@ -4,6 +4,7 @@ of the training set every epoch from the seed, pixels scaled to [-1, 1]."""
 
 import os
 import pickle
+import zipfile
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -118,6 +119,16 @@ def scale(x):
     return (tf.cast(x, tf.float32) - 127.5) / 127.5
 
 
+def mutate(x, rate, seed):
+    """Scaled images x with each sub-pixel replaced, with probability `rate`, by a uniform
+    value in 0..255 (scaled), as Ren et al. 2019 perturb the inputs of a background model.
+    seed: a stateless seed (2 integers)."""
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    replace = tf.random.stateless_uniform(tf.shape(x), seeds[0]) < rate
+    values = tf.random.stateless_uniform(tf.shape(x), seeds[1], 0, 256, dtype=tf.int32)
+    return tf.where(replace, scale(values), x)
+
+
 def steps_per_epoch(num_images, global_batch):
     """Full batches per epoch: the official loader drops the last partial batch."""
     return num_images // global_batch
@@ -166,3 +177,89 @@ def test_batches(strategy, data, per_replica_batch):
     return strategy.distribute_datasets_from_function(
         lambda ctx: _pipeline(data.test_x, data.test_y, padded.reshape(-1, global_batch), ctx,
                               per_replica_batch))
+
+
+IMAGE_FILES = ('.png', '.jpg', '.jpeg')
+
+
+def read_images(spec, data_dir=None):
+    """A set of uint8 images (N, H, W, C) and its labels (or None) from a SPEC: an .npz (key
+    x, else test_x; labels y, else test_y), a folder of PNG/JPEG files (sorted by name), or
+    tfds:NAME:SPLIT (tensorflow-datasets, prepared in data_dir). Errors name the SPEC."""
+    if spec.startswith('tfds:'):
+        parts = spec.split(':')
+        if len(parts) != 3 or not all(parts[1:]):
+            raise ValueError('%s: expected tfds:NAME:SPLIT, e.g. tfds:svhn_cropped:test' % spec)
+        import tensorflow_datasets as tfds
+        try:
+            split = tfds.load(parts[1], split=parts[2], data_dir=data_dir)
+        except Exception as e:  # tfds raises many types for unknown names and missing data
+            raise ValueError('%s: tensorflow-datasets could not load it (%s)'
+                             % (spec, str(e).splitlines()[0] if str(e) else type(e).__name__)) from None
+        batches = list(tfds.as_numpy(split.batch(4096)))
+        if not batches:
+            raise ValueError('%s: no images' % spec)
+        x = np.concatenate([b['image'] for b in batches])
+        y = np.concatenate([b['label'] for b in batches]) if 'label' in batches[0] else None
+    elif os.path.isdir(spec):
+        names = sorted(n for n in os.listdir(spec) if n.lower().endswith(IMAGE_FILES))
+        if not names:
+            raise ValueError('%s: a folder with no PNG or JPEG images' % spec)
+        x, y = [], None
+        for name in names:
+            path = os.path.join(spec, name)
+            try:
+                x.append(tf.io.decode_image(tf.io.read_file(path), expand_animations=False).numpy())
+            except (tf.errors.OpError, ValueError):
+                raise ValueError('%s: not a readable image' % path) from None
+        shapes = {image.shape for image in x}
+        if len(shapes) > 1:
+            raise ValueError('%s: the images have different shapes %s' % (spec, sorted(shapes)[:3]))
+        x = np.stack(x)
+    elif os.path.isfile(spec):
+        try:
+            with np.load(spec) as f:
+                arrays = {k: f[k] for k in f.files if k in ('x', 'y', 'test_x', 'test_y')}
+        except (OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+            raise ValueError('%s: not a readable .npz (%s)' % (spec, e)) from None
+        key = 'x' if 'x' in arrays else 'test_x'
+        if key not in arrays:
+            raise ValueError('%s: the .npz has neither x nor test_x' % spec)
+        x, y = arrays[key], arrays.get('y' if key == 'x' else 'test_y')
+    else:
+        raise ValueError('%s: no such file or folder (expected an .npz, a folder of images or '
+                         'tfds:NAME:SPLIT)' % spec)
+    if x.dtype != np.uint8 or x.ndim not in (3, 4) or len(x) == 0:
+        raise ValueError('%s: expected uint8 images (N, H, W, C), got %s %s' % (spec, x.dtype, x.shape))
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.shape[-1] not in (1, 3):
+        raise ValueError('%s: images must have 1 or 3 channels, got shape %s' % (spec, x.shape))
+    if y is not None and len(y) != len(x):
+        raise ValueError('%s: %d labels for %d images' % (spec, len(y), len(x)))
+    return x, y
+
+
+def fit_images(images, shape):
+    """Images made to the model's (H, W, C): smaller ones zero-padded in the centre, larger
+    ones centre-cropped, grayscale repeated to 3 channels. Returns (images, what was done:
+    a list of phrases, empty when nothing)."""
+    H, W, C = shape
+    done = []
+    if images.shape[-1] != C:
+        if images.shape[-1] != 1:
+            raise ValueError('images of %d channels cannot be fitted to %d' % (images.shape[-1], C))
+        images = np.repeat(images, C, axis=-1)
+        done.append('grayscale repeated to %d channels' % C)
+    for axis, size in ((1, H), (2, W)):
+        have = images.shape[axis]
+        if have > size:
+            start = (have - size) // 2
+            images = np.take(images, np.arange(start, start + size), axis=axis)
+            done.append('%s centre-cropped from %d to %d' % ('height' if axis == 1 else 'width', have, size))
+        elif have < size:
+            pad = [(0, 0)] * 4
+            pad[axis] = ((size - have) // 2, size - have - (size - have) // 2)
+            images = np.pad(images, pad)
+            done.append('%s zero-padded from %d to %d' % ('height' if axis == 1 else 'width', have, size))
+    return images, done

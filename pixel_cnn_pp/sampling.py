@@ -295,7 +295,12 @@ def tile(images, border=255):
     return grid
 
 
+def write_png(path, image):
+    """One uint8 (H, W, C) image as a PNG file."""
+    tf.io.write_file(path, tf.io.encode_png(image))
+
+
 def write_samples(images, prefix):
     """prefix.png (a tiled grid) and prefix.npz (`samples`: uint8 NHWC)."""
-    tf.io.write_file(prefix + '.png', tf.io.encode_png(tile(images)))
+    write_png(prefix + '.png', tile(images))
     np.savez(prefix + '.npz', samples=np.asarray(images))

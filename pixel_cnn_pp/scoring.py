@@ -87,3 +87,45 @@ def log_prob(model, images, h=None, batch_size=64):
     """log p(x) in nats (<= 0) of each uint8 image (N, H, W, C): a float32 array (N,), minus
     the official per-image loss. h as for log_prob_map."""
     return log_prob_map(model, images, h, batch_size).sum(axis=(1, 2), dtype=np.float64).astype(np.float32)
+
+
+def png_bits(images):
+    """The length in bits of each uint8 image (N, H, W, C) as a PNG at compression 9: the
+    complexity L(x) of Serra et al. 2020."""
+    return np.array([8. * len(tf.io.encode_png(image, compression=9).numpy()) for image in images])
+
+
+def auroc(in_scores, ood_scores):
+    """Area under the ROC curve with the OOD set as the positive class and a larger score
+    meaning more OOD: P(ood > in) + P(ood = in) / 2 (ties count half)."""
+    in_scores, ood_scores = np.asarray(in_scores, np.float64), np.asarray(ood_scores, np.float64)
+    below = np.searchsorted(np.sort(in_scores), ood_scores, side='left')
+    not_above = np.searchsorted(np.sort(in_scores), ood_scores, side='right')
+    return float(np.sum(below + not_above) / 2. / (len(in_scores) * len(ood_scores)))
+
+
+def _thresholds(in_scores, ood_scores):
+    """At each distinct score t, from the largest down: (true positives, false positives)
+    of the rule score >= t."""
+    scores = np.concatenate([ood_scores, in_scores]).astype(np.float64)
+    is_ood = np.concatenate([np.ones(len(ood_scores)), np.zeros(len(in_scores))])
+    order = np.argsort(-scores, kind='stable')
+    scores, is_ood = scores[order], is_ood[order]
+    last_of_tie = np.r_[scores[1:] != scores[:-1], True]
+    tp = np.cumsum(is_ood)[last_of_tie]
+    return tp, np.cumsum(1. - is_ood)[last_of_tie]
+
+
+def auprc(in_scores, ood_scores):
+    """Area under the precision-recall curve (average precision, the OOD set positive):
+    sum over thresholds of (recall step) x precision, tied scores as one threshold."""
+    tp, fp = _thresholds(in_scores, ood_scores)
+    recall_steps = np.diff(np.r_[0., tp]) / len(ood_scores)
+    return float(np.sum(recall_steps * tp / (tp + fp)))
+
+
+def fpr_at_95_tpr(in_scores, ood_scores):
+    """The fraction of in-distribution images flagged at the largest threshold that flags
+    at least 95% of the OOD images."""
+    tp, fp = _thresholds(in_scores, ood_scores)
+    return float(fp[np.argmax(tp >= 0.95 * len(ood_scores))] / len(in_scores))

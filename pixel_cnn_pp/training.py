@@ -4,7 +4,7 @@ Polyak averaging, losses and gradients summed over replicas, and checkpoints."""
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import checkpoints, nn
+from pixel_cnn_pp import checkpoints, data, nn
 from pixel_cnn_pp.model import PixelCNNPP
 
 PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
@@ -146,12 +146,23 @@ class Trainer:
 
     precision='mixed_bfloat16' or 'mixed_float16' trains in that compute dtype (variables,
     Adam, EMA and the loss stay float32; float16 adds dynamic loss scaling); evaluation
-    uses the float32 EMA model in every case."""
+    uses the float32 EMA model in every case.
+
+    For background models of the likelihood ratio (Ren et al. 2019): mutation_rate > 0
+    replaces each sub-pixel of each training batch with that probability by a uniform value
+    in 0..255 (stateless, from `seed` and the step, so a resumed run mutates alike), and
+    l2_weight > 0 adds l2_weight * (sum of the squared weights) to the training objective
+    (not to the reported loss)."""
 
     def __init__(self, strategy, model_kwargs, image_shape, num_labels=0, learning_rate=1e-3,
-                 lr_decay=0.999995, polyak_decay=0.9995, jit_compile=False, precision='float32'):
+                 lr_decay=0.999995, polyak_decay=0.9995, jit_compile=False, precision='float32',
+                 mutation_rate=0., l2_weight=0., seed=0):
         if precision not in PRECISIONS:
             raise ValueError('precision must be one of %s, got %r' % (PRECISIONS, precision))
+        if not 0. <= mutation_rate <= 1. or l2_weight < 0.:
+            raise ValueError('mutation_rate must be in [0, 1] and l2_weight >= 0, got %r and %r'
+                             % (mutation_rate, l2_weight))
+        self.mutation_rate, self.l2_weight, self.seed = mutation_rate, l2_weight, seed
         self.strategy = strategy
         self.model_kwargs = dict(model_kwargs)
         self.image_shape = tuple(image_shape)
@@ -204,7 +215,11 @@ class Trainer:
     def _loss_and_grads_fn(self, x, y):
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(image_loss(self.model, x, self.one_hot(y), training=True))
-            scaled = loss * self.loss_scale.scale if self.scale_loss else loss
+            objective = loss
+            if self.l2_weight:  # once in the gradients summed over replicas
+                objective += self.l2_weight / self.strategy.num_replicas_in_sync * tf.add_n(
+                    [tf.reduce_sum(tf.square(p)) for p in self.params.values()])
+            scaled = objective * self.loss_scale.scale if self.scale_loss else objective
         grads = tape.gradient(scaled, list(self.params.values()))
         if self.scale_loss:
             grads = [g / self.loss_scale.scale for g in grads]
@@ -214,8 +229,12 @@ class Trainer:
         def replica_step(x, y, weight):
             del weight  # training batches are always full
             bad_pixels = tf.reduce_sum(tf.cast(~tf.math.is_finite(x), tf.float32))
-            loss, grads = self._loss_and_grads(x, y)
             ctx = tf.distribute.get_replica_context()
+            if self.mutation_rate:
+                stream = self.optimizer.step * ctx.num_replicas_in_sync + \
+                    tf.cast(ctx.replica_id_in_sync_group, tf.int64)
+                x = data.mutate(x, self.mutation_rate, tf.stack([tf.constant(self.seed, tf.int64), stream]))
+            loss, grads = self._loss_and_grads(x, y)
             grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
             finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]) \
                 if self.scale_loss else tf.constant(True)
@@ -256,7 +275,8 @@ class Trainer:
 
     def config(self):
         """What config.json records of this run."""
-        return checkpoints.model_config(self.model)
+        return dict(checkpoints.model_config(self.model), mutation_rate=self.mutation_rate,
+                    l2_weight=self.l2_weight)
 
     def restore_ema(self, path):
         """Loads only the EMA weights of a checkpoint of ours (for evaluation, sampling)."""

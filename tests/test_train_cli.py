@@ -240,3 +240,19 @@ def test_sigkill_then_resume(tmp_path):
     assert 'restoring parameters from %s' % killed_at in finish(train_process(args + ['--load_params']))
     step = [k for k in final_params(save) if k.startswith('adam/step')][0]
     assert final_params(save)[step] == 2 * 12  # 48 images // 4 per step, 2 epochs
+
+
+def test_background_model_flags_are_recorded_and_kept_on_resume(tmp_path):
+    """--mutation_rate and --l2_weight go into config.json; a resume without them (and
+    without model flags) keeps them; a resume that contradicts them is refused."""
+    data = write_npz(tmp_path / 'data.npz')
+    common = ['--data_set=npz', '--data_dir=' + data, '--save_dir=%s' % (tmp_path / 'bg'), '--noprogress',
+              '--batch_size=4', '--init_batch_size=4', '--num_samples=0', '--max_steps_per_epoch=2']
+    run_train(common + TINY[:3] + ['--mutation_rate=0.2', '--l2_weight=0.001', '--max_epochs=1'])
+    config = json.load(open(tmp_path / 'bg' / 'config.json'))
+    assert config['mutation_rate'] == 0.2 and config['l2_weight'] == 0.001 and config['nr_filters'] == 8
+    run_train(common + ['--load_params', '--max_epochs=2'])
+    assert json.load(open(tmp_path / 'bg' / 'config.json')) == config
+    assert tf.train.latest_checkpoint(str(tmp_path / 'bg')).endswith('ckpt-4')
+    with pytest.raises(Exception, match='mutation_rate: checkpoint 0.2, now 0.3'):
+        run_train(common + ['--load_params', '--max_epochs=3', '--mutation_rate=0.3'])

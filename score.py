@@ -1,0 +1,139 @@
+"""Scores images with a trained PixelCNN++ and measures how well each score tells an
+out-of-distribution (OOD) set from the in-distribution one.
+
+    python score.py --checkpoint=save --in=tfds:cifar10:test --ood=tfds:svhn_cropped:test
+    python score.py --checkpoint=save --in=test.npz --ood=other.npz --ood=photos/ \\
+        --background=save_background --report=report.json --csv=scores.csv --heatmaps=maps
+
+Scores, each oriented so that larger means more OOD:
+- likelihood: bits/dim, -log2 p(x) / (H W C). Nalisnick et al. 2019 ("Do deep generative
+  models know what they don't know?"): a PixelCNN++ trained on CIFAR-10 gives SVHN a higher
+  likelihood than CIFAR-10 itself, so this score often ranks OOD sets as LESS OOD (AUROC
+  below 0.5).
+- complexity: bits/dim minus the image's PNG length in bits/dim (Serra et al. 2020, "Input
+  complexity and out-of-distribution detection with likelihood-based generative models").
+- likelihood_ratio (with --background): bits/dim minus those of a background model trained
+  on perturbed inputs, train.py --mutation_rate (Ren et al. 2019, "Likelihood ratios for
+  out-of-distribution detection").
+
+For each --ood set against --in: AUROC, AUPRC and the FPR at 95% TPR, the OOD set positive.
+"""
+
+import csv
+import json
+import os
+import time
+
+from absl import app, flags
+import keras
+import numpy as np
+
+from pixel_cnn_pp import cli, data, sampling, scoring
+
+FLAGS = flags.FLAGS
+cli.define_load_flags()
+flags.adopt_module_key_flags(cli)
+flags.DEFINE_string('in', None, 'The in-distribution images: an .npz (x or test_x), a folder '
+                    'of PNG/JPEG images, or tfds:NAME:SPLIT')
+flags.DEFINE_multi_string('ood', None, 'An out-of-distribution set (as --in); repeat for several')
+flags.DEFINE_string('background', None, 'A background model (as --checkpoint), for the '
+                    'likelihood_ratio score')
+flags.DEFINE_string('data_dir', None, 'Where tensorflow-datasets finds tfds: sets')
+flags.DEFINE_integer('batch_size', 64, 'Images scored at once', lower_bound=1)
+flags.DEFINE_string('report', None, 'Write {ood set: {score: {auroc, auprc, fpr95}}} as JSON here')
+flags.DEFINE_string('csv', None, 'Write one row per image with every score here')
+flags.DEFINE_string('heatmaps', None, 'Write, per image, the image beside a heat map of its '
+                    'per-pixel bits into this folder (PNG)')
+flags.DEFINE_boolean('progress', True, 'Show a progress bar')
+
+METRICS = {'auroc': scoring.auroc, 'auprc': scoring.auprc, 'fpr95': scoring.fpr_at_95_tpr}
+
+
+def read_set(spec, shape):
+    """(name, uint8 images fitted to the model's shape)."""
+    try:
+        images, _ = data.read_images(spec, FLAGS.data_dir)
+        fitted, done = data.fit_images(images, shape)
+    except ValueError as e:
+        raise app.UsageError(str(e))
+    name = spec.rstrip('/').split('/')[-1] if not spec.startswith('tfds:') else spec[len('tfds:'):]
+    print('%s: %d images%s' % (name, len(images), ' (%s)' % ', '.join(done) if done else ''))
+    return name, fitted
+
+
+def pixel_bits(model, images, label):
+    """-log2 p(x_ij | x_<ij) of every pixel (N, H, W), batch by batch with a progress bar."""
+    bar = keras.utils.Progbar(len(images), verbose=1 if FLAGS.progress else 0, unit_name='image')
+    out, start = [], time.time()
+    for i in range(0, len(images), FLAGS.batch_size):
+        out.append(-scoring.log_prob_map(model, images[i:i + FLAGS.batch_size]) / np.log(2.))
+        bar.update(min(i + FLAGS.batch_size, len(images)))
+    print('%s: %.1f images/s' % (label, len(images) / (time.time() - start)))
+    return np.concatenate(out)
+
+
+def heat_map(bits):
+    """A (H, W) array of bits as an RGB uint8 image: black (few) through red to yellow (many)."""
+    t = np.clip(bits / max(float(np.percentile(bits, 99)), 1e-6), 0., 1.)
+    return (np.stack([np.clip(2 * t, 0, 1), np.clip(2 * t - 1, 0, 1), np.zeros_like(t)], -1) * 255).astype(np.uint8)
+
+
+def write_heatmaps(folder, name, images, bits):
+    os.makedirs(folder, exist_ok=True)
+    for k, (image, b) in enumerate(zip(images, bits)):
+        image = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+        sampling.write_png(os.path.join(folder, '%s_%05d.png' % (name, k)),
+                           np.concatenate([image, np.full_like(image[:, :1], 255), heat_map(b)], axis=1))
+
+
+def main(argv):
+    del argv
+    if not FLAGS.checkpoint or not FLAGS['in'].value or not FLAGS.ood:
+        raise app.UsageError('--checkpoint, --in and at least one --ood are required')
+    for flag in ('report', 'csv'):
+        if FLAGS[flag].value and not os.path.isdir(os.path.dirname(FLAGS[flag].value) or '.'):
+            raise app.UsageError('--%s=%s: its folder does not exist' % (flag, FLAGS[flag].value))
+    model = cli.load_model(FLAGS.checkpoint, use_ema=FLAGS.ema)
+    background = cli.load_model(FLAGS.background, use_ema=FLAGS.ema) if FLAGS.background else None
+    if model.energy_distance:
+        raise app.UsageError('an energy-distance model has no likelihood to score with')
+    sets = [read_set(spec, model.image_shape) for spec in [FLAGS['in'].value] + FLAGS.ood]
+    names = [name for name, _ in sets]
+    if len(set(names)) != len(names):
+        raise app.UsageError('two sets have the same name %s; give files or folders distinct names'
+                             % names)
+    dims = float(np.prod(model.image_shape))
+    scores, rows = {}, []
+    for name, images in sets:
+        bits = pixel_bits(model, images, name)
+        bpd = bits.sum(axis=(1, 2)) / dims
+        scores[name] = {'likelihood': bpd, 'complexity': bpd - scoring.png_bits(images) / dims}
+        if background is not None:
+            back = pixel_bits(background, images, name + ' (background)').sum(axis=(1, 2)) / dims
+            scores[name]['likelihood_ratio'] = bpd - back
+        rows += [dict({'set': name, 'index': k}, **{s: float(v[k]) for s, v in scores[name].items()})
+                 for k in range(len(images))]
+        if FLAGS.heatmaps:
+            write_heatmaps(FLAGS.heatmaps, name, images, bits)
+    in_name = names[0]
+    report = {ood: {score: {metric: fn(scores[in_name][score], scores[ood][score])
+                            for metric, fn in METRICS.items()}
+                    for score in scores[in_name]}
+              for ood in names[1:]}
+    print('\nin-distribution: %s (%d images); OOD is the positive class' % (in_name, len(sets[0][1])))
+    print('%-24s %-17s %7s %7s %7s' % ('ood set', 'score', 'auroc', 'auprc', 'fpr95'))
+    for ood, by_score in report.items():
+        for score, m in by_score.items():
+            print('%-24s %-17s %7.4f %7.4f %7.4f' % (ood[:24], score, m['auroc'], m['auprc'], m['fpr95']))
+    if FLAGS.report:
+        with open(FLAGS.report, 'w') as f:
+            json.dump(report, f, indent=1)
+    if FLAGS.csv:
+        with open(FLAGS.csv, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+if __name__ == '__main__':
+    cli.run(main)

@@ -1,0 +1,179 @@
+"""Out-of-distribution scoring: the metrics against hand-computed cases, image sets and how
+they are fitted, input mutation and the L2 term of background models, score.py end to end."""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import pixel_cnn_pp
+from pixel_cnn_pp import data, scoring
+from pixel_cnn_pp.training import Trainer
+from test_official import FIXTURES
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('in_scores, ood_scores, auroc, auprc, fpr95', [
+    # ood 2 ties with one in-score: (2 + 0.5 + 4) / 8; thresholds 4 (P 1), 3, 2 (P 2/4)
+    ([0, 1, 2, 3], [2, 4], 6.5 / 8, 0.5 * 1 + 0.5 * 0.5, 2 / 4),
+    ([0, 1], [2, 3], 1., 1., 0.),
+    ([0, 1], [-1, -2], 0., 0.5 / 3 + 0.5 / 2, 1.),  # ranked backwards: reported as it is
+    ([1, 1], [1, 1], 0.5, 0.5, 1.),
+    ([0, 0, 0, 5], [1] * 19 + [-1], 0.75 * 0.95, 0.95 * 19 / 20 + 0.05 * 20 / 24, 1 / 4),
+])
+def test_metrics_against_hand_computed_cases(in_scores, ood_scores, auroc, auprc, fpr95):
+    assert scoring.auroc(in_scores, ood_scores) == pytest.approx(auroc)
+    assert scoring.auprc(in_scores, ood_scores) == pytest.approx(auprc)
+    assert scoring.fpr_at_95_tpr(in_scores, ood_scores) == pytest.approx(fpr95)
+
+
+def test_png_bits():
+    rng = np.random.default_rng(0)
+    images = np.stack([np.full((8, 8, 3), 7, np.uint8), rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)])
+    bits = scoring.png_bits(images)
+    for image, b in zip(images, bits):
+        png = tf.io.encode_png(image, compression=9)
+        assert b == 8 * len(png.numpy())
+        np.testing.assert_array_equal(tf.io.decode_png(png).numpy(), image)
+    assert bits[0] < bits[1] / 2  # a constant image compresses, noise does not
+
+
+def test_fit_images():
+    x = np.arange(2 * 6 * 2 * 1, dtype=np.uint8).reshape(2, 6, 2, 1)
+    fitted, done = data.fit_images(x, (4, 4, 3))
+    assert fitted.shape == (2, 4, 4, 3)
+    np.testing.assert_array_equal(fitted[:, :, 1:3, 0], x[:, 1:5, :, 0])  # crop rows 1..4
+    assert np.all(fitted[:, :, [0, 3]] == 0)  # zero columns either side
+    np.testing.assert_array_equal(fitted[..., 0], fitted[..., 2])
+    assert done == ['grayscale repeated to 3 channels', 'height centre-cropped from 6 to 4',
+                    'width zero-padded from 2 to 4']
+    same, done = data.fit_images(fitted, (4, 4, 3))
+    assert same is fitted and done == []
+
+
+def test_read_images(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / 'a.npz', test_x=x, test_y=np.arange(3))
+    got, labels = data.read_images(str(tmp_path / 'a.npz'))
+    np.testing.assert_array_equal(got, x)
+    np.testing.assert_array_equal(labels, [0, 1, 2])
+    (tmp_path / 'imgs').mkdir()
+    for k in range(3):
+        tf.io.write_file(str(tmp_path / 'imgs' / ('%d.png' % k)), tf.io.encode_png(x[k]))
+    (tmp_path / 'imgs' / 'notes.txt').write_text('not an image')
+    np.testing.assert_array_equal(data.read_images(str(tmp_path / 'imgs'))[0], x)
+    with tfds.testing.mock_data(num_examples=5):
+        got, labels = data.read_images('tfds:cifar10:test')
+    assert got.shape == (5, 32, 32, 3) and labels.shape == (5,)
+
+
+@pytest.mark.parametrize('make, message', [
+    (lambda d: str(d / 'missing.npz'), 'no such file or folder'),
+    (lambda d: (d / 'empty').mkdir() or str(d / 'empty'), 'a folder with no PNG or JPEG images'),
+    (lambda d: ((d / 'bad').mkdir(), (d / 'bad' / 'x.png').write_bytes(b'nope'), str(d / 'bad'))[-1],
+     'x.png: not a readable image'),
+    (lambda d: ((d / 't.npz').write_bytes(b'PK\x03\x04trunc'), str(d / 't.npz'))[-1], 'not a readable .npz'),
+    (lambda d: np.savez(d / 'k.npz', images=np.zeros((1, 4, 4, 3), np.uint8)) or str(d / 'k.npz'),
+     'neither x nor test_x'),
+    (lambda d: np.savez(d / 'f.npz', x=np.zeros((1, 4, 4, 3))) or str(d / 'f.npz'), 'expected uint8 images'),
+    (lambda d: 'tfds:cifar10', 'expected tfds:NAME:SPLIT'),
+])
+def test_read_images_errors(tmp_path, make, message):
+    with pytest.raises(ValueError, match=message):
+        data.read_images(make(tmp_path))
+
+
+def test_mutation_rate_measured_on_a_batch():
+    x = data.scale(np.full((64, 16, 16, 3), 100, np.uint8))
+    seed = tf.constant([3, 4], tf.int64)
+    mutated = data.mutate(x, 0.1, seed).numpy()
+    changed = np.mean(mutated != x.numpy())
+    # 49,152 sub-pixels: 0.1 x (1 - 1/256) change value, give or take 4 standard deviations
+    expected = 0.1 * 255 / 256
+    assert abs(changed - expected) < 4 * np.sqrt(expected * (1 - expected) / x.numpy().size)
+    values = np.rint(mutated * 127.5 + 127.5)
+    np.testing.assert_allclose(mutated, (values - 127.5) / 127.5, atol=1e-6)  # on the 8-bit grid
+    assert len(np.unique(values)) > 200  # uniform over 0..255
+    np.testing.assert_array_equal(data.mutate(x, 0.1, seed), mutated)  # same seed, same mutation
+    np.testing.assert_array_equal(data.mutate(x, 0., seed), x)
+
+
+def test_l2_weight_adds_its_gradient_and_not_to_the_loss(one_replica):
+    kwargs = dict(nr_resnet=1, nr_filters=4, nr_logistic_mix=2, dropout_p=0.)
+    x = data.scale(np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)))
+    y = tf.zeros([2], tf.int32)
+    plain = Trainer(one_replica, kwargs, (8, 8, 3))
+    plain.initialize(x)
+    l2 = Trainer(one_replica, kwargs, (8, 8, 3), l2_weight=10.)
+    for name, var in l2.params.items():
+        var.assign(plain.params[name])
+    loss0, grads0 = plain._loss_and_grads(x, y)
+    loss1, grads1 = l2._loss_and_grads(x, y)
+    assert float(loss0) == float(loss1)
+    for p, g0, g1 in zip(plain.params.values(), grads0, grads1):
+        # float32 gradients of a sum over pixels: round-off relative to the largest of them
+        np.testing.assert_allclose(g1 - g0, 20. * p.numpy(), rtol=1e-3, atol=1e-5 * np.abs(g0).max())
+
+
+def test_score_py_end_to_end(tmp_path):
+    """Real-looking (smooth) images in, noise and a constant set out; the report, the CSV
+    and the heat maps agree with log_prob."""
+    ckpt = os.path.join(FIXTURES, 'official_configs', 'elu_r2_f16_m3', 'params.ckpt')
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0, 255, 16)
+    smooth = np.stack([np.stack([np.add.outer(ramp * a, ramp * (1 - a)) / 2] * 3, -1)
+                       for a in rng.uniform(0, 1, 6)]).astype(np.uint8)
+    np.savez(tmp_path / 'in.npz', x=smooth)
+    np.savez(tmp_path / 'noise.npz', x=rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8))
+    np.savez(tmp_path / 'const.npz', x=np.full((4, 20, 20, 1), 128, np.uint8))
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, 'score.py'), '--checkpoint=' + ckpt, '--resnet_nonlinearity=elu',
+         '--image_size=16', '--in=%s' % (tmp_path / 'in.npz'), '--ood=%s' % (tmp_path / 'noise.npz'),
+         '--ood=%s' % (tmp_path / 'const.npz'), '--background=' + ckpt, '--report=%s' % (tmp_path / 'r.json'),
+         '--csv=%s' % (tmp_path / 's.csv'), '--heatmaps=%s' % (tmp_path / 'maps'), '--noprogress'],
+        env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert 'const.npz: 4 images (grayscale repeated to 3 channels, height centre-cropped from 20 to 16, ' \
+           'width centre-cropped from 20 to 16)' in out.stdout
+    report = json.load(open(tmp_path / 'r.json'))
+    assert set(report) == {'noise.npz', 'const.npz'}
+    assert set(report['noise.npz']) == {'likelihood', 'complexity', 'likelihood_ratio'}
+    rows = list(csv.DictReader(open(tmp_path / 's.csv')))
+    assert len(rows) == 6 + 5 + 4
+    model = pixel_cnn_pp.load(ckpt, resnet_nonlinearity='elu')
+    bpd = pixel_cnn_pp.bits_per_dim(pixel_cnn_pp.log_prob(model, smooth), smooth.shape[1:])
+    np.testing.assert_allclose([float(r['likelihood']) for r in rows[:6]], bpd, rtol=1e-5)
+    assert all(abs(float(r['likelihood_ratio'])) < 1e-9 for r in rows)  # the same model as background
+    scores = {s: np.array([float(r['likelihood']) for r in rows if r['set'] == s]) for s in ('in.npz', 'noise.npz')}
+    assert report['noise.npz']['likelihood']['auroc'] == pytest.approx(
+        scoring.auroc(scores['in.npz'], scores['noise.npz']))
+    assert len(os.listdir(tmp_path / 'maps')) == 15
+    heat = tf.io.decode_png(tf.io.read_file(str(tmp_path / 'maps' / 'in.npz_00000.png'))).numpy()
+    assert heat.shape == (16, 33, 3)
+    np.testing.assert_array_equal(heat[:, :16], smooth[0])
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--in=x.npz'], '--checkpoint, --in and at least one --ood are required'),
+    (['--checkpoint={ckpt}', '--in={d}/missing.npz', '--ood={d}/missing.npz'], 'missing.npz: no such file'),
+    (['--checkpoint={ckpt}', '--in={d}/a.npz', '--ood={d}/a.npz', '--report={d}/no/r.json'],
+     '--report=.*: its folder does not exist'),
+])
+def test_score_py_bad_input(tmp_path, args, message):
+    ckpt = os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt')
+    np.savez(tmp_path / 'a.npz', x=np.zeros((2, 32, 32, 3), np.uint8))
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'score.py')] +
+                         [a.format(d=tmp_path, ckpt=ckpt) for a in args],
+                         env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and 'Traceback' not in out.stderr
+    assert re.search(message, out.stderr.strip().splitlines()[-2])
+    assert sorted(os.listdir(tmp_path)) == ['a.npz']

@@ -300,6 +300,7 @@ def main(argv):
 
     keras.utils.set_random_seed(FLAGS.seed)  # Python, NumPy, TensorFlow and Keras initializers
     strategy = make_strategy()
+    print('%s over %d replica(s)' % (type(strategy).__name__, strategy.num_replicas_in_sync))
     if FLAGS.mode == 'eval':
         evaluate(strategy)
         return

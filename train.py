@@ -300,7 +300,9 @@ def main(argv):
 
     keras.utils.set_random_seed(FLAGS.seed)  # Python, NumPy, TensorFlow and Keras initializers
     strategy = make_strategy()
-    print('%s over %d replica(s)' % (type(strategy).__name__, strategy.num_replicas_in_sync))
+    name = next(name for name in ('MultiWorkerMirroredStrategy', 'MirroredStrategy', 'OneDeviceStrategy')
+                if isinstance(strategy, getattr(tf.distribute, name)))
+    print('%s over %d replica(s)' % (name, strategy.num_replicas_in_sync))
     if FLAGS.mode == 'eval':
         evaluate(strategy)
         return

@@ -253,7 +253,11 @@ def _load_keras(path, use_ema, overrides):
     if not use_ema:
         raise ValueError('%s: a .keras file holds one set of weights (export.py writes the EMA '
                          'ones unless --noema); use_ema=False does not apply' % path)
-    model = keras.models.load_model(path)
+    try:
+        model = keras.models.load_model(path)
+    except Exception as e:  # Keras raises many types for a corrupt or foreign archive
+        raise ValueError('%s: not a readable .keras file (%s)' % (path, str(e).splitlines()[0] if str(e)
+                                                                  else type(e).__name__)) from None
     if not isinstance(model, PixelCNNPP):
         raise ValueError('%s holds a %s, not a PixelCNNPP' % (path, type(model).__name__))
     inferred = dict({k: getattr(model, k) for k in MODEL_KEYS if k != 'resnet_nonlinearity'},

@@ -244,6 +244,7 @@ def test_layers_serialise():
     (lambda d: str(d), 'a folder with no checkpoint in it'),
     (lambda d: str(d / 'missing.keras'), 'no such .keras file'),
     (lambda d: tf.train.Checkpoint(v=tf.Variable(1.)).write(str(d / 'other')), 'is not a PixelCNN.. checkpoint'),
+    (lambda d: ((d / 'm.keras').write_bytes(b'PK\x03\x04cut'), str(d / 'm.keras'))[-1], 'not a readable .keras file'),
 ])
 def test_bad_paths(tmp_path, make_path, message):
     with pytest.raises(ValueError, match=message):

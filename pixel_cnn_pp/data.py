@@ -33,10 +33,19 @@ def _read_cifar_batch(path):
     return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(d['labels'], np.int32)
 
 
-def load_cifar_official(data_dir):
-    """CIFAR-10 from data_dir/cifar-10-python/cifar-10-batches-py/{data_batch_1..5,
-    test_batch}, the layout the official code downloads."""
-    root = os.path.join(data_dir, CIFAR_DIR)
+def cifar_folder(data_dir):
+    """The folder of the CIFAR-10 python batches (data_batch_1..5, test_batch) under data_dir:
+    cifar-10-python/cifar-10-batches-py (the official code's download), cifar-10-batches-py
+    (what the python tarball unpacks to) or data_dir itself; None if there is none."""
+    for root in (os.path.join(data_dir, CIFAR_DIR), os.path.join(data_dir, os.path.basename(CIFAR_DIR)),
+                 data_dir):
+        if os.path.isfile(os.path.join(root, 'data_batch_1')):
+            return root
+    return None
+
+
+def load_cifar_official(root):
+    """CIFAR-10 from the official python batches in folder root (see cifar_folder)."""
     train = [_read_cifar_batch(os.path.join(root, 'data_batch_%d' % i)) for i in range(1, 6)]
     test_x, test_y = _read_cifar_batch(os.path.join(root, 'test_batch'))
     return Data(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
@@ -83,8 +92,8 @@ def load(data_set, data_dir, class_conditional=False):
             raise ValueError('--data_set=npz needs --data_dir to be an .npz file; %r is not a file'
                              % data_dir)
         data = load_npz(data_dir)
-    elif data_set == 'cifar' and os.path.isdir(os.path.join(data_dir, CIFAR_DIR)):
-        data = load_cifar_official(data_dir)
+    elif data_set == 'cifar' and cifar_folder(data_dir):
+        data = load_cifar_official(cifar_folder(data_dir))
     else:
         if not os.path.isdir(data_dir):
             raise ValueError('--data_dir=%s does not exist; create it (tensorflow-datasets '

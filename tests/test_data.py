@@ -25,9 +25,12 @@ def write_cifar_layout(root, per_file=7, seed=0):
     return images
 
 
-def test_official_cifar_layout(tmp_path):
+@pytest.mark.parametrize('where', ['', 'cifar-10-python', 'cifar-10-python/cifar-10-batches-py'])
+def test_official_cifar_layout(tmp_path, where):
+    """The official download layout, the folder the python tarball unpacks to, or the batch
+    files themselves."""
     images = write_cifar_layout(str(tmp_path))
-    d = data_lib.load('cifar', str(tmp_path), class_conditional=True)
+    d = data_lib.load('cifar', os.path.join(str(tmp_path), where), class_conditional=True)
     assert d.train_x.shape == (35, 32, 32, 3) and d.test_x.shape == (7, 32, 32, 3)  # N from the files
     np.testing.assert_array_equal(d.train_x[7:14], images['data_batch_2'][0])
     np.testing.assert_array_equal(d.test_y, images['test_batch'][1])

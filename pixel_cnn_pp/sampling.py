@@ -95,7 +95,8 @@ class _FastSampler:
         if model.energy_distance:
             raise ValueError("method='fast' needs a mixture model; the energy-distance head "
                              "draws fresh noise each pass: use method='naive'")
-        self.model, self.image_shape = model, tuple(image_shape)
+        # a weak reference: fast_sampler's cache must not keep the model alive
+        self._model, self.image_shape = weakref.ref(model), tuple(image_shape)
         H, W, C = image_shape
         n = model.nr_resnet
         self.caches = []
@@ -125,6 +126,10 @@ class _FastSampler:
         if conditional:
             signature.append(tf.TensorSpec([None, model.num_labels]))
         self.run = tf.function(self._run, input_signature=signature)
+
+    @property
+    def model(self):
+        return self._model()
 
     def _conv(self, layer, window, c):
         """The layer's output at the window's position (c given: one position, computed as

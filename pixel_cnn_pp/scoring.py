@@ -47,7 +47,8 @@ def _map_function(model, with_h):
         signature = [tf.TensorSpec([None, None, None, model.channels], tf.uint8)]
         if with_h:
             signature.append(tf.TensorSpec([None, model.num_labels], tf.float32))
-        functions[with_h] = tf.function(lambda images, *h: pixel_log_probs(model, images, *h),
+        model_ref = weakref.ref(model)  # the cache must not keep the model alive
+        functions[with_h] = tf.function(lambda images, *h: pixel_log_probs(model_ref(), images, *h),
                                         input_signature=signature)
     return functions[with_h]
 

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import pixel_cnn_pp
-from pixel_cnn_pp import PixelCNNPP
+from pixel_cnn_pp import PixelCNNPP, scoring
 from np_reference import mix_logistic_nll
 
 
@@ -74,3 +74,18 @@ def test_bad_inputs():
     cond, images, _, _ = model_and_images(num_labels=2)
     with pytest.raises(ValueError, match=r'h must be \(N, 2\) = \(5, 2\)'):
         pixel_cnn_pp.log_prob(cond, images, h=np.zeros((4, 2)))
+
+
+def test_compiled_caches_do_not_keep_a_model_alive():
+    """The per-model caches of the fast sampler and of log_prob hold it weakly."""
+    import gc
+    import weakref
+    from pixel_cnn_pp import sampling
+    model, images, _, _ = model_and_images(n=2)
+    pixel_cnn_pp.sample(model, 1, seed=0, image_shape=(8, 8, 3))
+    pixel_cnn_pp.log_prob(model, images)
+    assert model in sampling._fast_samplers and model in scoring._compiled
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None

@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import checkpoints, cli, sampling, training
+from pixel_cnn_pp import checkpoints, cli, sampling, savedir, training
 from pixel_cnn_pp import data as data_lib
 from pixel_cnn_pp.training import Trainer
 
@@ -28,7 +28,8 @@ flags.DEFINE_string('data_dir', 'data', 'Location for the dataset (for --data_se
 flags.DEFINE_string('save_dir', 'save', 'Location for parameter checkpoints and samples')
 flags.DEFINE_enum('data_set', 'cifar', ['cifar', 'imagenet', 'npz'],
                   'cifar | imagenet (downsampled 32x32) | npz (your own train_x/test_x arrays)')
-flags.DEFINE_integer('save_interval', 20, 'Every how many epochs to write checkpoint/samples?')
+flags.DEFINE_integer('save_interval', 20, 'Every how many epochs to write checkpoint/samples?',
+                     lower_bound=1)
 flags.DEFINE_boolean('load_params', False, 'Restore training from the latest checkpoint in '
                      '--save_dir? (model flags not given are those of its config.json)')
 # model
@@ -36,18 +37,22 @@ cli.define_model_flags()
 flags.DEFINE_boolean('class_conditional', False, 'Condition generative model on labels?')
 flags.adopt_module_key_flags(cli)
 # optimization
-flags.DEFINE_float('learning_rate', 0.001, 'Base learning rate')
-flags.DEFINE_float('lr_decay', 0.999995, 'Learning rate decay, applied every step of the optimization')
-flags.DEFINE_integer('batch_size', 16, 'Batch size during training per GPU (replica)')
-flags.DEFINE_integer('init_batch_size', 16, 'How much data to use for data-dependent initialization.')
-flags.DEFINE_float('dropout_p', 0.5, 'Dropout strength (1 - keep_prob). 0 = no dropout.')
-flags.DEFINE_integer('max_epochs', 5000, 'How many epochs to run in total?')
+flags.DEFINE_float('learning_rate', 0.001, 'Base learning rate', lower_bound=0.)
+flags.DEFINE_float('lr_decay', 0.999995, 'Learning rate decay, applied every step of the optimization',
+                   lower_bound=0., upper_bound=1.)
+flags.DEFINE_integer('batch_size', 16, 'Batch size during training per GPU (replica)', lower_bound=1)
+flags.DEFINE_integer('init_batch_size', 16, 'How much data to use for data-dependent initialization.',
+                     lower_bound=1)
+flags.DEFINE_float('dropout_p', 0.5, 'Dropout strength (1 - keep_prob). 0 = no dropout.',
+                   lower_bound=0.)
+flags.DEFINE_integer('max_epochs', 5000, 'How many epochs to run in total?', lower_bound=1)
 flags.DEFINE_integer('nr_gpu', None, 'Replicas: GPUs to train on (default: all visible). Without '
-                     'GPUs, N > 1 splits the CPU into N logical devices.')
+                     'GPUs, N > 1 splits the CPU into N logical devices.', lower_bound=1)
 # evaluation
 flags.DEFINE_float('polyak_decay', 0.9995, 'Exponential decay rate of the sum of previous model '
-                   'iterates during Polyak averaging')
-flags.DEFINE_integer('num_samples', 1, 'How many batches of samples to output (0: none).')
+                   'iterates during Polyak averaging', lower_bound=0., upper_bound=1.)
+flags.DEFINE_integer('num_samples', 1, 'How many batches of samples to output (0: none).',
+                     lower_bound=0)
 # reproducibility
 flags.DEFINE_integer('seed', 1, 'Random seed to use')
 # beyond the official flags
@@ -67,20 +72,19 @@ flags.DEFINE_float('mutation_rate', 0., 'For a background model of score.py\'s l
 flags.DEFINE_float('l2_weight', 0., 'Add l2_weight x the sum of squared weights to the training '
                    'objective (not to the reported bits/dim); Ren et al. use it for background models',
                    lower_bound=0.)
-flags.DEFINE_integer('max_steps_per_epoch', None, 'Cap on training steps per epoch, for quick runs')
+flags.DEFINE_integer('max_steps_per_epoch', None, 'Cap on training steps per epoch, for quick runs',
+                     lower_bound=1)
 flags.DEFINE_integer('save_steps', 0, 'Also checkpoint every N steps within an epoch (0: only at '
-                     'the end of every --save_interval epochs, as the official code)')
+                     'the end of every --save_interval epochs, as the official code)', lower_bound=0)
 flags.DEFINE_boolean('progress', True, 'Show a progress bar with images/s and ETA')
 
 
 def check_flags():
-    for name in ('batch_size', 'init_batch_size', 'max_epochs', 'save_interval'):
-        if FLAGS[name].value < 1:
-            raise app.UsageError('--%s must be at least 1, got %d' % (name, FLAGS[name].value))
-    if FLAGS.nr_gpu is not None and FLAGS.nr_gpu < 1:
-        raise app.UsageError('--nr_gpu must be at least 1, got %d' % FLAGS.nr_gpu)
-    if not 0. <= FLAGS.dropout_p < 1.:
-        raise app.UsageError('--dropout_p must be in [0, 1), got %g' % FLAGS.dropout_p)
+    """What the flags' bounds cannot say (absl checks those as it parses)."""
+    for name in ('dropout_p', 'lr_decay', 'polyak_decay'):
+        if FLAGS[name].value == (1. if name == 'dropout_p' else 0.):
+            raise app.UsageError('--%s must be in %s, got %g' % (
+                name, '[0, 1)' if name == 'dropout_p' else '(0, 1]', FLAGS[name].value))
     if FLAGS.checkpoint and FLAGS.mode != 'eval':
         raise app.UsageError('--checkpoint is for --mode=eval (to resume training, --load_params '
                              'with its --save_dir)')
@@ -162,7 +166,10 @@ def run_config():
 
 
 class Run:
-    """The training loop of the official train.py, with checkpoints that resume exactly."""
+    """The training loop of the official train.py, in a save_dir that a kill at any moment
+    leaves consistent and resumable: checkpoints complete before they count, the history
+    written before the checkpoint that counts it, resume exact (data order, dropout and
+    mutation are stateless functions of the seed and the step)."""
 
     def __init__(self, trainer, data, strategy):
         self.trainer, self.data, self.strategy = trainer, data, strategy
@@ -171,49 +178,55 @@ class Run:
         # every worker of a multi-worker run must save; the others keep their (identical)
         # latest checkpoint aside
         task_id = getattr(getattr(strategy, 'cluster_resolver', None), 'task_id', 0)
-        ckpt_dir = FLAGS.save_dir if self.chief else os.path.join(FLAGS.save_dir, 'worker%d' % task_id)
-        self.manager = tf.train.CheckpointManager(trainer.checkpoint, ckpt_dir,
+        self.ckpt_dir = FLAGS.save_dir if self.chief else os.path.join(FLAGS.save_dir, 'worker%d' % task_id)
+        self.manager = tf.train.CheckpointManager(trainer.checkpoint, self.ckpt_dir,
                                                   max_to_keep=3 if self.chief else 1)
         self.history_path = os.path.join(FLAGS.save_dir, 'test_bpd_%s.npz' % FLAGS.data_set)
         self.test_bpd = []
-        self.writer = tf.summary.create_file_writer(os.path.join(FLAGS.save_dir, 'tensorboard')) \
-            if self.chief else tf.summary.create_noop_writer()
+        self.writer = None
+        self.saved = None  # the last checkpoint this run wrote
 
     def start(self):
         trainer = self.trainer
         if FLAGS.load_params:
             try:
                 checkpoints.check_config(FLAGS.save_dir, trainer.config())
+                path, _ = checkpoints.newest_readable(
+                    self.ckpt_dir, lambda p: trainer.checkpoint.restore(p).assert_consumed())
             except ValueError as e:
-                raise app.UsageError(str(e))
-            if self.manager.latest_checkpoint is None:
-                raise app.UsageError('--load_params but no checkpoint in --save_dir=%s' % FLAGS.save_dir)
-            print('restoring parameters from', self.manager.latest_checkpoint)
-            trainer.checkpoint.restore(self.manager.latest_checkpoint).assert_consumed()
-            if os.path.exists(self.history_path):
-                self.test_bpd = list(np.load(self.history_path)['test_bpd'])
+                raise app.UsageError('--load_params: %s' % e)
+            print('restoring parameters from', path)
+            self.test_bpd = savedir.read_history(self.history_path, int(trainer.epoch.numpy()))
         else:
-            if self.manager.latest_checkpoint is not None:
-                raise app.UsageError('--save_dir=%s already holds checkpoints: pass --load_params to '
-                                     'resume, or use another --save_dir' % FLAGS.save_dir)
+            found = checkpoints.run_checkpoints(self.ckpt_dir)
+            if found:
+                raise app.UsageError('--save_dir=%s already holds checkpoints (%s): pass --load_params '
+                                     'to resume, or use another --save_dir'
+                                     % (FLAGS.save_dir, os.path.basename(found[0])))
             print('initializing the model...')
             first = data_lib.epoch_order(len(self.data.train_x), FLAGS.seed, 0)[:FLAGS.init_batch_size]
             y = self.data.train_y[first] if trainer.num_labels else None
             trainer.initialize(data_lib.scale(self.data.train_x[first]), y)
             if self.chief:
                 checkpoints.write_config(FLAGS.save_dir, trainer.config())
+        self.writer = tf.summary.create_file_writer(os.path.join(FLAGS.save_dir, 'tensorboard')) \
+            if self.chief else tf.summary.create_noop_writer()
         print('starting training')
         sys.stdout.flush()
 
     def save(self):
-        """A checkpoint is complete before CheckpointManager names it the latest, so a run
-        killed while saving resumes from the previous one."""
-        path = self.manager.save(checkpoint_number=int(self.trainer.optimizer.step.numpy()))
+        """The history first, then the checkpoint: a kill in between leaves a history one
+        epoch ahead, which resume truncates to the checkpoint's epochs. A checkpoint is
+        complete before CheckpointManager names it the latest, and never holds a non-finite
+        value."""
+        step = int(self.trainer.optimizer.step.numpy())
+        if not self.trainer.all_finite():
+            raise FloatingPointError('the weights at step %d are not all finite; no checkpoint of them '
+                                     'is written' % step)
         if self.chief:
-            tmp = self.history_path + '.tmp.npz'
-            np.savez(tmp, test_bpd=np.array(self.test_bpd))
-            os.replace(tmp, self.history_path)
-        return path
+            savedir.write_history(self.history_path, self.test_bpd)
+        self.saved = self.manager.save(checkpoint_number=step)
+        return self.saved
 
     def write_samples(self, epoch):
         trainer = self.trainer
@@ -233,56 +246,58 @@ class Run:
             tf.summary.image('samples', images[:16], step=int(trainer.optimizer.step.numpy()), max_outputs=16)
         print('wrote %s.png and .npz' % prefix)
 
+    def train_epoch(self, epoch, steps):
+        """The epoch's training steps (from where a resumed run stopped): (its mean train
+        bits/dim, its images/s). images/s counts the wall time of the steps and of waiting
+        for their batches, not evaluation, sampling or checkpoints: the progress bar shows
+        the epoch's value so far, TensorBoard the whole epoch's."""
+        trainer = self.trainer
+        skip = int(trainer.epoch_step.numpy())
+        batches = data_lib.train_batches(self.strategy, self.data, FLAGS.batch_size, FLAGS.seed,
+                                         epoch, skip=skip, max_steps=steps)
+        bar = keras.utils.Progbar(steps, stateful_metrics=['bits_per_dim', 'images/s'],
+                                  verbose=1 if FLAGS.progress else 0)
+        train_losses, seconds = [], 0.
+        t0 = time.time()
+        for k, batch in enumerate(batches, start=skip + 1):
+            try:
+                nats = trainer.train_step(batch)
+            except FloatingPointError as e:
+                raise FloatingPointError('%s The latest checkpoint, %s, is from before it.'
+                                         % (e, self.manager.latest_checkpoint)) from None
+            seconds += time.time() - t0
+            train_losses.append(trainer.bits_per_dim(nats, self.global_batch))
+            bar.update(k, [('bits_per_dim', train_losses[-1]),
+                           ('images/s', len(train_losses) * self.global_batch / seconds)])
+            step = int(trainer.optimizer.step.numpy())
+            if FLAGS.save_steps and step % FLAGS.save_steps == 0 and k < steps:
+                self.save()
+            t0 = time.time()
+        return np.mean(train_losses), len(train_losses) * self.global_batch / max(seconds, 1e-9)
+
     def train(self):
         trainer = self.trainer
         test_batches = data_lib.test_batches(self.strategy, self.data, FLAGS.batch_size)
         steps = data_lib.steps_per_epoch(len(self.data.train_x), self.global_batch)
         if FLAGS.max_steps_per_epoch:
             steps = min(steps, FLAGS.max_steps_per_epoch)
-        if steps == 0:
-            raise app.UsageError('%d training images make no batch of %d (--batch_size x replicas)'
-                                 % (len(self.data.train_x), self.global_batch))
         saved_epoch = None
         for epoch in range(int(trainer.epoch.numpy()), FLAGS.max_epochs):
             begin = time.time()
-            skip = int(trainer.epoch_step.numpy())
-            batches = data_lib.train_batches(self.strategy, self.data, FLAGS.batch_size, FLAGS.seed,
-                                             epoch, skip=skip, max_steps=steps)
-            bar = keras.utils.Progbar(steps, stateful_metrics=['bits_per_dim', 'images/s'],
-                                      verbose=1 if FLAGS.progress else 0)
-            train_losses = []
-            t0 = time.time()  # images/s counts the wait for each batch as well as the step
-            for k, batch in enumerate(batches, start=skip + 1):
-                nats, finite_input = trainer.train_step(batch)
-                step = int(trainer.optimizer.step.numpy())
-                if not finite_input:
-                    raise FloatingPointError('a training batch of epoch %d contains NaN or inf pixels '
-                                             '(step %d); no checkpoint was written' % (epoch, step))
-                if not np.isfinite(nats):
-                    raise FloatingPointError(
-                        'the training loss became %s at step %d (epoch %d); stopping before any '
-                        'checkpoint of these weights is written. The last good checkpoint is %s.'
-                        % (nats, step, epoch, self.manager.latest_checkpoint))
-                train_losses.append(trainer.bits_per_dim(nats, self.global_batch))
-                rate = self.global_batch / (time.time() - t0)
-                bar.update(k, [('bits_per_dim', train_losses[-1]), ('images/s', rate)])
-                if FLAGS.save_steps and step % FLAGS.save_steps == 0 and k < steps:
-                    self.save()
-                t0 = time.time()
+            train_bpd, images_per_second = self.train_epoch(epoch, steps)
             test_loss = trainer.evaluate(test_batches)
             self.test_bpd.append(test_loss)
             print('Iteration %d, time = %ds, train bits_per_dim = %.4f, test bits_per_dim = %.4f'
-                  % (epoch, time.time() - begin, np.mean(train_losses), test_loss))
+                  % (epoch, time.time() - begin, train_bpd, test_loss))
             sys.stdout.flush()
             trainer.epoch.assign(epoch + 1)
             trainer.epoch_step.assign(0)
             step = int(trainer.optimizer.step.numpy())
             with self.writer.as_default():
-                tf.summary.scalar('train/bits_per_dim', np.mean(train_losses), step=step)
+                tf.summary.scalar('train/bits_per_dim', train_bpd, step=step)
                 tf.summary.scalar('test/bits_per_dim', test_loss, step=step)
                 tf.summary.scalar('lr', float(trainer.optimizer.lr.numpy()), step=step)
-                tf.summary.scalar('images_per_second', len(train_losses) * self.global_batch /
-                                  (time.time() - begin), step=step)
+                tf.summary.scalar('images_per_second', images_per_second, step=step)
             if epoch % FLAGS.save_interval == 0:
                 if FLAGS.num_samples:
                     self.write_samples(epoch)
@@ -290,6 +305,36 @@ class Run:
                 saved_epoch = epoch
         if saved_epoch != FLAGS.max_epochs - 1 and int(trainer.epoch.numpy()) == FLAGS.max_epochs:
             self.save()
+
+
+def check_data(data, strategy):
+    """Flags that need the data to check, before anything is written."""
+    global_batch = FLAGS.batch_size * strategy.num_replicas_in_sync
+    if len(data.train_x) < global_batch:
+        raise app.UsageError('%d training images make no batch of %d (--batch_size x %d replicas)'
+                             % (len(data.train_x), global_batch, strategy.num_replicas_in_sync))
+    if FLAGS.init_batch_size > len(data.train_x):
+        raise app.UsageError('--init_batch_size=%d is more than the %d training images'
+                             % (FLAGS.init_batch_size, len(data.train_x)))
+
+
+def open_save_dir(chief):
+    """Creates --save_dir and locks it for this run (the chief's lock stands for the whole
+    cluster); returns (the lock or None, what to remove if the run fails before its first
+    checkpoint)."""
+    created = savedir.Created(FLAGS.save_dir)
+    try:
+        os.makedirs(FLAGS.save_dir, exist_ok=True)
+        if not chief:
+            return None, created
+        lock = savedir.Lock(FLAGS.save_dir)
+        lock.acquire()
+    except savedir.InUse as e:
+        raise app.UsageError(str(e))
+    except OSError as e:
+        raise app.UsageError('--save_dir=%s cannot be written (%s)' % (FLAGS.save_dir, e.strerror or e))
+    savedir.remove_leftovers(FLAGS.save_dir)
+    return lock, created
 
 
 def main(argv):
@@ -308,15 +353,28 @@ def main(argv):
         return
     kwargs, conditional, extra = run_config()
     data = load_data(conditional)
-    os.makedirs(FLAGS.save_dir, exist_ok=True)
-    trainer = Trainer(strategy, kwargs, data.train_x.shape[1:],
-                      num_labels=data.num_labels if conditional else 0,
-                      learning_rate=FLAGS.learning_rate, lr_decay=FLAGS.lr_decay,
-                      polyak_decay=FLAGS.polyak_decay, jit_compile=FLAGS.xla,
-                      precision=FLAGS.precision, seed=FLAGS.seed, **extra)
-    run = Run(trainer, data, strategy)
-    run.start()
-    run.train()
+    check_data(data, strategy)
+    lock, created = open_save_dir(is_chief(strategy))
+    run = None
+    try:
+        trainer = Trainer(strategy, kwargs, data.train_x.shape[1:],
+                          num_labels=data.num_labels if conditional else 0,
+                          learning_rate=FLAGS.learning_rate, lr_decay=FLAGS.lr_decay,
+                          polyak_decay=FLAGS.polyak_decay, jit_compile=FLAGS.xla,
+                          precision=FLAGS.precision, seed=FLAGS.seed, **extra)
+        run = Run(trainer, data, strategy)
+        run.start()
+        run.train()
+    except BaseException:
+        if lock is not None:
+            lock.release()
+            lock = None
+        if not FLAGS.load_params and (run is None or run.saved is None):
+            created.remove()  # a first run that wrote no checkpoint leaves nothing behind
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 if __name__ == '__main__':

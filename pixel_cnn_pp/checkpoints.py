@@ -19,6 +19,8 @@ CONFIG_FILE = 'config.json'
 PARAMS, EMA = 'params', 'ema'
 OFFICIAL_EMA_SUFFIX = '/ExponentialMovingAverage'
 OVERRIDES = MODEL_KEYS + ('image_shape', 'num_labels', 'dropout_p', 'dtype')
+# What reading a corrupt or truncated checkpoint raises (the reader's IndexError: a short read).
+READ_ERRORS = (tf.errors.OpError, IndexError)
 KINDS = ('a save_dir of train.py, one of its checkpoints (save/ckpt-12), a .keras file, or an '
          'official TF1 checkpoint prefix (params_cifar.ckpt)')
 
@@ -187,20 +189,44 @@ def load_official_checkpoint(model, path, use_ema=True):
 
 # ---------------------------------------------------------------------- load
 
+def run_checkpoints(save_dir):
+    """The checkpoints of a save_dir, newest first: those its state file lists and any other
+    ckpt-N it holds (a state file lost or behind its checkpoints)."""
+    state = tf.train.get_checkpoint_state(save_dir)
+    listed = list(state.all_model_checkpoint_paths) if state else []
+    prefixes = {os.path.join(save_dir, os.path.basename(p)) for p in listed}
+    prefixes |= {p[:-len('.index')] for p in tf.io.gfile.glob(os.path.join(save_dir, 'ckpt-*.index'))}
+    prefixes = [p for p in prefixes if re.fullmatch(r'ckpt-\d+', os.path.basename(p))
+                and tf.io.gfile.exists(p + '.index')]
+    return sorted(prefixes, key=lambda p: int(p.rsplit('-', 1)[1]), reverse=True)
+
+
+def newest_readable(save_dir, use):
+    """use(prefix) on the newest checkpoint of save_dir it can read: one that fails with a
+    read error (corrupt, truncated, missing data) is skipped with a warning that names it.
+    Returns (prefix, what use returned); a ValueError when no checkpoint is readable."""
+    prefixes = run_checkpoints(save_dir)
+    if not prefixes:
+        raise ValueError('%s is a folder with no checkpoint in it (expected %s)' % (save_dir, KINDS))
+    for prefix in prefixes:
+        try:
+            return prefix, use(prefix)
+        except READ_ERRORS as e:
+            print('warning: skipping checkpoint %s, which cannot be read (%s)'
+                  % (prefix, str(e).strip().splitlines()[0]))
+    raise ValueError('none of the %d checkpoints in %s can be read (%s)'
+                     % (len(prefixes), save_dir, ', '.join(os.path.basename(p) for p in prefixes)))
+
+
 def _checkpoint_prefix(path):
-    """(checkpoint prefix, the run folder that may hold config.json) for a save_dir or a
-    checkpoint: a V2 prefix (also given as its .index or .data file) or a V1 file."""
-    if os.path.isdir(path):
-        latest = tf.train.latest_checkpoint(path)
-        if latest is None:
-            raise ValueError('%s is a folder with no checkpoint in it (expected %s)' % (path, KINDS))
-        return latest, path
+    """The checkpoint prefix of one checkpoint: a V2 prefix (also given as its .index or
+    .data file) or a V1 file."""
     prefix = re.sub(r'\.(index|data-\d{5}-of-\d{5})$', '', path)
     if os.path.exists(prefix + '.index'):
         path = prefix
     elif not os.path.isfile(path):  # one file: the V1 format of the released params_cifar.ckpt
         raise ValueError('%s: no such checkpoint (expected %s)' % (path, KINDS))
-    return path, os.path.dirname(path) or '.'
+    return path
 
 
 def _resolve(path, inferred, saved, overrides):
@@ -299,11 +325,19 @@ def load(path, *, use_ema=True, **overrides):
         if not os.path.isfile(path):
             raise ValueError('%s: no such .keras file' % path)
         return _load_keras(path, use_ema, overrides)
-    prefix, run_dir = _checkpoint_prefix(path)
+    if os.path.isdir(path):  # the newest checkpoint that can be read
+        return newest_readable(path, lambda prefix: _load_checkpoint(prefix, path, use_ema, overrides))[1]
+    prefix = _checkpoint_prefix(path)
     try:
-        reader = tf.train.load_checkpoint(prefix)
-    except (tf.errors.OpError, ValueError) as e:
-        raise ValueError('%s: not a readable checkpoint (%s)' % (prefix, str(e).splitlines()[0])) from None
+        return _load_checkpoint(prefix, os.path.dirname(prefix) or '.', use_ema, overrides)
+    except READ_ERRORS as e:
+        raise ValueError('%s: not a readable checkpoint (%s)' % (prefix, str(e).strip().splitlines()[0])) from None
+
+
+def _load_checkpoint(prefix, run_dir, use_ema, overrides):
+    """load() of one checkpoint; run_dir is the folder that may hold its config.json. A read
+    error is one of READ_ERRORS."""
+    reader = tf.train.load_checkpoint(prefix)
     kind = checkpoint_kind(reader)
     if kind is None:
         raise ValueError('%s is not a PixelCNN++ checkpoint (no weights conv2d_0/V; expected %s)'

@@ -84,7 +84,8 @@ def load_model(path, use_ema=True):
 
 def run(main):
     """app.run(main), with a UsageError printed as one short message (absl prints the whole
-    help around it) and exit status 2, and without TensorFlow's INFO log lines."""
+    help around it) and exit status 2, a diverged run (FloatingPointError) as its message
+    and exit status 1, and without TensorFlow's INFO log lines."""
     def main_with_short_errors(argv):
         # TensorFlow's INFO lines (saving, assets, signatures) would bury the scripts' own
         logging.set_verbosity(logging.WARNING)
@@ -93,5 +94,8 @@ def run(main):
         except app.UsageError as e:
             print('%s: error: %s\nRun with --help for the flags.' % (sys.argv[0], e), file=sys.stderr)
             sys.exit(2)
+        except FloatingPointError as e:
+            print('%s: error: %s' % (sys.argv[0], e), file=sys.stderr)
+            sys.exit(1)
 
     app.run(main_with_short_errors)

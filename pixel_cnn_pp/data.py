@@ -52,11 +52,51 @@ def load_cifar_official(root):
                 test_x, test_y, 10)
 
 
+# Where tensorflow-datasets downloads each data set from (probed before it tries, as its
+# own retries take minutes to fail without a network).
+DOWNLOADS = {'cifar10': 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz',
+             'downsampled_imagenet/32x32': 'http://image-net.org/small/train_32x32.tar'}
+LOCAL_ROUTES = ('use local data instead: put the CIFAR-10 python version (cifar-10-python.tar.gz '
+                'from https://www.cs.toronto.edu/~kriz/cifar.html, unpacked: the folder '
+                'cifar-10-batches-py) in --data_dir, or pass your own images as --data_set=npz '
+                '--data_dir=FILE.npz')
+
+
+def _reachable(url, timeout=20):
+    """None if url answers (through any proxy the environment sets), else why not."""
+    import urllib.error
+    import urllib.request
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method='HEAD'), timeout=timeout).close()
+        return None
+    except urllib.error.HTTPError as e:
+        return 'HTTP %d %s' % (e.code, e.reason)
+    except (OSError, ValueError) as e:  # URLError, timeouts, refused connections
+        return str(getattr(e, 'reason', e))
+
+
 def _load_tfds(name, data_dir, test_split, with_labels):
+    """A tensorflow-datasets data set: the copy prepared in data_dir, else downloaded there
+    (data_dir created) if its source answers, else a ValueError naming the local routes."""
     import tensorflow_datasets as tfds
+    split = ['train', test_split]
+    try:
+        splits = tfds.load(name, split=split, data_dir=data_dir, download=False)
+    except Exception:  # not prepared there (tfds raises AssertionError, or others for a broken copy)
+        why = _reachable(DOWNLOADS[name])
+        if why:
+            raise ValueError('%s is not in --data_dir=%s and cannot be downloaded (%s: %s); %s'
+                             % (name, data_dir, DOWNLOADS[name], why, LOCAL_ROUTES)) from None
+        try:
+            os.makedirs(data_dir, exist_ok=True)
+            splits = tfds.load(name, split=split, data_dir=data_dir)
+        except Exception as e:  # many types for a failed download or an unwritable folder
+            raise ValueError('tensorflow-datasets could not download %s into --data_dir=%s (%s); %s'
+                             % (name, data_dir, str(e).strip().splitlines()[0] if str(e)
+                                else type(e).__name__, LOCAL_ROUTES)) from None
     arrays = []
-    for split in tfds.load(name, split=['train', test_split], data_dir=data_dir):
-        batches = list(tfds.as_numpy(split.batch(4096)))
+    for ds in splits:
+        batches = list(tfds.as_numpy(ds.batch(4096)))
         arrays.append({k: np.concatenate([b[k] for b in batches]) for k in batches[0]})
     labels = [a['label'].astype(np.int32) if with_labels else None for a in arrays]
     return Data(arrays[0]['image'], labels[0], arrays[1]['image'], labels[1], 10 if with_labels else 0)
@@ -65,13 +105,25 @@ def _load_tfds(name, data_dir, test_split, with_labels):
 def load_npz(path):
     """Your own images: an .npz with train_x, test_x (N, H, W, C) uint8 and optional
     integer train_y, test_y."""
-    with np.load(path) as f:
-        for key in ('train_x', 'test_x'):
-            if key not in f:
-                raise ValueError('--data_dir=%s: the .npz has no %s (needs train_x and test_x, '
-                                 'uint8 (N, H, W, C))' % (path, key))
-        d = {k: f[k] for k in f.files}
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            d = {k: f[k] for k in f.files}
+    except Exception as e:  # a truncated or foreign file: BadZipFile, EOFError, ValueError, ...
+        raise ValueError('--data_dir=%s is not a readable .npz (%s: %s)'
+                         % (path, type(e).__name__, str(e).strip().splitlines()[0] if str(e) else '')) from None
+    for key in ('train_x', 'test_x'):
+        if key not in d:
+            raise ValueError('--data_dir=%s: the .npz has no %s (needs train_x and test_x, '
+                             'uint8 (N, H, W, C))' % (path, key))
     labels = 'train_y' in d and 'test_y' in d
+    if labels:
+        for split in ('train', 'test'):
+            y, n = d[split + '_y'], len(d[split + '_x'])
+            if y.dtype.kind not in 'iu' or y.shape != (n,) or (n and y.min() < 0):
+                raise ValueError('--data_dir=%s: %s_y must be %d integer labels >= 0 (one per image '
+                                 'of %s_x), got %s %s%s' % (path, split, n, split, y.dtype, y.shape,
+                                                             ' with negatives' if y.dtype.kind in 'iu'
+                                                             and y.size and y.min() < 0 else ''))
     num_labels = int(max(d['train_y'].max(), d['test_y'].max())) + 1 if labels else 0
     return Data(d['train_x'], d['train_y'].astype(np.int32) if labels else None,
                 d['test_x'], d['test_y'].astype(np.int32) if labels else None, num_labels)
@@ -95,9 +147,6 @@ def load(data_set, data_dir, class_conditional=False):
     elif data_set == 'cifar' and cifar_folder(data_dir):
         data = load_cifar_official(cifar_folder(data_dir))
     else:
-        if not os.path.isdir(data_dir):
-            raise ValueError('--data_dir=%s does not exist; create it (tensorflow-datasets '
-                             'downloads %s there) or point it at your data' % (data_dir, data_set))
         if data_set == 'cifar':
             data = _load_tfds('cifar10', data_dir, 'test', True)
         else:
@@ -121,6 +170,10 @@ def check(data, data_set, class_conditional):
                          % (data_set, data.train_x.shape[1:], data.test_x.shape[1:]))
     if class_conditional and not data.num_labels:
         raise ValueError('--class_conditional needs labels: %s has none' % data_set)
+    sample = data.train_x[:1000]
+    if int(sample.max()) - int(sample.min()) < 8:
+        print('warning: the %s training images are (nearly) constant (values %d..%d); the model '
+              'will learn little but that' % (data_set, sample.min(), sample.max()))
 
 
 def scale(x):

@@ -15,7 +15,8 @@ class PixelCNNPP(keras.Model):
     parameters of a discretized logistic mixture per pixel (B,H,W,10*nr_logistic_mix
     for RGB, 3*nr_logistic_mix for grayscale), or with energy_distance=True to a list
     of 10 sample images. h is an optional (B, K) conditioning vector; training=True
-    applies dropout; init=True runs the data-dependent initialisation on this batch.
+    applies dropout (with `seed`, 2 integers, from that stateless seed); init=True runs the
+    data-dependent initialisation on this batch.
     dtype='mixed_bfloat16' or 'mixed_float16' computes in that dtype; the weights and the
     outputs stay float32.
 
@@ -168,11 +169,11 @@ class PixelCNNPP(keras.Model):
             if x.shape[0] is not None and h.shape[0] is not None and x.shape[0] != h.shape[0]:
                 raise ValueError('h has batch size %d but x has %d' % (h.shape[0], x.shape[0]))
 
-    def call(self, x, h=None, training=False, init=False):
+    def call(self, x, h=None, training=False, init=False, seed=None):
         x = tf.cast(x, self.compute_dtype)
         h = None if h is None else tf.cast(h, x.dtype)
         self._check_inputs(x, h)
-        kw = dict(h=h, training=training, init=init)
+        kw = dict(h=h, training=training, init=init, seed=seed)
 
         x_pad = tf.concat([x, tf.ones_like(x[..., :1])], axis=3)  # tells image from padding
         u_list = [nn.down_shift(self.u_in(x_pad, init=init))]
@@ -202,7 +203,10 @@ class PixelCNNPP(keras.Model):
             return tf.cast(self.head[0](tf.nn.elu(ul), init=init), tf.float32)
         f_in, f_noise, f_mid, f_out = self.head
         f = tf.tile(f_in(tf.nn.elu(ul), init=init), [ENERGY_DISTANCE_SAMPLES, 1, 1, 1])
-        noise = tf.random.uniform(tf.concat([tf.shape(f)[:3], [4]], 0), -1., 1., dtype=f.dtype)
+        noise_shape = tf.concat([tf.shape(f)[:3], [4]], 0)
+        noise = tf.random.uniform(noise_shape, -1., 1., dtype=f.dtype) if seed is None else \
+            tf.random.stateless_uniform(noise_shape, tf.random.experimental.stateless_fold_in(seed, -1),
+                                        -1., 1., dtype=f.dtype)
         f += f_noise(noise, init=init)
         f = f_mid(nn.concat_elu(f), init=init)
         x_sample = tf.tanh(tf.cast(f_out(nn.concat_elu(f), init=init), tf.float32))

@@ -414,14 +414,22 @@ class GatedResnet(keras.layers.Layer):
             self.hw = self.add_weight(name='hw', shape=(h_shape[-1], 2 * self.num_filters),
                                       initializer=_normal_init(), autocast=False)
 
-    def call(self, x, aux=None, h=None, training=False, init=False):
+    def call(self, x, aux=None, h=None, training=False, init=False, seed=None):
+        """seed: None (dropout from the global random state, as the official code), or a
+        stateless seed (2 integers) from which each block draws its own mask: the same seed
+        gives the same masks, so a resumed run or a recomputed pass drops what the first did."""
         f = self.nonlinearity
         c1 = self.conv1(f(x), init=init)
         if self.nin_aux is not None:
             c1 += self.nin_aux(f(aux), init=init)
         c1 = f(c1)
         if training and self.dropout_p > 0:
-            c1 = tf.nn.dropout(c1, rate=self.dropout_p)
+            if seed is None:
+                c1 = tf.nn.dropout(c1, rate=self.dropout_p)
+            else:  # conv1's official index tells the blocks apart
+                block = int(self.conv1.name.rsplit('_', 1)[1])
+                c1 = tf.nn.experimental.stateless_dropout(
+                    c1, self.dropout_p, tf.random.experimental.stateless_fold_in(seed, block))
         c2 = self.conv2(c1, init=init)
         if h is not None:
             c2 += tf.matmul(h, tf.cast(self.hw, h.dtype))[:, None, None, :]

@@ -98,10 +98,11 @@ class DynamicLossScale(tf.Module):
         _update(self.good_steps, lambda v, x: v.assign(x), good)
 
 
-def image_loss(model, x, h, training):
+def image_loss(model, x, h, training, seed=None):
     """Per-image loss in nats: the discretized logistic mixture NLL, or for an
-    energy-distance model the official energy distance of each image's samples."""
-    out = model(x, h=h, training=training)
+    energy-distance model the official energy distance of each image's samples. seed: the
+    model's stateless dropout seed."""
+    out = model(x, h=h, training=training, seed=seed)
     if model.energy_distance:
         return tf.stack([nn.energy_distance(x[i:i + 1], [s[i:i + 1] for s in out])
                          for i in range(x.shape[0])])
@@ -212,9 +213,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
 
-    def _loss_and_grads_fn(self, x, y):
+    def _loss_and_grads_fn(self, x, y, seed):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(image_loss(self.model, x, self.one_hot(y), training=True))
+            loss = tf.reduce_sum(image_loss(self.model, x, self.one_hot(y), training=True, seed=seed))
             objective = loss
             if self.l2_weight:  # once in the gradients summed over replicas
                 objective += self.l2_weight / self.strategy.num_replicas_in_sync * tf.add_n(
@@ -230,14 +231,18 @@ class Trainer:
             del weight  # training batches are always full
             bad_pixels = tf.reduce_sum(tf.cast(~tf.math.is_finite(x), tf.float32))
             ctx = tf.distribute.get_replica_context()
+            # one stateless stream per step and replica: a resumed run draws what the
+            # uninterrupted one did
+            stream = tf.stack([tf.constant(self.seed, tf.int64), self.optimizer.step *
+                               ctx.num_replicas_in_sync + tf.cast(ctx.replica_id_in_sync_group, tf.int64)])
             if self.mutation_rate:
-                stream = self.optimizer.step * ctx.num_replicas_in_sync + \
-                    tf.cast(ctx.replica_id_in_sync_group, tf.int64)
-                x = data.mutate(x, self.mutation_rate, tf.stack([tf.constant(self.seed, tf.int64), stream]))
-            loss, grads = self._loss_and_grads(x, y)
+                x = data.mutate(x, self.mutation_rate, stream)
+            dropout_seed = tf.random.experimental.stateless_fold_in(stream, 1)
+            loss, grads = self._loss_and_grads(x, y, dropout_seed)
             grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]) \
-                if self.scale_loss else tf.constant(True)
+            total_loss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss)
+            finite = tf.logical_and(tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]),
+                                    tf.math.is_finite(total_loss))
 
             def apply(strategy, grads, finite):
                 def step():
@@ -245,27 +250,47 @@ class Trainer:
                     self.ema.apply()
                     return tf.constant(True)
 
-                if not self.scale_loss:
-                    step()
-                else:  # a step whose scaled gradients overflowed is skipped (on every replica:
-                    # the summed gradients are the same everywhere)
-                    finite = strategy.experimental_local_results(finite)[0]
-                    tf.cond(finite, step, lambda: tf.constant(False))
+                # A step whose loss or gradients are not finite is not applied (on any replica:
+                # the summed values are the same everywhere). Under float16 loss scaling that is
+                # an overflow and halves the scale; otherwise train_step reports divergence.
+                finite = strategy.experimental_local_results(finite)[0]
+                tf.cond(finite, step, lambda: tf.constant(False))
+                if self.scale_loss:
                     self.loss_scale.update(finite)
                 _update(self.epoch_step, lambda s: s.assign_add(1))
 
             ctx.merge_call(apply, args=(grads, finite))
-            return loss, bad_pixels
+            return loss, bad_pixels, finite
 
-        loss, bad_pixels = self.strategy.run(replica_step, args=batch)
+        loss, bad_pixels, finite = self.strategy.run(replica_step, args=batch)
         sum_ = tf.distribute.ReduceOp.SUM
-        return self.strategy.reduce(sum_, loss, axis=None), self.strategy.reduce(sum_, bad_pixels, axis=None)
+        return (self.strategy.reduce(sum_, loss, axis=None), self.strategy.reduce(sum_, bad_pixels, axis=None),
+                self.strategy.experimental_local_results(finite)[0])
 
     def train_step(self, batch):
-        """One official step on a distributed batch; returns (summed loss in nats, whether
-        the input was finite)."""
-        loss, bad_pixels = self._train_step(batch)
-        return float(loss), float(bad_pixels) == 0.
+        """One official step on a distributed batch; returns the loss summed over the batch,
+        in nats. A batch with NaN or inf pixels, or a loss or gradient that is not finite
+        (other than a float16 overflow, which the loss scale handles), raises
+        FloatingPointError and leaves the weights as they were before this step."""
+        loss, bad_pixels, finite = self._train_step(batch)
+        loss, bad_pixels = float(loss), float(bad_pixels)
+        step = int(self.optimizer.step.numpy()) + 1
+        if bad_pixels:
+            raise FloatingPointError('the training batch of step %d holds %d NaN or inf pixel values; '
+                                     'the step was not applied' % (step, bad_pixels))
+        if not np.isfinite(loss) or not (bool(finite) or self.scale_loss):
+            raise FloatingPointError(
+                'training diverged at step %d: the loss is %s (%s), at learning rate %.3g; the step '
+                'was not applied. Try a lower --learning_rate%s.'
+                % (step, loss, 'gradients not finite' if not bool(finite) else 'gradients finite',
+                   float(self.optimizer.lr.numpy()) * self.optimizer.lr_decay,
+                   ', or --precision=float32' if self.model.dtype_policy.name != 'float32' else ''))
+        return loss
+
+    def all_finite(self):
+        """Whether every weight, EMA weight and Adam moment is finite (checked before a save)."""
+        return all(bool(tf.reduce_all(tf.math.is_finite(v))) for group in (
+            self.params, self.shadows, self.optimizer.m, self.optimizer.v) for v in group.values())
 
     def evaluate(self, batches):
         """Test bits/dim of the EMA weights over the batches (every image counted once)."""
@@ -277,7 +302,3 @@ class Trainer:
         """What config.json records of this run."""
         return dict(checkpoints.model_config(self.model), mutation_rate=self.mutation_rate,
                     l2_weight=self.l2_weight)
-
-    def restore_ema(self, path):
-        """Loads only the EMA weights of a checkpoint of ours (for evaluation, sampling)."""
-        checkpoints.assign_weights(self.ema_model, tf.train.load_checkpoint(path), 'ours', True, path)

@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 import train
+from pixel_cnn_pp import checkpoints, savedir
 from pixel_cnn_pp.training import Trainer
 from test_official import FIXTURES
 
@@ -148,10 +149,15 @@ def test_eval_of_official_checkpoint(tmp_path, capsys):
 
 @pytest.mark.parametrize('args, message', [
     (['--data_set=npz', '--data_dir=/nonexistent/data.npz'], 'needs --data_dir to be an .npz file'),
-    (['--data_dir=/nonexistent/dir'], '--data_dir=/nonexistent/dir does not exist'),
     (['--data_set=imagenet', '--class_conditional'], '--class_conditional needs labels'),
-    (['--batch_size=0'], '--batch_size must be at least 1'),
+    (['--batch_size=0'], 'flag --batch_size=0: 0 is not a positive integer'),
+    (['--nr_logistic_mix=0'], 'flag --nr_logistic_mix=0: 0 is not a positive integer'),
+    (['--learning_rate=-1'], 'flag --learning_rate=-1: -1.0 is not a non-negative number'),
+    (['--polyak_decay=2'], r'flag --polyak_decay=2: 2.0 is not a number in the range \[0.0, 1.0\]'),
+    (['--polyak_decay=0'], r'--polyak_decay must be in \(0, 1\], got 0'),
+    (['--lr_decay=0'], r'--lr_decay must be in \(0, 1\], got 0'),
     (['--dropout_p=1'], r'--dropout_p must be in \[0, 1\)'),
+    (['--save_steps=-1'], 'flag --save_steps=-1: -1 is not a non-negative integer'),
     (['--checkpoint=x.ckpt'], '--checkpoint is for --mode=eval'),
     (['--precision=float64'], 'flag --precision=float64: value should be one of'),
 ])
@@ -173,17 +179,17 @@ def test_image_size_not_divisible_by_4(tmp_path):
 
 def test_checkpoint_dir_errors(trained, tmp_path):
     d, _, common = trained
-    with pytest.raises(Exception, match='already holds checkpoints: pass --load_params'):
+    with pytest.raises(Exception, match=r'already holds checkpoints \(ckpt-18\): pass --load_params'):
         run_train(common + ['--save_dir=%s' % (d / 'straight')])
     with pytest.raises(Exception, match=r'another model config \(nr_filters: checkpoint 8, now 16\)'):
         run_train(common + ['--save_dir=%s' % (d / 'straight'), '--load_params', '--nr_filters=16'])
-    with pytest.raises(Exception, match='--load_params but no checkpoint'):
+    with pytest.raises(Exception, match='--load_params: .* is a folder with no checkpoint in it'):
         run_train(common + ['--save_dir=%s' % tmp_path, '--load_params'])
     with pytest.raises(Exception, match='is a folder with no checkpoint in it'):
         run_train(common + ['--save_dir=%s' % tmp_path, '--mode=eval'])
 
 
-def test_nan_loss_stops_before_any_checkpoint(tmp_path, monkeypatch):
+def test_nan_loss_stops_and_the_failed_first_run_leaves_nothing(tmp_path, monkeypatch):
     initialize = Trainer.initialize
 
     def poisoned(self, *args):
@@ -192,10 +198,159 @@ def test_nan_loss_stops_before_any_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, 'initialize', poisoned)
     data = write_npz(tmp_path / 'data.npz')
-    with pytest.raises(FloatingPointError, match='loss became nan at step 1 .epoch 0.; stopping before'):
+    with pytest.raises(FloatingPointError, match='diverged at step 1: the loss is nan'):
         run_train(TINY + ['--data_set=npz', '--data_dir=' + data, '--save_dir=%s' % (tmp_path / 's')])
-    assert not any(f.startswith('ckpt') for f in os.listdir(tmp_path / 's'))
+    assert not os.path.exists(tmp_path / 's')  # no config.json, TensorBoard file or lock left
+    os.makedirs(tmp_path / 'mine')
+    open(tmp_path / 'mine' / 'notes.txt', 'w').close()
+    with pytest.raises(FloatingPointError):
+        run_train(TINY + ['--data_set=npz', '--data_dir=' + data, '--save_dir=%s' % (tmp_path / 'mine')])
+    assert os.listdir(tmp_path / 'mine') == ['notes.txt']  # what was there before stays
 
+
+def all_checkpoints_finite(save_dir):
+    for prefix in checkpoints.run_checkpoints(str(save_dir)):
+        reader = tf.train.load_checkpoint(prefix)
+        for k in reader.get_variable_to_shape_map():
+            value = np.asarray(reader.get_tensor(k))
+            if value.dtype.kind == 'f':
+                assert np.isfinite(value).all(), (prefix, k)
+
+
+def test_diverging_run_exits_non_zero_and_checkpoints_stay_finite(tmp_path):
+    data = write_npz(tmp_path / 'data.npz', n_train=48)
+    save = tmp_path / 'save'
+    proc = train_process(TINY + ['--data_set=npz', '--data_dir=' + data, '--save_dir=%s' % save,
+                                 '--learning_rate=1e6', '--lr_decay=1', '--save_steps=1',
+                                 '--max_epochs=4', '--num_samples=0'])
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 1, out
+    message = re.search(r'train.py: error: training diverged at step (\d+): the loss is \S+ .*', out).group(0)
+    assert 'learning rate 1e+06' in message and 'Try a lower --learning_rate' in message
+    step = int(re.search(r'at step (\d+)', message).group(1))
+    assert tf.train.latest_checkpoint(str(save)).endswith('ckpt-%d' % (step - 1))
+    assert message.endswith('The latest checkpoint, %s, is from before it.' % tf.train.latest_checkpoint(str(save)))
+    all_checkpoints_finite(save)
+
+
+def test_offline_first_run_fails_fast_naming_the_local_routes(tmp_path):
+    """No network (a proxy that refuses every connection): one short message within 90 s."""
+    began = time.time()
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--data_dir=%s' % (tmp_path / 'data'),
+                           '--save_dir=%s' % (tmp_path / 'save')], capture_output=True, text=True,
+                          env=subprocess_env(HTTPS_PROXY='http://127.0.0.1:9', HTTP_PROXY='http://127.0.0.1:9',
+                                             https_proxy='http://127.0.0.1:9', http_proxy='http://127.0.0.1:9',
+                                             NO_PROXY='', no_proxy=''), timeout=300)
+    assert time.time() - began < 90
+    assert proc.returncode == 2
+    error = proc.stderr[proc.stderr.index('train.py: error:'):].strip().splitlines()
+    assert len(error) == 2 and 'cannot be downloaded' in error[0]
+    assert 'cifar-10-batches-py' in error[0] and '--data_set=npz' in error[0]
+    assert not os.path.exists(tmp_path / 'save') and not os.path.exists(tmp_path / 'data')
+
+
+def test_short_usage_errors_from_the_command_line(tmp_path):
+    data = write_npz(tmp_path / 'data.npz', n_train=8)
+    for args, message in ((['--batch_size=0'], 'flag --batch_size=0'),
+                          (['--init_batch_size=9', '--batch_size=4'], '--init_batch_size=9 is more than the 8 training images'),
+                          (['--batch_size=9'], '8 training images make no batch of 9')):
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--data_set=npz',
+                               '--data_dir=' + data, '--save_dir=%s' % (tmp_path / 'save')] + args,
+                              capture_output=True, text=True, env=subprocess_env())
+        lines = [line for line in proc.stderr.splitlines() if not re.match(r'^[IWE]\d{4}|^WARNING: All log', line)]
+        assert proc.returncode != 0 and len(lines) <= 3 and message in lines[0], proc.stderr
+        assert not os.path.exists(tmp_path / 'save')
+
+
+@pytest.mark.parametrize('problem', ['truncated', 'negative labels', 'label count'])
+def test_bad_npz_is_one_message(tmp_path, problem):
+    path = write_npz(tmp_path / 'data.npz')
+    if problem == 'truncated':
+        with open(path, 'r+b') as f:
+            f.truncate(os.path.getsize(path) // 2)
+        message = 'is not a readable .npz'
+    else:
+        d = dict(np.load(path))
+        d['train_y'] = d['train_y'] - 1 if problem == 'negative labels' else d['train_y'][:-1]
+        np.savez(path, **d)
+        message = 'train_y must be %d integer labels >= 0' % (24 if problem == 'negative labels' else 24)
+    with pytest.raises(Exception, match=message):
+        run_train(TINY + ['--data_set=npz', '--data_dir=' + path, '--save_dir=%s' % (tmp_path / 's'),
+                          '--class_conditional'])
+    assert not os.path.exists(tmp_path / 's')
+
+
+def test_constant_images_train_with_a_warning(tmp_path, capsys):
+    path = str(tmp_path / 'gray.npz')
+    np.savez(path, train_x=np.full((8, 8, 8, 3), 128, np.uint8), test_x=np.full((4, 8, 8, 3), 128, np.uint8))
+    run_train(TINY + ['--data_set=npz', '--data_dir=' + path, '--save_dir=%s' % (tmp_path / 's'),
+                      '--max_epochs=1', '--num_samples=0'])
+    assert 'warning: the npz training images are (nearly) constant (values 128..128)' in capsys.readouterr().out
+
+
+def test_unwritable_save_dir_and_corrupt_config(tmp_path):
+    data = write_npz(tmp_path / 'data.npz')
+    open(tmp_path / 'file', 'w').close()
+    with pytest.raises(Exception, match='--save_dir=.*file/save cannot be written'):
+        run_train(TINY + ['--data_set=npz', '--data_dir=' + data, '--save_dir=%s' % (tmp_path / 'file' / 'save')])
+    os.makedirs(tmp_path / 'run')
+    with open(tmp_path / 'run' / 'config.json', 'w') as f:
+        f.write('{"nr_resnet": 1, "nr_fil')
+    with pytest.raises(Exception, match='config.json is not readable JSON'):
+        run_train(TINY + ['--data_set=npz', '--data_dir=' + data, '--save_dir=%s' % (tmp_path / 'run'),
+                          '--load_params'])
+
+
+def test_one_run_per_save_dir(tmp_path, capsys):
+    """A live lock refuses the run, naming its owner; a stale one of this host is taken
+    over with a warning; one of another host is refused."""
+    data = write_npz(tmp_path / 'data.npz')
+    save = tmp_path / 'save'
+    args = TINY + ['--data_set=npz', '--data_dir=' + data, '--save_dir=%s' % save, '--max_epochs=1',
+                   '--max_steps_per_epoch=1', '--num_samples=0']
+    os.makedirs(save)
+    held = savedir.Lock(str(save))
+    held.acquire()
+    with pytest.raises(Exception, match='--save_dir=%s is in use by another run .pid %d on %s, started '
+                       % (re.escape(str(save)), os.getpid(), re.escape(socket.gethostname()))):
+        run_train(args)
+    held.release()
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    with open(save / 'lock', 'w') as f:
+        json.dump(dict(pid=int(dead.stdout), host=socket.gethostname(), started='earlier'), f)
+    run_train(args)
+    assert 'warning: taking over the stale lock of pid %d' % int(dead.stdout) in capsys.readouterr().out
+    assert not os.path.exists(save / 'lock')  # released at the end
+    with open(save / 'lock', 'w') as f:
+        json.dump(dict(pid=1, host='elsewhere', started='earlier'), f)
+    with pytest.raises(Exception, match='holds the lock file of a run on host elsewhere'):
+        run_train(args + ['--load_params', '--max_epochs=2'])
+
+
+def test_unreadable_checkpoints_are_skipped(tmp_path, capsys):
+    """The newest readable checkpoint serves eval and resume; a lost state file does not make
+    a run start afresh over its checkpoints."""
+    data = write_npz(tmp_path / 'data.npz')
+    save = tmp_path / 'save'
+    args = TINY + ['--data_set=npz', '--data_dir=' + data, '--save_dir=%s' % save, '--num_samples=0',
+                   '--max_steps_per_epoch=2', '--save_interval=1']
+    run_train(args + ['--max_epochs=2'])
+    data_file = [f for f in os.listdir(save) if f.startswith('ckpt-4.data')][0]
+    with open(save / data_file, 'r+b') as f:
+        f.truncate(100)
+    run_train(args + ['--mode=eval'])
+    assert 'warning: skipping checkpoint %s, which cannot be read' % (save / 'ckpt-4') in capsys.readouterr().out
+    os.remove(save / 'checkpoint')
+    with pytest.raises(Exception, match='already holds checkpoints .ckpt-4.: pass --load_params'):
+        run_train(args + ['--max_epochs=3'])
+    run_train(args + ['--max_epochs=3', '--load_params'])
+    out = capsys.readouterr().out
+    assert 'skipping checkpoint %s' % (save / 'ckpt-4') in out and 'restoring parameters from %s' % (save / 'ckpt-2') in out
+    assert [int(i) for i, _, _ in LINE.findall(out)] == [1, 2]
+    for prefix in ('ckpt-2', 'ckpt-4', 'ckpt-6'):  # the corrupt one is overwritten by the resumed run
+        os.remove(save / (prefix + '.index'))
+    with pytest.raises(Exception, match='is a folder with no checkpoint in it'):
+        run_train(args + ['--mode=eval'])
 
 def free_ports(n):
     socks = [socket.socket() for _ in range(n)]
@@ -223,23 +378,45 @@ def test_two_workers_train_to_equal_weights(tmp_path):
         np.testing.assert_array_equal(chief[k], other[k], err_msg=k)
 
 
-def test_sigkill_then_resume(tmp_path):
-    """Killed right after a mid-epoch checkpoint, the run resumes from it."""
-    data = write_npz(tmp_path / 'data.npz', n_train=48)
-    save = tmp_path / 'save'
-    args = TINY + ['--data_set=npz', '--data_dir=' + data, '--save_dir=%s' % save,
-                   '--max_epochs=2', '--save_steps=2', '--num_samples=0']
-    proc = train_process(args)
-    deadline = time.time() + 300
-    while tf.train.latest_checkpoint(str(save)) is None and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = tf.train.latest_checkpoint(str(save))
-    assert killed_at is not None
-    assert 'restoring parameters from %s' % killed_at in finish(train_process(args + ['--load_params']))
-    step = [k for k in final_params(save) if k.startswith('adam/step')][0]
-    assert final_params(save)[step] == 2 * 12  # 48 images // 4 per step, 2 epochs
+def test_sigkills_at_random_moments_then_exact_resume(tmp_path):
+    """Killed (SIGKILL) at random moments mid-run and resumed each time, a run with dropout
+    ends with the weights, optimizer state and test bits/dim history of an uninterrupted one,
+    bit for bit."""
+    data = write_npz(tmp_path / 'data.npz', n_train=32)
+    args = TINY + ['--data_set=npz', '--data_dir=' + data, '--max_epochs=3', '--save_steps=2',
+                   '--save_interval=1', '--num_samples=0', '--dropout_p=0.5']
+    straight = train_process(args + ['--save_dir=%s' % (tmp_path / 'straight')])
+    save = tmp_path / 'killed'
+    rng = np.random.default_rng(0)
+    kills, mid_run, log = 0, 0, tmp_path / 'log.txt'
+    while True:
+        resume = ['--load_params'] if checkpoints.run_checkpoints(str(save)) else []
+        with open(log, 'w') as out:
+            proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), '--save_dir=%s' % save]
+                                    + args + resume, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT)
+        if kills < 4:
+            deadline = time.time() + 300
+            while 'starting training' not in open(log).read() and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0., 2.))
+        if kills < 4 and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            text = open(log).read()
+            kills += 1
+            mid_run += 'starting training' in text and 'Iteration 2,' not in text
+            continue
+        assert proc.wait(timeout=600) == 0, open(log).read()
+        break
+    finish(straight)
+    assert mid_run >= 3  # kills that landed after training started and before it ended
+    a, b = final_params(save), final_params(tmp_path / 'straight')
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    np.testing.assert_array_equal(np.load(save / 'test_bpd_npz.npz')['test_bpd'],
+                                  np.load(tmp_path / 'straight' / 'test_bpd_npz.npz')['test_bpd'])
+    assert not [f for f in os.listdir(save) if 'tmp' in f or f.endswith('_temp') or f == 'lock']
 
 
 def test_background_model_flags_are_recorded_and_kept_on_resume(tmp_path):

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from pixel_cnn_pp import data as data_lib
 from pixel_cnn_pp.nn import discretized_mix_logistic_loss
+from pixel_cnn_pp.model import PixelCNNPP
 from pixel_cnn_pp.training import Adam, ExponentialMovingAverage, Trainer
 from test_official import CONFIG, FIXTURES
 
@@ -105,8 +106,8 @@ def test_two_replicas_equal_one_replica_with_double_batch(one_replica, two_repli
         var.assign(t1.params[k].read_value())
     t2.ema.reset()
     start = {k: v.numpy() for k, v in t1.params.items()}
-    loss1, _ = t1.train_step(first_batch(one, data, 8))
-    loss2, _ = t2.train_step(first_batch(two, data, 4))
+    loss1 = t1.train_step(first_batch(one, data, 8))
+    loss2 = t2.train_step(first_batch(two, data, 4))
     assert loss1 == pytest.approx(loss2, rel=1e-5)
     for k in t1.params:
         a, b = t1.params[k].numpy(), t2.params[k].numpy()
@@ -141,8 +142,8 @@ def test_mixed_bfloat16_training_step(one_replica):
     for k, v in mixed.params.items():
         v.assign(full.params[k].read_value())
     start = {k: v.numpy() for k, v in full.params.items()}
-    loss_full, _ = full.train_step(batch)
-    loss_mixed, _ = mixed.train_step(batch)
+    loss_full = full.train_step(batch)
+    loss_mixed = mixed.train_step(batch)
     assert loss_mixed == pytest.approx(loss_full, rel=1e-2) and loss_mixed != loss_full
     moved_full = np.concatenate([(full.params[k].numpy() - start[k]).ravel() for k in start])
     moved_mixed = np.concatenate([(mixed.params[k].numpy() - start[k]).ravel() for k in start])
@@ -162,8 +163,7 @@ def test_mixed_float16_loss_scaling(two_replicas):
     params = lambda: {k: v.numpy() for k, v in trainer.params.items()}  # noqa: E731
     start, shadows = params(), {k: v.numpy() for k, v in trainer.shadows.items()}
     trainer.loss_scale.scale.assign(2. ** 40)  # the float16 gradients overflow
-    loss, finite = trainer.train_step(batch)
-    assert finite and np.isfinite(loss)
+    assert np.isfinite(trainer.train_step(batch))  # an overflow is no divergence
     assert trainer.loss_scale.scale.numpy() == 2. ** 39
     assert trainer.optimizer.step.numpy() == 0 and trainer.epoch_step.numpy() == 1
     for k, v in params().items():
@@ -201,8 +201,43 @@ def test_nonfinite_batch_is_reported():
     x = np.zeros((2, 8, 8, 3), np.float32)
     trainer.initialize(np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32))
     x[1, 2, 3, 0] = np.nan
-    loss, finite = trainer.train_step((tf.constant(x), tf.zeros(2, tf.int32), tf.ones(2)))
-    assert not finite and not np.isfinite(loss)
+    with pytest.raises(FloatingPointError, match='batch of step 1 holds 1 NaN or inf pixel'):
+        trainer.train_step((tf.constant(x), tf.zeros(2, tf.int32), tf.ones(2)))
+    assert trainer.optimizer.step.numpy() == 0
+
+
+def test_divergence_stops_at_its_step_and_applies_nothing(two_replicas):
+    """A step whose loss and gradients are not finite raises at that step (not the next),
+    with the step and learning rate, and leaves weights, EMA, Adam moments and the step
+    counter untouched."""
+    data = tiny_data()
+    trainer = Trainer(two_replicas, TINY, (8, 8, 3), learning_rate=0.01, lr_decay=0.5)
+    trainer.initialize(data_lib.scale(data.train_x[:8]))
+    batch = first_batch(two_replicas, data, 4)
+    trainer.train_step(batch)
+    state = lambda: [v.numpy() for g in (trainer.params, trainer.shadows, trainer.optimizer.m,  # noqa: E731
+                                         trainer.optimizer.v) for v in g.values()]
+    head = 'dense_%d/b' % (len([k for k in trainer.params if k.startswith('dense_')]) // 3 - 1)
+    trainer.params[head].assign(tf.fill([20], 1e38))  # logits beyond float32: inf loss, NaN gradients
+    before = state()
+    with pytest.raises(FloatingPointError, match=r'diverged at step 2: the loss is (nan|inf) \(gradients '
+                                                 r'not finite\), at learning rate 0\.0025.*lower --learning_rate'):
+        trainer.train_step(batch)
+    assert trainer.optimizer.step.numpy() == 1
+    for a, b in zip(before, state()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_stateless_dropout_is_a_function_of_the_seed():
+    """The same seed drops the same units (a resumed run, a recomputed pass); another seed
+    other units; no seed: the global random state, as the official code."""
+    model = PixelCNNPP(nr_resnet=1, nr_filters=8, nr_logistic_mix=2, dropout_p=0.5)
+    x = tf.random.uniform((2, 8, 8, 3), -1, 1, seed=1)
+    run = lambda seed: model(x, training=True, seed=seed).numpy()  # noqa: E731
+    a = run(tf.constant([1, 2], tf.int64))
+    np.testing.assert_array_equal(a, run(tf.constant([1, 2], tf.int64)))
+    assert not np.allclose(a, run(tf.constant([1, 3], tf.int64)))
+    assert not np.allclose(run(None), run(None))
 
 
 def test_epoch_order_is_a_seeded_permutation():

@@ -190,15 +190,20 @@ def load_official_checkpoint(model, path, use_ema=True):
 # ---------------------------------------------------------------------- load
 
 def run_checkpoints(save_dir):
-    """The checkpoints of a save_dir, newest first: those its state file lists and any other
-    ckpt-N it holds (a state file lost or behind its checkpoints)."""
+    """The checkpoints of a folder, newest first: those its state file lists and any other
+    ckpt-N it holds (a state file lost or behind its checkpoints). Numbered ones (ckpt-N)
+    are ordered by N."""
     state = tf.train.get_checkpoint_state(save_dir)
-    listed = list(state.all_model_checkpoint_paths) if state else []
-    prefixes = {os.path.join(save_dir, os.path.basename(p)) for p in listed}
-    prefixes |= {p[:-len('.index')] for p in tf.io.gfile.glob(os.path.join(save_dir, 'ckpt-*.index'))}
-    prefixes = [p for p in prefixes if re.fullmatch(r'ckpt-\d+', os.path.basename(p))
-                and tf.io.gfile.exists(p + '.index')]
-    return sorted(prefixes, key=lambda p: int(p.rsplit('-', 1)[1]), reverse=True)
+    listed = [state.model_checkpoint_path] + list(state.all_model_checkpoint_paths)[::-1] if state else []
+    listed = [os.path.join(save_dir, os.path.basename(p)) for p in listed]
+    found = [p[:-len('.index')] for p in tf.io.gfile.glob(os.path.join(save_dir, 'ckpt-*.index'))]
+    prefixes = []
+    for p in listed + found:
+        if p not in prefixes and (tf.io.gfile.exists(p + '.index') or os.path.isfile(p)):
+            prefixes.append(p)
+    numbered = [p for p in prefixes if re.search(r'-\d+$', p)]
+    return [p for p in prefixes if p not in numbered] + \
+        sorted(numbered, key=lambda p: int(p.rsplit('-', 1)[1]), reverse=True)
 
 
 def newest_readable(save_dir, use):

@@ -62,3 +62,12 @@ def test_npz_and_checks(tmp_path):
 def test_scale():
     np.testing.assert_allclose(data_lib.scale(np.array([0, 127, 255], np.uint8)),
                                [-1., -0.5 / 127.5, 1.], rtol=1e-6)
+
+
+def test_constant_images_get_a_warning(capsys):
+    gray = np.full((8, 8, 8, 3), 128, np.uint8)
+    data_lib.check(data_lib.Data(gray, None, gray, None, 0), 'npz', False)
+    assert 'warning: the npz training images are (nearly) constant (values 128..128)' in capsys.readouterr().out
+    noise = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
+    data_lib.check(data_lib.Data(noise, None, noise, None, 0), 'npz', False)
+    assert capsys.readouterr().out == ''

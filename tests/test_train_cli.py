@@ -201,11 +201,16 @@ def test_nan_loss_stops_and_the_failed_first_run_leaves_nothing(tmp_path, monkey
     with pytest.raises(FloatingPointError, match='diverged at step 1: the loss is nan'):
         run_train(TINY + ['--data_set=npz', '--data_dir=' + data, '--save_dir=%s' % (tmp_path / 's')])
     assert not os.path.exists(tmp_path / 's')  # no config.json, TensorBoard file or lock left
-    os.makedirs(tmp_path / 'mine')
+
+
+def test_failed_run_removes_only_what_it_created(tmp_path):
+    os.makedirs(tmp_path / 'mine' / 'old')
     open(tmp_path / 'mine' / 'notes.txt', 'w').close()
-    with pytest.raises(FloatingPointError):
-        run_train(TINY + ['--data_set=npz', '--data_dir=' + data, '--save_dir=%s' % (tmp_path / 'mine')])
-    assert os.listdir(tmp_path / 'mine') == ['notes.txt']  # what was there before stays
+    created = savedir.Created(str(tmp_path / 'mine'))
+    os.makedirs(tmp_path / 'mine' / 'tensorboard')
+    open(tmp_path / 'mine' / 'config.json', 'w').close()
+    created.remove()
+    assert sorted(os.listdir(tmp_path / 'mine')) == ['notes.txt', 'old']
 
 
 def all_checkpoints_finite(save_dir):
@@ -278,14 +283,6 @@ def test_bad_npz_is_one_message(tmp_path, problem):
         run_train(TINY + ['--data_set=npz', '--data_dir=' + path, '--save_dir=%s' % (tmp_path / 's'),
                           '--class_conditional'])
     assert not os.path.exists(tmp_path / 's')
-
-
-def test_constant_images_train_with_a_warning(tmp_path, capsys):
-    path = str(tmp_path / 'gray.npz')
-    np.savez(path, train_x=np.full((8, 8, 8, 3), 128, np.uint8), test_x=np.full((4, 8, 8, 3), 128, np.uint8))
-    run_train(TINY + ['--data_set=npz', '--data_dir=' + path, '--save_dir=%s' % (tmp_path / 's'),
-                      '--max_epochs=1', '--num_samples=0'])
-    assert 'warning: the npz training images are (nearly) constant (values 128..128)' in capsys.readouterr().out
 
 
 def test_unwritable_save_dir_and_corrupt_config(tmp_path):

@@ -125,15 +125,18 @@ def mixture_noise(l, channels, seed=None):
             tf.random.stateless_uniform(logistic_shape, tf.stack([seed, 1]), lo, hi))
 
 
-def sample_with_noise(l, channels, noise):
-    """Samples x (B,H,W,C in [-1,1]) from the mixture l given mixture_noise(...)."""
+def sample_with_noise(l, channels, noise, temperature=1.):
+    """Samples x (B,H,W,C in [-1,1]) from the mixture l given mixture_noise(...).
+    temperature T divides the mixture logits by T and multiplies the chosen logistic's scale
+    by T (T = 1: the model's distribution, bit for bit; T < 1: sharper, no longer a sample
+    of the model)."""
     u_mix, u = noise
     nr_mix, logit_probs, means, log_scales, coeffs = _unpack_mixture(l, channels)
-    sel = tf.one_hot(tf.argmax(logit_probs - tf.math.log(-tf.math.log(u_mix)), axis=3),
+    sel = tf.one_hot(tf.argmax(logit_probs / temperature - tf.math.log(-tf.math.log(u_mix)), axis=3),
                      depth=nr_mix, dtype=l.dtype)[:, :, :, None, :]
     means = tf.reduce_sum(means * sel, axis=4)
     log_scales = tf.maximum(tf.reduce_sum(log_scales * sel, axis=4), -7.)
-    x = means + tf.exp(log_scales) * (tf.math.log(u) - tf.math.log(1. - u))
+    x = means + tf.exp(log_scales) * temperature * (tf.math.log(u) - tf.math.log(1. - u))
     x0 = tf.clip_by_value(x[..., 0], -1., 1.)
     if channels == 1:
         return x0[..., None]

@@ -5,7 +5,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import nn
+from pixel_cnn_pp import data, nn
 
 
 def noise(shape, nr_mix, seed):
@@ -15,20 +15,51 @@ def noise(shape, nr_mix, seed):
     return nn.mixture_noise(dummy, shape[3], seed)
 
 
-def _naive(model, shape, h, seed):
+def _signature(model, image_shape, conditional):
+    """The inputs every sampler's row step takes after its own: the noise of noise(), the
+    given image (scaled; its first given_rows rows are kept), given_rows, temperature and,
+    for a conditional model, h. The batch size is left open."""
+    H, W, C = image_shape
+    spec = [tf.TensorSpec([None, H, W, model.nr_logistic_mix]), tf.TensorSpec([None, H, W, C]),
+            tf.TensorSpec([None, H, W, C]), tf.TensorSpec([], tf.int32), tf.TensorSpec([])]
+    return spec + ([tf.TensorSpec([None, model.num_labels])] if conditional else [])
+
+
+class _NaiveSampler:
     """The official sample_from_model: a full forward pass per pixel, keeping pixel (i, j)
-    of a sample drawn from that pass's output, in one compiled loop."""
-    B, H, W, C = shape
-    pixel_noise = noise(shape, model.nr_logistic_mix, seed)
-    positions = tf.reshape(tf.eye(H * W), [H * W, 1, H, W, 1])
+    of a sample drawn from that pass's output; one compiled step per image row."""
 
-    def body(p, x):
-        out = model(x, h=h)
-        new = out[0] if model.energy_distance else nn.sample_with_noise(out, C, pixel_noise)
-        return p + 1, tf.where(positions[p] > 0, new, x)
+    def __init__(self, model, image_shape, conditional):
+        self._model, self.image_shape = weakref.ref(model), tuple(image_shape)
+        H, W, C = image_shape
+        self.row = tf.function(self._row, input_signature=[
+            tf.TensorSpec([None, H, W, C]), tf.TensorSpec([], tf.int32)] + _signature(model, image_shape, conditional))
 
-    _, x = tf.while_loop(lambda p, x: p < H * W, body, (tf.constant(0), tf.zeros(shape)))
-    return x
+    @property
+    def model(self):
+        return self._model()
+
+    def _row(self, x, i, u_mix, u_logistic, given, given_rows, temperature, h=None):
+        m = self.model
+        H, W, C = self.image_shape
+
+        def body(j, x):
+            out = m(x, h=h)
+            new = out[0] if m.energy_distance else nn.sample_with_noise(out, C, (u_mix, u_logistic), temperature)
+            at = tf.reshape(tf.one_hot(i * W + j, H * W), [1, H, W, 1]) > 0
+            return j + 1, tf.where(at, new, x)
+
+        return tf.while_loop(lambda j, x: j < W, body, (tf.constant(0), x))[1]
+
+    def draw(self, u_mix, u_logistic, given, given_rows, temperature, h=(), progress=None):
+        H = self.image_shape[0]
+        x = tf.where(tf.range(H)[None, :, None, None] < given_rows, given, tf.zeros_like(given))
+        for i in range(H):
+            if i >= given_rows:
+                x = self.row(x, i, u_mix, u_logistic, given, given_rows, temperature, *h)
+            if progress:
+                progress(i + 1)
+        return x
 
 
 def _rows(cache, start, n):
@@ -88,14 +119,13 @@ class _FastSampler:
     on the partly generated x) up to float round-off.
 
     One sampler serves one model, image shape and conditioning, and any batch size: the
-    caches' batch dimension is set at each run, and `run` is traced once.
+    caches' batch dimension is set at each start, and each step is traced once. `draw`
+    runs the rows from Python (progress between them); `run` is the whole image in one
+    graph (for a SavedModel).
     """
 
     def __init__(self, model, image_shape, conditional):
-        if model.energy_distance:
-            raise ValueError("method='fast' needs a mixture model; the energy-distance head "
-                             "draws fresh noise each pass: use method='naive'")
-        # a weak reference: fast_sampler's cache must not keep the model alive
+        # a weak reference: sampler()'s cache must not keep the model alive
         self._model, self.image_shape = weakref.ref(model), tuple(image_shape)
         H, W, C = image_shape
         n = model.nr_resnet
@@ -122,9 +152,9 @@ class _FastSampler:
         self.down = {s: [[cache(L, F) for _ in down_blocks[s][2 - L]] for L in range(3)] for s in down_blocks}
         self.down_c1 = {s: [[c1_cache(b, L) for b in down_blocks[s][2 - L]] for L in range(3)]
                         for s in down_blocks}
-        signature = [tf.TensorSpec([None, H, W, model.nr_logistic_mix]), tf.TensorSpec([None, H, W, C])]
-        if conditional:
-            signature.append(tf.TensorSpec([None, model.num_labels]))
+        signature = _signature(model, image_shape, conditional)
+        self.start = tf.function(self._start, input_signature=[tf.TensorSpec([], tf.int32)])
+        self.row = tf.function(self._row, input_signature=[tf.TensorSpec([], tf.int32)] + signature)
         self.run = tf.function(self._run, input_signature=signature)
 
     @property
@@ -216,50 +246,64 @@ class _FastSampler:
             else:
                 _when(active(L), lambda L=L: self._down(s, L, *at(L)))
 
-    def _run(self, u_mix, u_logistic, h=None):
-        """Images (B, H, W, C) in [-1, 1] drawn with the noise of noise() (B from its shape)."""
-        m = self.model
+    def _start(self, batch_size):
+        """Empty caches for a batch of this size."""
         H, W, C = self.image_shape
-        B = tf.shape(u_logistic)[0]
-        # the weights and the conditioning are fixed for the whole run: computed once
+        for var, (rows, cols, channels) in self.caches:
+            var.assign(tf.zeros(tf.stack([rows, batch_size, cols, channels])))
+        self.x_pad[1:, :, 1:-1, C:].assign(tf.ones(tf.stack([H, batch_size, W, 1])))
+
+    def _row(self, i, u_mix, u_logistic, given, given_rows, temperature, h=None):
+        """Image row i: each pixel drawn with the noise of noise(), or given's where i <
+        given_rows, and written to the caches."""
+        m = self.model
+        C = self.image_shape[2]
+        # the weights and the conditioning are fixed for the whole row: computed once
         self.w = {layer.name: layer.weights_now() for layer in m.weight_norm_layers()}
         blocks = [b for stage in m.up_u + m.up_ul + m.down_u + m.down_ul for b in stage]
         self.h_terms = {} if h is None else \
             {b.hw_name: tf.matmul(h, b.hw)[:, None, None, :] for b in blocks}
-        for var, (rows, cols, channels) in self.caches:
-            var.assign(tf.zeros(tf.stack([rows, B, cols, channels])))
-        self.x_pad[1:, :, 1:-1, C:].assign(tf.ones(tf.stack([H, B, W, 1])))
-        for i in tf.range(H):
-            self._levels('u', i, None)
-            for j in tf.range(W):
-                self._levels('ul', i, j)
-                ul = _center(self.down['ul'][0][-1], i, j)
-                l = m.head[0].apply(tf.nn.elu(ul), self.w[m.head[0].name])
-                pixel = nn.sample_with_noise(l, C, (u_mix[:, i:i + 1, j:j + 1], u_logistic[:, i:i + 1, j:j + 1]))
-                _write(self.x_pad, i, j, tf.concat([pixel, tf.ones_like(pixel[..., :1])], 3))
-        return tf.transpose(self.x_pad[1:, :, 1:-1, :C], [1, 0, 2, 3])
+        self._levels('u', i, None)
+        for j in tf.range(self.image_shape[1]):
+            self._levels('ul', i, j)
+            ul = _center(self.down['ul'][0][-1], i, j)
+            l = m.head[0].apply(tf.nn.elu(ul), self.w[m.head[0].name])
+            pixel = nn.sample_with_noise(l, C, (u_mix[:, i:i + 1, j:j + 1], u_logistic[:, i:i + 1, j:j + 1]),
+                                         temperature)
+            pixel = tf.where(i < given_rows, given[:, i:i + 1, j:j + 1], pixel)
+            _write(self.x_pad, i, j, tf.concat([pixel, tf.ones_like(pixel[..., :1])], 3))
+
+    def _result(self):
+        return tf.transpose(self.x_pad[1:, :, 1:-1, :self.image_shape[2]], [1, 0, 2, 3])
+
+    def _run(self, u_mix, u_logistic, given, given_rows, temperature, h=None):
+        self._start(tf.shape(u_logistic)[0])
+        for i in tf.range(self.image_shape[0]):
+            self._row(i, u_mix, u_logistic, given, given_rows, temperature, h)
+        return self._result()
+
+    def draw(self, u_mix, u_logistic, given, given_rows, temperature, h=(), progress=None):
+        self.start(tf.shape(u_logistic)[0])
+        for i in range(self.image_shape[0]):
+            self.row(i, u_mix, u_logistic, given, given_rows, temperature, *h)
+            if progress:
+                progress(i + 1)
+        return self._result()
 
 
-# One fast sampler per model, image shape and conditioning, reused by every call.
-_fast_samplers = weakref.WeakKeyDictionary()
+# One sampler per model, method, image shape and conditioning, reused by every call.
+_samplers = weakref.WeakKeyDictionary()
+METHODS = {'naive': _NaiveSampler, 'fast': _FastSampler}
 
 
-def fast_sampler(model, image_shape, conditional):
-    """The model's _FastSampler for this image shape and conditioning, made once."""
-    samplers = _fast_samplers.setdefault(model, {})
-    key = (tuple(image_shape), conditional)
+def sampler(model, image_shape, conditional, method='fast'):
+    """The model's sampler for this image shape, conditioning and method, made once: later
+    calls with any batch size reuse its compiled steps."""
+    samplers = _samplers.setdefault(model, {})
+    key = (method, tuple(image_shape), conditional)
     if key not in samplers:
-        samplers[key] = _FastSampler(model, image_shape, conditional)
+        samplers[key] = METHODS[method](model, image_shape, conditional)
     return samplers[key]
-
-
-def _fast(model, shape, h, seed):
-    u_mix, u_logistic = noise(shape, model.nr_logistic_mix, seed)
-    args = (u_mix, u_logistic) if h is None else (u_mix, u_logistic, h)
-    return fast_sampler(model, shape[1:], h is not None).run(*args)
-
-
-METHODS = {'naive': _naive, 'fast': _fast}
 
 
 def to_uint8(x):
@@ -267,24 +311,48 @@ def to_uint8(x):
     return tf.cast(tf.round(tf.clip_by_value(x, -1., 1.) * 127.5 + 127.5), tf.uint8)
 
 
-def sample(model, num, h=None, seed=None, method='fast', image_shape=None):
-    """`num` images (uint8 NHWC) from a built PixelCNNPP. h: (num, K) conditioning for a
-    conditional model; seed: reproducible samples; image_shape (H, W, C): defaults to
-    model.image_shape."""
+def sample(model, num, h=None, seed=None, method='fast', image_shape=None, given=None,
+           given_rows=0, temperature=1., progress=None):
+    """`num` images (uint8 NHWC) from a built PixelCNNPP.
+
+    h: (num, K) conditioning for a conditional model. seed: reproducible samples (the same
+    seed draws the same images with either method). image_shape (H, W, C): defaults to
+    model.image_shape. given (uint8 (num, H, W, C)) and given_rows = r: completion, the
+    first r rows are given's and the others drawn from p(x | those rows). temperature T:
+    mixture logits / T and logistic scales x T (1: the model's distribution; lower: sharper
+    images of lower bits/dim, no longer samples of the model). progress(rows_done) is
+    called after each image row."""
     if method not in METHODS:
         raise ValueError('method must be one of %s, got %r' % (sorted(METHODS), method))
     if not model.built or model.channels is None:
         raise ValueError('the model is not built yet: call it once on a batch or load weights first')
-    if image_shape is None:
-        image_shape = model.image_shape
+    if method == 'fast' and model.energy_distance:
+        raise ValueError("method='fast' needs a mixture model; the energy-distance head "
+                         "draws fresh noise each pass: use method='naive'")
+    if not temperature > 0:
+        raise ValueError('temperature must be > 0, got %r' % temperature)
+    image_shape = tuple(image_shape or model.image_shape)
+    shape = (num,) + image_shape
     if h is not None:
         h = tf.convert_to_tensor(h, tf.float32)
         if h.shape[0] != num:
             raise ValueError('h has %d rows but num is %d' % (h.shape[0], num))
+    if given is None:
+        if given_rows:
+            raise ValueError('given_rows=%d needs the given images' % given_rows)
+        given = tf.zeros(shape)
+    else:
+        given = np.asarray(given)
+        if given.dtype != np.uint8 or given.shape != shape:
+            raise ValueError('given must be uint8 images of shape %s, got %s %s' % (shape, given.dtype, given.shape))
+        if not 0 <= given_rows <= image_shape[0]:
+            raise ValueError('given_rows must be in [0, %d], got %d' % (image_shape[0], given_rows))
+        given = data.scale(given)
     seed = tf.constant(seed, tf.int64) if seed is not None else None
-    shape = (num,) + tuple(image_shape)
-    draw = _fast if method == 'fast' else tf.function(_naive)
-    return to_uint8(draw(model, shape, h, seed)).numpy()
+    u_mix, u_logistic = noise(shape, model.nr_logistic_mix, seed)
+    x = sampler(model, image_shape, h is not None, method).draw(
+        u_mix, u_logistic, given, given_rows, float(temperature), () if h is None else (h,), progress)
+    return to_uint8(x).numpy()
 
 
 def tile(images, border=255):

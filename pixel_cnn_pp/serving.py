@@ -23,7 +23,7 @@ class Serving(tf.Module):
             raise ValueError('an energy-distance model has no likelihood to export')
         self.model = model
         H, W, C = model.image_shape
-        self.sampler = sampling.fast_sampler(model, model.image_shape, bool(model.num_labels))
+        self.sampler = sampling.sampler(model, model.image_shape, bool(model.num_labels))
         self.sampler_caches = [var for var, _ in self.sampler.caches]  # saved with the functions
         h_spec = [tf.TensorSpec([None, model.num_labels], tf.float32, name='h')] if model.num_labels else []
         self.log_prob = tf.function(self._log_prob, input_signature=[
@@ -39,7 +39,7 @@ class Serving(tf.Module):
     def _sample(self, num, seed, h=None):
         H, W, C = self.model.image_shape
         u_mix, u_logistic = sampling.noise((num, H, W, C), self.model.nr_logistic_mix, seed)
-        x = self.sampler.run(u_mix, u_logistic, *([] if h is None else [h]))
+        x = self.sampler.run(u_mix, u_logistic, tf.zeros_like(u_logistic), 0, 1., *([] if h is None else [h]))
         return {'images': sampling.to_uint8(x)}
 
 

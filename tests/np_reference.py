@@ -54,6 +54,22 @@ def mix_logistic_nll(x, l):
     return -logsumexp(logp).sum(axis=(1, 2))
 
 
+def mix_logistic_sample(l, channels, u_mix, u, temperature=1.):
+    """A sample of the mixture l from uniform noise: component k = argmax(logits / T + Gumbel
+    noise), x = mu_k + T s_k logit(u), clipped to [-1, 1] channel by channel, with the RGB
+    coupling applied to the clipped earlier channels."""
+    logits, mu, log_s, c = mixture_params(l.astype(np.float64), channels)
+    k = np.argmax(logits / temperature - np.log(-np.log(u_mix)), axis=-1)[..., None, None]
+    pick = lambda a: np.take_along_axis(a, np.broadcast_to(k, a.shape[:-1] + (1,)), -1)[..., 0]  # noqa: E731
+    x = pick(mu) + np.exp(pick(log_s)) * temperature * (np.log(u) - np.log(1. - u))
+    out = [np.clip(x[..., 0], -1., 1.)]
+    if channels == 3:
+        c = pick(c)
+        out.append(np.clip(x[..., 1] + c[..., 0] * out[0], -1., 1.))
+        out.append(np.clip(x[..., 2] + c[..., 1] * out[0] + c[..., 2] * out[1], -1., 1.))
+    return np.stack(out, -1)
+
+
 def conv2d(x, W, pad, stride=(1, 1)):
     """Cross-correlation of x (B,H,W,Cin) with W (kh,kw,Cin,Cout) after zero padding
     pad = ((top, bottom), (left, right))."""

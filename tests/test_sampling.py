@@ -6,6 +6,7 @@ import tensorflow as tf
 
 import pixel_cnn_pp
 from pixel_cnn_pp import PixelCNNPP, sampling
+import np_reference
 
 
 def initialised(channels, conditional, nonlinearity='concat_elu', size=8):
@@ -41,13 +42,70 @@ def test_naive_is_the_per_pixel_loop():
     model, _ = initialised(3, False)
     seed = tf.constant(2, tf.int64)
     # the float samples: like the official loop, generation conditions on unrounded values
-    x = tf.function(sampling._naive)(model, (4, 8, 8, 3), None, seed).numpy()
     noise = sampling.noise((4, 8, 8, 3), model.nr_logistic_mix, seed)
+    x = sampling.sampler(model, (8, 8, 3), False, 'naive').draw(*noise, tf.zeros((4, 8, 8, 3)), 0, 1.).numpy()
     for i, j in [(0, 0), (3, 5), (7, 7)]:
         prefix = x.copy()
         prefix.reshape(4, 64, 3)[:, i * 8 + j:] = 0.
         drawn = pixel_cnn_pp.nn.sample_with_noise(model(prefix), 3, noise)
         np.testing.assert_allclose(drawn[:, i, j], x[:, i, j], atol=1e-5)  # round-off only
+
+
+@pytest.mark.parametrize('conditional', [False, True])
+def test_completion_keeps_the_given_rows_and_samples_the_rest(conditional):
+    """The first r rows are given's bit for bit; fast and naive draw the same rest from
+    p(x | those rows), which depends on them."""
+    model, h = initialised(3, conditional)
+    given = np.random.default_rng(1).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    kw = dict(h=h, seed=5, image_shape=(8, 8, 3), given=given, given_rows=3)
+    naive = pixel_cnn_pp.sample(model, 4, method='naive', **kw)
+    fast = pixel_cnn_pp.sample(model, 4, method='fast', **kw)
+    np.testing.assert_array_equal(naive[:, :3], given[:, :3])
+    assert np.mean(fast != naive) <= 1e-3  # float round-off at most
+    free = pixel_cnn_pp.sample(model, 4, h=h, seed=5, image_shape=(8, 8, 3))
+    assert not np.array_equal(naive[:, 3:], free[:, 3:])  # the rest depends on the given rows
+    assert not np.array_equal(naive[:, 3:], given[:, 3:])
+    whole = pixel_cnn_pp.sample(model, 4, method='fast', **dict(kw, given_rows=8))
+    np.testing.assert_array_equal(whole, given)
+
+
+def test_temperature_matches_numpy_and_sharpens():
+    """The mixture logits / T and the scales x T, as a NumPy transcription; T = 1 is the
+    untempered sampler; draws at T = 0.5 have a lower NLL under the mixture they came from."""
+    rng = np.random.default_rng(0)
+    l = rng.normal(size=(2, 4, 4, 30)).astype(np.float32)
+    u_mix, u = sampling.nn.mixture_noise(l, 3, tf.constant(3, tf.int64))
+    for T in (1., 0.5, 2.):
+        np.testing.assert_allclose(sampling.nn.sample_with_noise(l, 3, (u_mix, u), T),
+                                   np_reference.mix_logistic_sample(l, 3, u_mix.numpy(), u.numpy(), T), atol=1e-5)
+    np.testing.assert_array_equal(sampling.nn.sample_with_noise(l, 3, (u_mix, u), 1.),
+                                  sampling.nn.sample_with_noise(l, 3, (u_mix, u)))
+    # one context, many draws: lower T puts the draws where the model's density is higher
+    l = np.tile(rng.normal(size=(1, 1, 1, 30)).astype(np.float32), [4000, 1, 1, 1])
+    rest = l[..., 3:].reshape(4000, 1, 1, 3, 9)  # 3 components: per channel 3 means, log-scales, coeffs
+    rest *= 0.3
+    rest[..., 3:6] -= 3.  # log-scales about -3, as a trained model's
+    l[..., 3:] = rest.reshape(4000, 1, 1, 27)
+    nll = {}
+    for T in (1., 0.5):
+        x = sampling.nn.sample_with_noise(l, 3, sampling.nn.mixture_noise(l, 3, tf.constant(1, tf.int64)), T)
+        x = (np.round(x.numpy() * 127.5 + 127.5) - 127.5) / 127.5  # to 8-bit values
+        nll[T] = np_reference.mix_logistic_nll(x, l).mean()
+    assert nll[0.5] < nll[1.] - 0.1
+
+
+@pytest.mark.parametrize('method', ['fast', 'naive'])
+def test_the_compiled_sampler_is_reused(method):
+    """Any batch size, seed, completion or temperature: traced once per model, image shape,
+    method and conditioning."""
+    model, _ = initialised(3, False)
+    given = np.zeros((3, 8, 8, 3), np.uint8)
+    pixel_cnn_pp.sample(model, 2, seed=1, method=method, image_shape=(8, 8, 3))
+    pixel_cnn_pp.sample(model, 3, seed=2, method=method, image_shape=(8, 8, 3), given=given, given_rows=2,
+                        temperature=0.7)
+    s = sampling.sampler(model, (8, 8, 3), False, method)
+    assert s.row.experimental_get_tracing_count() == 1
+    assert method == 'naive' or s.start.experimental_get_tracing_count() == 1
 
 
 def test_seeds():
@@ -69,6 +127,13 @@ def test_sample_errors():
     energy(np.zeros((1, 8, 8, 3), np.float32))
     with pytest.raises(ValueError, match="use method='naive'"):
         pixel_cnn_pp.sample(energy, 1, image_shape=(8, 8, 3))
+    model, _ = initialised(3, False)
+    with pytest.raises(ValueError, match=r'given must be uint8 images of shape \(2, 8, 8, 3\)'):
+        pixel_cnn_pp.sample(model, 2, image_shape=(8, 8, 3), given=np.zeros((2, 8, 8, 3)), given_rows=1)
+    with pytest.raises(ValueError, match='given_rows=2 needs the given images'):
+        pixel_cnn_pp.sample(model, 2, image_shape=(8, 8, 3), given_rows=2)
+    with pytest.raises(ValueError, match='temperature must be > 0'):
+        pixel_cnn_pp.sample(model, 2, image_shape=(8, 8, 3), temperature=0)
 
 
 def test_tile_and_write(tmp_path):

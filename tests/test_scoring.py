@@ -84,7 +84,7 @@ def test_compiled_caches_do_not_keep_a_model_alive():
     model, images, _, _ = model_and_images(n=2)
     pixel_cnn_pp.sample(model, 1, seed=0, image_shape=(8, 8, 3))
     pixel_cnn_pp.log_prob(model, images)
-    assert model in sampling._fast_samplers and model in scoring._compiled
+    assert model in sampling._samplers and model in scoring._compiled
     ref = weakref.ref(model)
     del model
     gc.collect()

@@ -1,48 +1,95 @@
-"""Draws samples from a trained PixelCNN++ (its Polyak-averaged weights unless --noema): a
-save_dir of train.py, one of its checkpoints, a .keras file or an official TF1 checkpoint,
-loaded with pixel_cnn_pp.load. Writes a tiled PNG grid and an .npz of uint8 images.
+"""Draws samples from a trained PixelCNN++ (its Polyak-averaged weights unless --noema), or
+completes images: keeps their top rows and samples the rest. The model is a save_dir of
+train.py, one of its checkpoints, a .keras file or an official TF1 checkpoint, loaded with
+pixel_cnn_pp.load. Writes a PNG grid and an .npz of uint8 images.
 
     python sample.py --checkpoint=save --num_samples=16
-    python sample.py --checkpoint=params_cifar.ckpt --num_samples=64
+    python sample.py --checkpoint=params_cifar.ckpt --temperature=0.8
+    python sample.py --checkpoint=save_cond                # one grid row per class
     python sample.py --checkpoint=save_cond --labels=3,5
+    python sample.py --checkpoint=save --complete=test.npz --given_rows=16 --num_samples=8
 """
 
 import os
+import time
 
 from absl import app, flags
 import keras
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import cli, sampling
+from pixel_cnn_pp import cli, data, sampling
 
 FLAGS = flags.FLAGS
 cli.define_load_flags()
 flags.adopt_module_key_flags(cli)
-flags.DEFINE_integer('num_samples', 16, 'How many images', lower_bound=1)
+flags.DEFINE_integer('num_samples', 16, 'How many images (with --complete: how many images to '
+                     'complete; for a class-conditional model without --labels: at least this '
+                     'many, the same number per class)', lower_bound=1)
 flags.DEFINE_integer('batch_size', 16, 'Images drawn at once', lower_bound=1)
 flags.DEFINE_integer('seed', 1, 'Random seed: the same seed gives the same images')
 flags.DEFINE_list('labels', None, 'For a class-conditional model: the labels to draw, cycled '
-                  '(default 0, 1, 2, ... over all labels)')
+                  '(default: every label, one grid row per label)')
 flags.DEFINE_enum('method', 'fast', ['fast', 'naive'], 'fast: cached generation; naive: the '
                   'official loop, one forward pass of the whole network per pixel')
-flags.DEFINE_string('out', None, 'Output prefix (default: samples in the checkpoint\'s folder)')
+flags.DEFINE_float('temperature', 1., 'Mixture logits / T and logistic scales x T: 1 samples the '
+                   'model; below 1 gives sharper, less varied images that are no longer samples '
+                   'of the model', lower_bound=0.)
+flags.DEFINE_string('complete', None, 'Images to complete: an .npz (x, else test_x), a folder of '
+                    'PNG/JPEG files, or tfds:NAME:SPLIT (as score.py reads them); the first '
+                    '--num_samples are used, fitted to the model\'s image size')
+flags.DEFINE_integer('given_rows', None, 'With --complete: how many top rows to keep (default: half '
+                     'the image)', lower_bound=0)
+flags.DEFINE_integer('samples_per_image', 3, 'With --complete: completions of each image',
+                     lower_bound=1)
+flags.DEFINE_string('data_dir', None, 'Where tensorflow-datasets finds a --complete=tfds: set')
+flags.DEFINE_string('out', None, 'Output prefix (default: samples, or completions with '
+                    '--complete, in the checkpoint\'s folder)')
 
 
 def labels_to_draw(num_labels):
-    """The label of every sample (cycling --labels), or None for an unconditional model."""
+    """(the label of every sample, or None for an unconditional model; images per grid row)."""
     if not num_labels:
         if FLAGS.labels:
             raise app.UsageError('--labels is for a class-conditional model; this one has no labels')
-        return None
+        return None, None
+    if not FLAGS.labels:  # a class grid: one row per label
+        per_class = -(-FLAGS.num_samples // num_labels)
+        return np.repeat(np.arange(num_labels), per_class), per_class
     try:
-        cycle = [int(l) for l in FLAGS.labels] if FLAGS.labels else list(range(num_labels))
+        cycle = [int(l) for l in FLAGS.labels]
     except ValueError:
         cycle = [-1]
     if any(not 0 <= l < num_labels for l in cycle):
         raise app.UsageError('--labels must be integers in [0, %d), got %s'
                              % (num_labels, ','.join(FLAGS.labels)))
-    return np.resize(cycle, FLAGS.num_samples)
+    return np.resize(cycle, FLAGS.num_samples), None
+
+
+def images_to_complete(shape):
+    """(--num_samples images of --complete fitted to the model's shape, repeated
+    --samples_per_image times each, the number of rows kept)."""
+    try:
+        images, _ = data.read_images(FLAGS.complete, FLAGS.data_dir)
+        images, done = data.fit_images(images[:FLAGS.num_samples], shape)
+    except ValueError as e:
+        raise app.UsageError('--complete=%s: %s' % (FLAGS.complete, e))
+    if done:
+        print('images to complete: %s' % ', '.join(done))
+    rows = shape[0] // 2 if FLAGS.given_rows is None else FLAGS.given_rows
+    if rows > shape[0]:
+        raise app.UsageError('--given_rows=%d but the images have %d rows' % (rows, shape[0]))
+    return images, rows
+
+
+def completion_grid(originals, completions, rows):
+    """One grid row per image: the original, the kept rows (the rest gray), its completions."""
+    kept = originals.copy()
+    kept[:, rows:] = 128
+    per = len(completions) // len(originals)
+    cells = [np.concatenate([originals[k:k + 1], kept[k:k + 1], completions[k * per:(k + 1) * per]])
+             for k in range(len(originals))]
+    return sampling.tile(np.concatenate(cells), cols=per + 2)
 
 
 def main(argv):
@@ -50,23 +97,49 @@ def main(argv):
     if not FLAGS.checkpoint:
         raise app.UsageError('--checkpoint is required: a save_dir of train.py, a checkpoint, a '
                              '.keras file or an official TF1 checkpoint')
+    if FLAGS.temperature <= 0:
+        raise app.UsageError('--temperature must be > 0, got %g' % FLAGS.temperature)
+    for name in ('given_rows', 'samples_per_image', 'data_dir'):
+        if FLAGS[name].present and not FLAGS.complete:
+            raise app.UsageError('--%s is for --complete' % name)
     keras.utils.set_random_seed(FLAGS.seed)
     model = cli.load_model(FLAGS.checkpoint, use_ema=FLAGS.ema)
-    labels = labels_to_draw(model.num_labels)
     if model.energy_distance and FLAGS.method == 'fast':
         raise app.UsageError('an energy-distance model samples with --method=naive only')
-    out = FLAGS.out or os.path.join(FLAGS.checkpoint if os.path.isdir(FLAGS.checkpoint)
-                                    else os.path.dirname(FLAGS.checkpoint), 'samples')
+    labels, per_row = labels_to_draw(model.num_labels)
+    given, rows = None, 0
+    if FLAGS.complete:
+        originals, rows = images_to_complete(model.image_shape)
+        given = np.repeat(originals, FLAGS.samples_per_image, axis=0)
+        if labels is not None:
+            labels = np.resize(labels, len(given))
+    total = len(given) if given is not None else len(labels) if labels is not None else FLAGS.num_samples
+    folder = FLAGS.checkpoint if os.path.isdir(FLAGS.checkpoint) else os.path.dirname(FLAGS.checkpoint)
+    out = FLAGS.out or os.path.join(folder, 'completions' if FLAGS.complete else 'samples')
     os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
-    print('sampling from the %s weights of %s' % ('EMA' if FLAGS.ema else 'raw', FLAGS.checkpoint))
-    images = []
-    for start in range(0, FLAGS.num_samples, FLAGS.batch_size):
-        n = min(FLAGS.batch_size, FLAGS.num_samples - start)
+    print('%s %d images from the %s weights of %s%s' % (
+        'completing' if FLAGS.complete else 'sampling', total, 'EMA' if FLAGS.ema else 'raw',
+        FLAGS.checkpoint, '' if FLAGS.temperature == 1 else ' at temperature %g' % FLAGS.temperature))
+    H = model.image_shape[0]
+    starts = range(0, total, FLAGS.batch_size)
+    bar = keras.utils.Progbar(len(starts) * H, unit_name='row')
+    images, began = [], time.time()
+    for b, start in enumerate(starts):
+        n = min(FLAGS.batch_size, total - start)
         h = tf.one_hot(labels[start:start + n], model.num_labels) if labels is not None else None
-        images.append(sampling.sample(model, n, h=h, seed=FLAGS.seed + start, method=FLAGS.method))
+        images.append(sampling.sample(
+            model, n, h=h, seed=FLAGS.seed + start, method=FLAGS.method,
+            given=None if given is None else given[start:start + n], given_rows=rows,
+            temperature=FLAGS.temperature, progress=lambda r, b=b: bar.update(b * H + r)))
+    seconds = time.time() - began
     images = np.concatenate(images)
-    sampling.write_samples(images, out)
-    print('wrote %d samples to %s.png and %s.npz' % (len(images), out, out))
+    if FLAGS.complete:
+        sampling.write_png(out + '.png', completion_grid(originals, images, rows))
+        np.savez(out + '.npz', samples=images, given=originals, given_rows=rows)
+    else:
+        sampling.write_png(out + '.png', sampling.tile(images, cols=per_row))
+        np.savez(out + '.npz', samples=images, **({} if labels is None else {'labels': labels}))
+    print('wrote %d images to %s.png and %s.npz (%.2f images/s)' % (len(images), out, out, len(images) / seconds))
 
 
 if __name__ == '__main__':

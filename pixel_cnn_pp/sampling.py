@@ -355,11 +355,14 @@ def sample(model, num, h=None, seed=None, method='fast', image_shape=None, given
     return to_uint8(x).numpy()
 
 
-def tile(images, border=255):
-    """Up to 100 uint8 images on a square grid with 1-pixel borders (official img_tile)."""
-    images = np.asarray(images)[:100]
+def tile(images, border=255, cols=None):
+    """uint8 images on a grid with 1-pixel borders (official img_tile): `cols` per row, or
+    the first 100 on a square grid."""
+    images = np.asarray(images)
+    if cols is None:
+        images = images[:100]
+        cols = int(np.ceil(np.sqrt(len(images))))
     n, H, W, C = images.shape
-    cols = int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
     grid = np.full((rows * (H + 1) + 1, cols * (W + 1) + 1, C), border, np.uint8)
     for k, img in enumerate(images):

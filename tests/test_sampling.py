@@ -161,8 +161,61 @@ def test_sample_py_with_official_checkpoint(tmp_path):
          '--num_samples=3', '--batch_size=2', '--seed=4', '--out=%s' % (tmp_path / 's')],
         env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert 'wrote 3 samples to %s.png' % (tmp_path / 's') in out.stdout
+    assert 'wrote 3 images to %s.png' % (tmp_path / 's') in out.stdout
     images = np.load(tmp_path / 's.npz')['samples']
     model = pixel_cnn_pp.load(ckpt, image_shape=(8, 8))
     expected = np.concatenate([pixel_cnn_pp.sample(model, 2, seed=4), pixel_cnn_pp.sample(model, 1, seed=6)])
     np.testing.assert_array_equal(images, expected)
+
+def run_sample_py(*args):
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, 'sample.py')] + list(args),
+                         env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_sample_py_completes_images(tmp_path):
+    """--complete: the first --given_rows rows of each image kept, --samples_per_image
+    completions each, at --temperature, as pixel_cnn_pp.sample draws them; the grid has one
+    row per image: original, kept rows, completions."""
+    import os
+    from test_official import FIXTURES
+    ckpt = os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt')
+    originals = np.random.default_rng(3).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / 'in.npz', x=originals)
+    out = run_sample_py('--checkpoint=' + ckpt, '--image_size=8', '--complete=%s' % (tmp_path / 'in.npz'),
+                        '--num_samples=2', '--given_rows=3', '--samples_per_image=2', '--temperature=0.8',
+                        '--batch_size=4', '--seed=2', '--out=%s' % (tmp_path / 'c'))
+    assert 'completing 4 images' in out.stdout and 'images/s' in out.stdout
+    saved = np.load(tmp_path / 'c.npz')
+    np.testing.assert_array_equal(saved['given'], originals[:2])
+    model = pixel_cnn_pp.load(ckpt, image_shape=(8, 8))
+    given = np.repeat(originals[:2], 2, axis=0)
+    expected = pixel_cnn_pp.sample(model, 4, seed=2, given=given, given_rows=3, temperature=0.8)
+    np.testing.assert_array_equal(saved['samples'], expected)
+    np.testing.assert_array_equal(saved['samples'][:, :3], given[:, :3])
+    grid = tf.io.decode_png(tf.io.read_file(str(tmp_path / 'c.png'))).numpy()
+    assert grid.shape == (2 * 9 + 1, 4 * 9 + 1, 3)
+    np.testing.assert_array_equal(grid[10:18, 1:9], originals[1])
+    assert (grid[10 + 3:18, 10:18] == 128).all()  # the rows left to complete, gray
+    np.testing.assert_array_equal(grid[10:18, 28:36], expected[3])
+
+
+def test_sample_py_class_grid(tmp_path):
+    """A class-conditional model without --labels: one grid row per class."""
+    import os
+    from test_official import FIXTURES
+    ckpt = os.path.join(FIXTURES, 'official_configs', 'relu_r1_f8_m2_cond4', 'params.ckpt')
+    run_sample_py('--checkpoint=' + ckpt, '--resnet_nonlinearity=relu', '--image_size=8,12',
+                  '--num_samples=7', '--out=%s' % (tmp_path / 's'))
+    saved = np.load(tmp_path / 's.npz')
+    np.testing.assert_array_equal(saved['labels'], [0, 0, 1, 1, 2, 2, 3, 3])
+    grid = tf.io.decode_png(tf.io.read_file(str(tmp_path / 's.png'))).numpy()
+    assert grid.shape == (4 * 9 + 1, 2 * 13 + 1, 3)
+    model = pixel_cnn_pp.load(ckpt, resnet_nonlinearity='relu', image_shape=(8, 12))
+    np.testing.assert_array_equal(
+        saved['samples'], pixel_cnn_pp.sample(model, 8, h=tf.one_hot(saved['labels'], 4), seed=1))

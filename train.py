@@ -319,14 +319,14 @@ def check_data(data, strategy):
 
 
 def open_save_dir(chief):
-    """Creates --save_dir and locks it for this run (the chief's lock stands for the whole
-    cluster); returns (the lock or None, what to remove if the run fails before its first
-    checkpoint)."""
-    created = savedir.Created(FLAGS.save_dir)
+    """Creates --save_dir and locks it for this run (the chief's lock and clean-up stand for
+    the whole cluster); returns (the lock, what to remove if the run fails before its first
+    checkpoint), both None on other workers."""
+    created = savedir.Created(FLAGS.save_dir) if chief else None
     try:
         os.makedirs(FLAGS.save_dir, exist_ok=True)
         if not chief:
-            return None, created
+            return None, None
         lock = savedir.Lock(FLAGS.save_dir)
         lock.acquire()
     except savedir.InUse as e:
@@ -369,7 +369,7 @@ def main(argv):
         if lock is not None:
             lock.release()
             lock = None
-        if not FLAGS.load_params and (run is None or run.saved is None):
+        if created is not None and not FLAGS.load_params and (run is None or run.saved is None):
             created.remove()  # a first run that wrote no checkpoint leaves nothing behind
         raise
     finally:

@@ -1,11 +1,32 @@
 """The PixelCNN++ network (the official pixel_cnn_pp/model.py model_spec)."""
 
+from typing import NamedTuple, Optional
+
 import tensorflow as tf
 import keras
 
 from pixel_cnn_pp import nn
 
 ENERGY_DISTANCE_SAMPLES = 10
+
+
+class Stage(NamedTuple):
+    """One stage of the network's up or down pass, at one level (0: the image's size, 1:
+    half, 2: a quarter). The forward pass and the fast sampler both walk these records
+    (PixelCNNPP.stages), so they cannot disagree on the layers' order or the short-cuts.
+
+    up stages: `resample` is the (u, ul) stride-2 convolutions from the level above (None
+    at level 0, where the input convolutions start the streams); each block's output is
+    appended to the level's list of up-pass maps, whose entry 0 is the stage's input.
+    down stages: `resample` is the (u, ul) transposed convolutions from level + 1 (None
+    for the first, which starts from up-pass map `start` of its level); block b takes
+    up-pass map `shortcuts[b]` of its level as its short-cut (the official code pops them
+    from one list, so in reverse)."""
+    level: int
+    resample: Optional[tuple]
+    blocks: tuple  # ((gated resnet of u, gated resnet of ul), ...)
+    shortcuts: tuple = ()
+    start: Optional[int] = None
 
 
 @nn.serializable
@@ -169,34 +190,59 @@ class PixelCNNPP(keras.Model):
             if x.shape[0] is not None and h.shape[0] is not None and x.shape[0] != h.shape[0]:
                 raise ValueError('h has batch size %d but x has %d' % (h.shape[0], x.shape[0]))
 
+    def stages(self):
+        """(up stages, down stages): the Stage records of the network's order, derived from
+        the official list of up-pass maps and its pops. (Not cached: Keras would track the
+        cached layers a second time.)"""
+        up, pushed = [], []
+        for level in range(3):
+            blocks = tuple(zip(self.up_u[level], self.up_ul[level]))
+            up.append(Stage(level, self.downsample[level - 1] if level else None, blocks))
+            pushed += [(level, k) for k in range(len(blocks) + 1)]
+        first = pushed.pop()
+        down = []
+        for stage in range(3):
+            level = 2 - stage
+            blocks = tuple(zip(self.down_u[stage], self.down_ul[stage]))
+            shortcuts = [pushed.pop() for _ in blocks]
+            assert all(l == level for l, _ in shortcuts)
+            down.append(Stage(level, self.upsample[stage - 1] if stage else None, blocks,
+                              tuple(k for _, k in shortcuts), None if stage else first[1]))
+        assert not pushed
+        return tuple(up), tuple(down)
+
     def call(self, x, h=None, training=False, init=False, seed=None):
         x = tf.cast(x, self.compute_dtype)
         h = None if h is None else tf.cast(h, x.dtype)
         self._check_inputs(x, h)
         kw = dict(h=h, training=training, init=init, seed=seed)
+        up_stages, down_stages = self.stages()
 
-        x_pad = tf.concat([x, tf.ones_like(x[..., :1])], axis=3)  # tells image from padding
-        u_list = [nn.down_shift(self.u_in(x_pad, init=init))]
-        ul_list = [nn.down_shift(self.ul_in_down(x_pad, init=init))
-                   + nn.right_shift(self.ul_in_right(x_pad, init=init))]
-        for stage in range(3):
-            if stage > 0:
-                conv_u, conv_ul = self.downsample[stage - 1]
-                u_list.append(conv_u(u_list[-1], init=init))
-                ul_list.append(conv_ul(ul_list[-1], init=init))
-            for block_u, block_ul in zip(self.up_u[stage], self.up_ul[stage]):
-                u_list.append(block_u(u_list[-1], **kw))
-                ul_list.append(block_ul(ul_list[-1], u_list[-1], **kw))
+        maps = {}  # level -> (u maps, ul maps) of the up pass
+        for st in up_stages:
+            if st.resample is None:
+                x_pad = tf.concat([x, tf.ones_like(x[..., :1])], axis=3)  # tells image from padding
+                u = nn.down_shift(self.u_in(x_pad, init=init))
+                ul = nn.down_shift(self.ul_in_down(x_pad, init=init)) + \
+                    nn.right_shift(self.ul_in_right(x_pad, init=init))
+            else:
+                above_u, above_ul = maps[st.level - 1]
+                u, ul = st.resample[0](above_u[-1], init=init), st.resample[1](above_ul[-1], init=init)
+            us, uls = [u], [ul]
+            for block_u, block_ul in st.blocks:
+                us.append(block_u(us[-1], **kw))
+                uls.append(block_ul(uls[-1], us[-1], **kw))
+            maps[st.level] = (us, uls)
 
-        u, ul = u_list.pop(), ul_list.pop()
-        for stage in range(3):
-            if stage > 0:
-                deconv_u, deconv_ul = self.upsample[stage - 1]
-                u, ul = deconv_u(u, init=init), deconv_ul(ul, init=init)
-            for block_u, block_ul in zip(self.down_u[stage], self.down_ul[stage]):
-                u = block_u(u, u_list.pop(), **kw)
-                ul = block_ul(ul, tf.concat([u, ul_list.pop()], axis=3), **kw)
-        assert not u_list and not ul_list
+        for st in down_stages:
+            us, uls = maps[st.level]
+            if st.resample is None:
+                u, ul = us[st.start], uls[st.start]
+            else:
+                u, ul = st.resample[0](u, init=init), st.resample[1](ul, init=init)
+            for (block_u, block_ul), k in zip(st.blocks, st.shortcuts):
+                u = block_u(u, us[k], **kw)
+                ul = block_ul(ul, tf.concat([u, uls[k]], axis=3), **kw)
 
         # The outputs are float32 under any precision policy, so the loss is float32.
         if not self.energy_distance:
@@ -217,15 +263,10 @@ class PixelCNNPP(keras.Model):
         if not self.built or self.channels is None:
             raise ValueError('the model is not built yet: call it once on a batch first')
         layers = [self.u_in, self.ul_in_down, self.ul_in_right]
-        for stage in range(3):
-            if stage > 0:
-                layers.extend(self.downsample[stage - 1])
-            for pair in zip(self.up_u[stage], self.up_ul[stage]):
-                layers.extend(pair)
-        for stage in range(3):
-            if stage > 0:
-                layers.extend(self.upsample[stage - 1])
-            for pair in zip(self.down_u[stage], self.down_ul[stage]):
+        up, down = self.stages()
+        for st in up + down:
+            layers.extend(st.resample or ())
+            for pair in st.blocks:
                 layers.extend(pair)
         return layers + list(self.head)
 

@@ -128,7 +128,6 @@ class _FastSampler:
         # a weak reference: sampler()'s cache must not keep the model alive
         self._model, self.image_shape = weakref.ref(model), tuple(image_shape)
         H, W, C = image_shape
-        n = model.nr_resnet
         self.caches = []
 
         def cache(level, channels):
@@ -140,18 +139,22 @@ class _FastSampler:
 
         def c1_cache(block, level):
             return cache(level, block.conv2.V.shape[2])
-
         F = model.nr_filters
         self.x_pad = cache(0, C + 1)
         self.ul_in_down = cache(0, F)
-        up_blocks = {'u': model.up_u, 'ul': model.up_ul}
-        down_blocks = {'u': model.down_u, 'ul': model.down_ul}
-        self.up = {s: [[cache(L, F) for _ in range(n + 1)] for L in range(3)] for s in up_blocks}
-        self.up_c1 = {s: [[c1_cache(b, L) for b in up_blocks[s][L]] for L in range(3)] for s in up_blocks}
-        self.down_in = {s: [cache(L, F) for L in range(2)] for s in down_blocks}
-        self.down = {s: [[cache(L, F) for _ in down_blocks[s][2 - L]] for L in range(3)] for s in down_blocks}
-        self.down_c1 = {s: [[c1_cache(b, L) for b in down_blocks[s][2 - L]] for L in range(3)]
-                        for s in down_blocks}
+        up_stages, down_stages = model.stages()
+        streams = (('u', 0), ('ul', 1))
+        # per stream and level, as the forward pass: the up-pass maps (entry 0 the stage's
+        # input), the down-pass blocks' outputs, what the transposed convolutions write
+        self.up = {s: {st.level: [cache(st.level, F) for _ in range(len(st.blocks) + 1)] for st in up_stages}
+                   for s, _ in streams}
+        self.down = {s: {st.level: [cache(st.level, F) for _ in st.blocks] for st in down_stages}
+                     for s, _ in streams}
+        self.down_in = {s: {st.level: cache(st.level, F) for st in down_stages if st.resample}
+                        for s, _ in streams}
+        self.c1 = {(s, up_pass, st.level): [c1_cache(pair[i], st.level) for pair in st.blocks]
+                   for up_pass, stages in ((True, up_stages), (False, down_stages))
+                   for s, i in streams for st in stages}  # each block's f(conv1) map
         signature = _signature(model, image_shape, conditional)
         self.start = tf.function(self._start, input_signature=[tf.TensorSpec([], tf.int32)])
         self.row = tf.function(self._row, input_signature=[tf.TensorSpec([], tf.int32)] + signature)
@@ -183,13 +186,13 @@ class _FastSampler:
         a, b = tf.split(c2, 2, axis=3)
         _write(out_cache, r, c, _center(x_cache, r, c) + a * tf.sigmoid(b))
 
-    def _up(self, s, L, r, c):
-        """The up pass of stream s at level L, position (r, c) (c None: row r)."""
-        m, n = self.model, self.model.nr_resnet
+    def _up(self, s, st, r, c):
+        """Up stage st of stream s at position (r, c) of its level (c None: row r)."""
+        m, i, L = self.model, 0 if s == 'u' else 1, st.level
         up = self.up[s][L]
-        if L > 0:
-            layer = m.downsample[L - 1][0 if s == 'u' else 1]
-            _write(up[0], r, c, self._conv(layer, _window(self.up[s][L - 1][n], r, c, stride=2), c))
+        if st.resample is not None:
+            window = _window(self.up[s][L - 1][-1], r, c, stride=2)
+            _write(up[0], r, c, self._conv(st.resample[i], window, c))
         elif s == 'u':  # down_shift(down_shifted_conv2d(x_pad)): row r is the conv's row r - 1
             out = self._conv(m.u_in, _rows(self.x_pad, tf.maximum(r - 1, 0), 2), None)
             _write(up[0], r, None, out * tf.cast(r > 0, tf.float32))
@@ -198,53 +201,46 @@ class _FastSampler:
         else:  # + right_shift(down_right_shifted_conv2d(x_pad)): column c is the conv's c - 1
             right = self._conv(m.ul_in_right, _rows(self.x_pad, r, 2)[:, :, c:c + 1], c)
             _write(up[0], r, c, _center(self.ul_in_down, r, c) + right * tf.cast(c > 0, tf.float32))
-        blocks = m.up_u[L] if s == 'u' else m.up_ul[L]
-        for k, block in enumerate(blocks, start=1):
+        for k, pair in enumerate(st.blocks, start=1):
             aux = None if s == 'u' else _center(self.up['u'][L][k], r, c)
-            self._block(block, up[k - 1], self.up_c1[s][L][k - 1], up[k], r, c, aux)
+            self._block(pair[i], up[k - 1], self.c1[s, True, L][k - 1], up[k], r, c, aux)
 
-    def _down(self, s, L, r, c):
-        """The down pass of stream s at level L, position (r, c); for L > 0 also the
-        transposed convolution into level L - 1."""
-        m, n = self.model, self.model.nr_resnet
-        stage = 2 - L
-        blocks = (m.down_u if s == 'u' else m.down_ul)[stage]
-        prev = self.up[s][2][n] if L == 2 else self.down_in[s][L]
-        for b, block in enumerate(blocks):
-            k = len(blocks) - 1 - b  # the up-pass maps are consumed in reverse
+    def _down(self, s, st, r, c, into):
+        """Down stage st of stream s at position (r, c) of its level; `into`, the next
+        stage's transposed convolutions, also writes their block of the level below."""
+        i, L = 0 if s == 'u' else 1, st.level
+        prev = self.up[s][L][st.start] if st.resample is None else self.down_in[s][L]
+        for b, (pair, k) in enumerate(zip(st.blocks, st.shortcuts)):
             if s == 'u':
                 aux = _center(self.up['u'][L][k], r, c)
             else:
                 aux = tf.concat([_center(self.down['u'][L][b], r, c), _center(self.up['ul'][L][k], r, c)], 3)
-            self._block(block, prev, self.down_c1[s][L][b], self.down[s][L][b], r, c, aux)
+            self._block(pair[i], prev, self.c1[s, False, L][b], self.down[s][L][b], r, c, aux)
             prev = self.down[s][L][b]
-        if L > 0:
-            layer = m.upsample[stage][0 if s == 'u' else 1]
-            x = _center(prev, r, c)
-            out = layer.apply(x, self.w[layer.name])
+        if into is not None:
+            layer = into.resample[i]
+            out = layer.apply(_center(prev, r, c), self.w[layer.name])
             width = self.image_shape[1] // 2 ** L if c is None else 1
             out = out[:, :2, layer.crop[0]:layer.crop[0] + 2 * width]
-            _write(self.down_in[s][L - 1], 2 * r, None if c is None else 2 * c, out, size=2)
+            _write(self.down_in[s][into.level], 2 * r, None if c is None else 2 * c, out, size=2)
 
     def _levels(self, s, i, j):
-        """The levels stream s updates at image row i (and column j for ul), coarsest last
-        on the way up and first on the way down."""
-        def at(L):
-            return (i // 2 ** L, None if j is None else j // 2 ** L)
-
-        def active(L):
-            return tf.logical_and(i % 2 ** L == 0, True if j is None else j % 2 ** L == 0)
-
-        for L in range(3):
+        """What stream s updates at image row i (and column j for ul), stage by stage in the
+        forward pass's order: a stage at level L runs when i (and j) are multiples of 2^L."""
+        def run(st, fn):
+            L = st.level
+            at = (i // 2 ** L, None if j is None else j // 2 ** L)
             if L == 0:
-                self._up(s, 0, *at(0))
+                fn(*at)
             else:
-                _when(active(L), lambda L=L: self._up(s, L, *at(L)))
-        for L in (2, 1, 0):
-            if L == 0:
-                self._down(s, 0, *at(0))
-            else:
-                _when(active(L), lambda L=L: self._down(s, L, *at(L)))
+                _when(tf.logical_and(i % 2 ** L == 0, True if j is None else j % 2 ** L == 0),
+                      lambda: fn(*at))
+
+        up_stages, down_stages = self.model.stages()
+        for st in up_stages:
+            run(st, lambda r, c, st=st: self._up(s, st, r, c))
+        for st, into in zip(down_stages, down_stages[1:] + (None,)):
+            run(st, lambda r, c, st=st, into=into: self._down(s, st, r, c, into))
 
     def _start(self, batch_size):
         """Empty caches for a batch of this size."""
@@ -260,7 +256,7 @@ class _FastSampler:
         C = self.image_shape[2]
         # the weights and the conditioning are fixed for the whole row: computed once
         self.w = {layer.name: layer.weights_now() for layer in m.weight_norm_layers()}
-        blocks = [b for stage in m.up_u + m.up_ul + m.down_u + m.down_ul for b in stage]
+        blocks = [b for st in sum(m.stages(), ()) for pair in st.blocks for b in pair]
         self.h_terms = {} if h is None else \
             {b.hw_name: tf.matmul(h, b.hw)[:, None, None, :] for b in blocks}
         self._levels('u', i, None)

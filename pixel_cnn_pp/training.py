@@ -38,20 +38,26 @@ class Adam(tf.Module):
         self.m = {k: tf.Variable(tf.zeros(p.shape), trainable=False, name='m') for k, p in params.items()}
         self.v = {k: tf.Variable(tf.zeros(p.shape), trainable=False, name='v') for k, p in params.items()}
 
-    def apply_gradients(self, grads):
+    def apply_gradients(self, grads, apply=True):
         """grads: {name: gradient}, already summed over replicas. Call in cross-replica
-        context (or without a strategy)."""
-        _update(self.step, lambda s: s.assign_add(1))
-        _update(self.lr, lambda lr: lr.assign(lr * self.lr_decay))
-        t = tf.cast(self.step.read_value(), tf.float32)
-        lr = tf.cast(self.lr.read_value(), tf.float32)
-        mom1, mom2 = self.mom1, self.mom2
+        context (or without a strategy). apply (a boolean scalar) False skips the step:
+        every variable keeps its value, even with NaN gradients. The skip is in the
+        coefficients (momentum 1, rate 0), not a branch: a tf.cond around the update costs
+        seconds of tracing per replica."""
+        _update(self.step, lambda s: s.assign_add(tf.cast(apply, tf.int64)))
+        decay = tf.where(apply, tf.constant(self.lr_decay, tf.float64), tf.constant(1., tf.float64))
+        _update(self.lr, lambda lr: lr.assign(lr * decay))
+        on = tf.cast(apply, tf.float32)
+        t = tf.maximum(tf.cast(self.step.read_value(), tf.float32), 1.)
+        lr = tf.cast(self.lr.read_value(), tf.float32) * on
+        mom1, mom2 = tf.where(apply, self.mom1, 1.), tf.where(apply, self.mom2, 1.)
+        rate1, rate2 = (1. - self.mom1) * on, (1. - self.mom2) * on
 
         def update(p, g, m, v):
-            m_t = m.assign(mom1 * m + (1. - mom1) * g)
-            v_t = v.assign(mom2 * v + (1. - mom2) * tf.square(g))
-            m_hat = m_t / (1. - tf.pow(mom1, t))
-            v_hat = v_t / (1. - tf.pow(mom2, t))
+            m_t = m.assign(mom1 * m + tf.math.multiply_no_nan(g, rate1))
+            v_t = v.assign(mom2 * v + tf.math.multiply_no_nan(tf.square(g), rate2))
+            m_hat = m_t / (1. - tf.pow(self.mom1, t))
+            v_hat = v_t / (1. - tf.pow(self.mom2, t))
             return p.assign(p - lr * m_hat / tf.sqrt(v_hat + 1e-8))
 
         for k, p in self.params.items():
@@ -72,9 +78,11 @@ class ExponentialMovingAverage(tf.Module):
         for k, s in self.shadows.items():
             s.assign(self.params[k].read_value())
 
-    def apply(self):
+    def apply(self, apply=True):
+        """After a step; apply False (a skipped step) leaves the shadows as they are."""
+        rate = (1. - self.decay) * tf.cast(apply, tf.float32)
         for k, s in self.shadows.items():
-            _update(s, lambda s, p: s.assign_sub((1. - self.decay) * (s - p)), self.params[k])
+            _update(s, lambda s, p: s.assign_sub(rate * (s - p)), self.params[k])
 
 
 class DynamicLossScale(tf.Module):
@@ -245,16 +253,12 @@ class Trainer:
                                     tf.math.is_finite(total_loss))
 
             def apply(strategy, grads, finite):
-                def step():
-                    self.optimizer.apply_gradients(dict(zip(self.params, grads)))
-                    self.ema.apply()
-                    return tf.constant(True)
-
                 # A step whose loss or gradients are not finite is not applied (on any replica:
                 # the summed values are the same everywhere). Under float16 loss scaling that is
                 # an overflow and halves the scale; otherwise train_step reports divergence.
                 finite = strategy.experimental_local_results(finite)[0]
-                tf.cond(finite, step, lambda: tf.constant(False))
+                self.optimizer.apply_gradients(dict(zip(self.params, grads)), finite)
+                self.ema.apply(finite)
                 if self.scale_loss:
                     self.loss_scale.update(finite)
                 _update(self.epoch_step, lambda s: s.assign_add(1))

@@ -6,6 +6,9 @@ import keras  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+# Grappler's graph rewrites cost seconds per traced step and buy nothing on tests' tiny models.
+tf.config.optimizer.set_experimental_options({'disable_meta_optimizer': True})
+
 # Two logical CPU devices, so tests can run MirroredStrategy with two replicas.
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices('CPU')[0], [tf.config.LogicalDeviceConfiguration()] * 2)

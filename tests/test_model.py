@@ -182,3 +182,17 @@ def test_errors_after_build():
 def test_bad_config_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PixelCNNPP(**kwargs)
+
+
+def test_stages_are_the_official_order():
+    """Up: levels 0, 1, 2 of nr_resnet blocks, stride-2 convs into 1 and 2; down: levels 2,
+    1, 0 of nr_resnet, nr_resnet + 1, nr_resnet + 1 blocks, transposed convs into 1 and 0,
+    short-cuts popped from the end of the up pass's list."""
+    model = PixelCNNPP(nr_resnet=2, nr_filters=8, nr_logistic_mix=2)
+    up, down = model.stages()
+    assert [(st.level, len(st.blocks)) for st in up] == [(0, 2), (1, 2), (2, 2)]
+    assert [st.resample for st in up] == [None, model.downsample[0], model.downsample[1]]
+    assert [(st.level, len(st.blocks), st.shortcuts, st.start) for st in down] == [
+        (2, 2, (1, 0), 2), (1, 3, (2, 1, 0), None), (0, 3, (2, 1, 0), None)]
+    assert [st.resample for st in down] == [None, model.upsample[0], model.upsample[1]]
+    assert down[0].blocks[0] == (model.down_u[0][0], model.down_ul[0][0])

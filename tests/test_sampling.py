@@ -147,26 +147,6 @@ def test_tile_and_write(tmp_path):
     np.testing.assert_array_equal(tf.io.decode_png(tf.io.read_file(str(tmp_path / 's.png'))), grid)
 
 
-def test_sample_py_with_official_checkpoint(tmp_path):
-    """sample.py on an official checkpoint, no model flags (the config comes from the
-    checkpoint's shapes), draws what pixel_cnn_pp.sample draws."""
-    import os
-    import subprocess
-    import sys
-    from test_official import FIXTURES
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    ckpt = os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt')
-    out = subprocess.run(
-        [sys.executable, os.path.join(root, 'sample.py'), '--checkpoint=' + ckpt, '--image_size=8',
-         '--num_samples=3', '--batch_size=2', '--seed=4', '--out=%s' % (tmp_path / 's')],
-        env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert 'wrote 3 images to %s.png' % (tmp_path / 's') in out.stdout
-    images = np.load(tmp_path / 's.npz')['samples']
-    model = pixel_cnn_pp.load(ckpt, image_shape=(8, 8))
-    expected = np.concatenate([pixel_cnn_pp.sample(model, 2, seed=4), pixel_cnn_pp.sample(model, 1, seed=6)])
-    np.testing.assert_array_equal(images, expected)
-
 def run_sample_py(*args):
     import os
     import subprocess
@@ -179,9 +159,10 @@ def run_sample_py(*args):
 
 
 def test_sample_py_completes_images(tmp_path):
-    """--complete: the first --given_rows rows of each image kept, --samples_per_image
-    completions each, at --temperature, as pixel_cnn_pp.sample draws them; the grid has one
-    row per image: original, kept rows, completions."""
+    """--complete on an official checkpoint (no model flags: its config comes from its
+    shapes): the first --given_rows rows of each image kept, --samples_per_image completions
+    each, at --temperature, batch by batch as pixel_cnn_pp.sample draws them; the grid has
+    one row per image: original, kept rows, completions."""
     import os
     from test_official import FIXTURES
     ckpt = os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt')
@@ -189,13 +170,15 @@ def test_sample_py_completes_images(tmp_path):
     np.savez(tmp_path / 'in.npz', x=originals)
     out = run_sample_py('--checkpoint=' + ckpt, '--image_size=8', '--complete=%s' % (tmp_path / 'in.npz'),
                         '--num_samples=2', '--given_rows=3', '--samples_per_image=2', '--temperature=0.8',
-                        '--batch_size=4', '--seed=2', '--out=%s' % (tmp_path / 'c'))
+                        '--batch_size=3', '--seed=2', '--out=%s' % (tmp_path / 'c'))
     assert 'completing 4 images' in out.stdout and 'images/s' in out.stdout
     saved = np.load(tmp_path / 'c.npz')
     np.testing.assert_array_equal(saved['given'], originals[:2])
     model = pixel_cnn_pp.load(ckpt, image_shape=(8, 8))
     given = np.repeat(originals[:2], 2, axis=0)
-    expected = pixel_cnn_pp.sample(model, 4, seed=2, given=given, given_rows=3, temperature=0.8)
+    kw = dict(given_rows=3, temperature=0.8)  # batches of 3 and 1, seeds --seed + first index
+    expected = np.concatenate([pixel_cnn_pp.sample(model, 3, seed=2, given=given[:3], **kw),
+                               pixel_cnn_pp.sample(model, 1, seed=5, given=given[3:], **kw)])
     np.testing.assert_array_equal(saved['samples'], expected)
     np.testing.assert_array_equal(saved['samples'][:, :3], given[:, :3])
     grid = tf.io.decode_png(tf.io.read_file(str(tmp_path / 'c.png'))).numpy()
@@ -219,3 +202,25 @@ def test_sample_py_class_grid(tmp_path):
     model = pixel_cnn_pp.load(ckpt, resnet_nonlinearity='relu', image_shape=(8, 12))
     np.testing.assert_array_equal(
         saved['samples'], pixel_cnn_pp.sample(model, 8, h=tf.one_hot(saved['labels'], 4), seed=1))
+
+
+class ShortcutsReversed(PixelCNNPP):
+    """Another wiring: each down stage takes its level's up-pass maps in the other order."""
+
+    def stages(self):
+        up, down = super().stages()
+        return up, tuple(st._replace(shortcuts=st.shortcuts[::-1]) for st in down)
+
+
+def test_the_sampler_follows_the_models_stages():
+    """Model and fast sampler walk the same Stage records: rewire the model's short-cuts and
+    the sampler follows (a sampler with its own copy of the layer order would not)."""
+    model, _ = initialised(3, False)
+    rewired = ShortcutsReversed(nr_resnet=1, nr_filters=8, nr_logistic_mix=3)
+    rewired.build((None, 8, 8, 3))
+    for name, var in rewired.official_variables().items():
+        var.assign(model.official_variables()[name])
+    x = np.random.default_rng(2).uniform(-1, 1, (2, 8, 8, 3)).astype(np.float32)
+    assert np.abs(rewired(x) - model(x)).max() > 1e-3  # a different network
+    naive = pixel_cnn_pp.sample(rewired, 2, seed=3, method='naive', image_shape=(8, 8, 3))
+    np.testing.assert_array_equal(pixel_cnn_pp.sample(rewired, 2, seed=3, image_shape=(8, 8, 3)), naive)

@@ -222,6 +222,7 @@ def all_checkpoints_finite(save_dir):
                 assert np.isfinite(value).all(), (prefix, k)
 
 
+@pytest.mark.slow
 def test_diverging_run_exits_non_zero_and_checkpoints_stay_finite(tmp_path):
     data = write_npz(tmp_path / 'data.npz', n_train=48)
     save = tmp_path / 'save'
@@ -324,6 +325,7 @@ def test_one_run_per_save_dir(tmp_path, capsys):
         run_train(args + ['--load_params', '--max_epochs=2'])
 
 
+@pytest.mark.slow
 def test_unreadable_checkpoints_are_skipped(tmp_path, capsys):
     """The newest readable checkpoint serves eval and resume; a lost state file does not make
     a run start afresh over its checkpoints."""
@@ -359,6 +361,7 @@ def free_ports(n):
     return ports
 
 
+@pytest.mark.slow
 def test_two_workers_train_to_equal_weights(tmp_path):
     data = write_npz(tmp_path / 'data.npz')
     cluster = {'worker': ['localhost:%d' % p for p in free_ports(2)]}
@@ -375,6 +378,7 @@ def test_two_workers_train_to_equal_weights(tmp_path):
         np.testing.assert_array_equal(chief[k], other[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_sigkills_at_random_moments_then_exact_resume(tmp_path):
     """Killed (SIGKILL) at random moments mid-run and resumed each time, a run with dropout
     ends with the weights, optimizer state and test bits/dim history of an uninterrupted one,
@@ -416,6 +420,7 @@ def test_sigkills_at_random_moments_then_exact_resume(tmp_path):
     assert not [f for f in os.listdir(save) if 'tmp' in f or f.endswith('_temp') or f == 'lock']
 
 
+@pytest.mark.slow
 def test_background_model_flags_are_recorded_and_kept_on_resume(tmp_path):
     """--mutation_rate and --l2_weight go into config.json; a resume without them (and
     without model flags) keeps them; a resume that contradicts them is refused."""

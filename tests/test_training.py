@@ -206,14 +206,14 @@ def test_nonfinite_batch_is_reported():
     assert trainer.optimizer.step.numpy() == 0
 
 
-def test_divergence_stops_at_its_step_and_applies_nothing(two_replicas):
+def test_divergence_stops_at_its_step_and_applies_nothing(one_replica):
     """A step whose loss and gradients are not finite raises at that step (not the next),
     with the step and learning rate, and leaves weights, EMA, Adam moments and the step
     counter untouched."""
     data = tiny_data()
-    trainer = Trainer(two_replicas, TINY, (8, 8, 3), learning_rate=0.01, lr_decay=0.5)
+    trainer = Trainer(one_replica, TINY, (8, 8, 3), learning_rate=0.01, lr_decay=0.5)
     trainer.initialize(data_lib.scale(data.train_x[:8]))
-    batch = first_batch(two_replicas, data, 4)
+    batch = first_batch(one_replica, data, 4)
     trainer.train_step(batch)
     state = lambda: [v.numpy() for g in (trainer.params, trainer.shadows, trainer.optimizer.m,  # noqa: E731
                                          trainer.optimizer.v) for v in g.values()]

@@ -50,7 +50,8 @@ class Lock:
         owner = self._read(self.fd)
         if owner:
             if owner.get('host') != socket.gethostname():
-                self.release()
+                os.close(self.fd)  # the other host's lock file stays
+                self.fd = None
                 raise InUse('--save_dir=%s holds the lock file of a run on host %s (%s); if that run '
                             'has ended, delete %s' % (os.path.dirname(self.path), owner.get('host'),
                                                       self._describe(owner), self.path))

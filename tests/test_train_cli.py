@@ -323,6 +323,7 @@ def test_one_run_per_save_dir(tmp_path, capsys):
         json.dump(dict(pid=1, host='elsewhere', started='earlier'), f)
     with pytest.raises(Exception, match='holds the lock file of a run on host elsewhere'):
         run_train(args + ['--load_params', '--max_epochs=2'])
+    assert json.load(open(save / 'lock'))['host'] == 'elsewhere'  # refused, and left in place
 
 
 @pytest.mark.slow

@@ -203,17 +203,29 @@ def epoch_order(num_images, seed, epoch):
 
 
 def _pipeline(x, y, index_batches, input_context, per_replica_batch):
-    """Per-replica batches (x, y, weight) for this worker from global batches of indices.
-    Worker w takes its replicas' slices of every global batch."""
+    """Per-replica batches (x, y, weight) for this worker from global batches of indices
+    (index -1: a weight-0 filler). Worker w takes its replicas' slices of every global batch.
+    Each batch is gathered from the one array x (in memory or memory-mapped): the data set is
+    never copied into the tf.data graph, whatever its size."""
     local = input_context.num_replicas_in_sync // input_context.num_input_pipelines
     start = input_context.input_pipeline_id * local * per_replica_batch
-    x = tf.constant(x)
-    y = tf.constant(np.zeros(len(x), np.int32) if y is None else y)
-    ds = tf.data.Dataset.from_tensor_slices(index_batches)
-    ds = ds.map(lambda idx: idx[start:start + local * per_replica_batch]).unbatch()
-    ds = ds.map(lambda i: (scale(tf.gather(x, tf.maximum(i, 0))), tf.gather(y, tf.maximum(i, 0)),
-                           tf.cast(i >= 0, tf.float32)))
-    return ds.batch(per_replica_batch).prefetch(tf.data.AUTOTUNE)
+    mine = index_batches[:, start:start + local * per_replica_batch].reshape(-1, per_replica_batch)
+
+    def gather(idx):
+        i = np.maximum(idx, 0)
+        return (x[i], np.zeros(len(i), np.int32) if y is None else y[i].astype(np.int32),
+                (idx >= 0).astype(np.float32))
+
+    def load(idx):
+        images, labels, weight = tf.numpy_function(gather, [idx], [tf.uint8, tf.int32, tf.float32],
+                                                   stateful=False)
+        images.set_shape((per_replica_batch,) + x.shape[1:])
+        labels.set_shape((per_replica_batch,))
+        weight.set_shape((per_replica_batch,))
+        return scale(images), labels, weight
+
+    ds = tf.data.Dataset.from_tensor_slices(mine).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def train_batches(strategy, data, per_replica_batch, seed, epoch, skip=0, max_steps=None):

@@ -6,13 +6,10 @@ Weight-normalised layers are Keras layers whose variables carry the official nam
 them one to one. Calling a layer with `init=True` runs the official data-dependent
 initialisation on that batch.
 """
-
 import numpy as np
 import tensorflow as tf
 import keras
-
 INIT_EPS = 1e-10  # the official variance epsilon of the data-dependent init
-
 # Every layer is registered, so `keras.models.load_model` finds it after `import pixel_cnn_pp`.
 serializable = keras.saving.register_keras_serializable(package='pixel_cnn_pp')
 
@@ -24,7 +21,6 @@ def int_shape(x):
 def concat_elu(x):
     """ELU of [x, -x] along the channels (official concat_elu)."""
     return tf.nn.elu(tf.concat([x, -x], axis=-1))
-
 
 NONLINEARITIES = {'concat_elu': concat_elu, 'elu': tf.nn.elu, 'relu': tf.nn.relu}
 
@@ -169,6 +165,13 @@ def energy_distance(x, x_sample):
     return 2. * l1 - l2
 
 
+def next_name(layer_name, counters):
+    """The official get_name: layer_name + '_' + a per-type counter."""
+    n = counters.get(layer_name, 0)
+    counters[layer_name] = n + 1
+    return '%s_%d' % (layer_name, n)
+
+
 def _cast(tensors, dtype):
     return [tf.cast(t, dtype) for t in tensors]
 
@@ -215,6 +218,26 @@ class _WeightNorm(keras.layers.Layer):
             self.b.assign(self.b - m * scale)
             out = self.apply_weights(x)
         return out
+
+
+@serializable
+class Dense(_WeightNorm):
+    """Weight-normalised fully connected layer (official dense) over the last axis of
+    an input of any rank; on a 4-D input it is the official nin (1x1 convolution)."""
+
+    def get_config(self):
+        return dict(super().get_config(), num_units=self.num_units)
+
+    def build(self, input_shape):
+        self._add_variables((input_shape[-1], self.num_units))
+
+    def weights_now(self):
+        return self.V, self.g / tf.sqrt(tf.reduce_sum(tf.square(self.V), axis=0)), self.b
+
+    def apply(self, x, weights):
+        V, scaler, b = _cast(weights, x.dtype)
+        out = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), V) * scaler + b
+        return tf.reshape(out, tf.concat([tf.shape(x)[:-1], [self.num_units]], 0))
 
 
 @serializable
@@ -283,97 +306,7 @@ class Deconv2d(_WeightNorm):
                                      (1,) + self.stride + (1,), padding=self.pad)
         return tf.nn.bias_add(out, b)
 
-
-@serializable
-class Dense(_WeightNorm):
-    """Weight-normalised fully connected layer (official dense) over the last axis of
-    an input of any rank; on a 4-D input it is the official nin (1x1 convolution)."""
-
-    def get_config(self):
-        return dict(super().get_config(), num_units=self.num_units)
-
-    def build(self, input_shape):
-        self._add_variables((input_shape[-1], self.num_units))
-
-    def weights_now(self):
-        return self.V, self.g / tf.sqrt(tf.reduce_sum(tf.square(self.V), axis=0)), self.b
-
-    def apply(self, x, weights):
-        V, scaler, b = _cast(weights, x.dtype)
-        out = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), V) * scaler + b
-        return tf.reshape(out, tf.concat([tf.shape(x)[:-1], [self.num_units]], 0))
-
-
 nin = Dense
-
-
-def _crop(x, top, left, height, width):
-    """x[:, top:top + height, left:left + width] as tf.slice, whose gradient (a pad) is
-    much cheaper on CPU than a strided slice's."""
-    out = tf.slice(x, tf.stack([0, top, left, 0]), tf.stack([-1, height, width, -1]))
-    out.set_shape([x.shape[0], None, None, x.shape[3]])
-    return out
-
-
-def down_shift(x):
-    """Shifts x one row down, filling the top row with zeros."""
-    s = tf.shape(x)
-    return tf.pad(_crop(x, 0, 0, s[1] - 1, s[2]), [[0, 0], [1, 0], [0, 0], [0, 0]])
-
-
-def right_shift(x):
-    """Shifts x one column right, filling the left column with zeros."""
-    s = tf.shape(x)
-    return tf.pad(_crop(x, 0, 0, s[1], s[2] - 1), [[0, 0], [0, 0], [1, 0], [0, 0]])
-
-
-def down_shifted_conv2d(num_filters, filter_size=(2, 3), stride=(1, 1), **kwargs):
-    """Convolution that sees only rows above (and the current row), centred horizontally
-    (official down_shifted_conv2d: top padding filter_h - 1, symmetric left/right)."""
-    side = (filter_size[1] - 1) // 2
-    return Conv2d(num_filters, filter_size, stride,
-                  pad=((filter_size[0] - 1, 0), (side, side)), **kwargs)
-
-
-def down_right_shifted_conv2d(num_filters, filter_size=(2, 2), stride=(1, 1), **kwargs):
-    """Convolution that sees only pixels above and to the left
-    (official down_right_shifted_conv2d)."""
-    return Conv2d(num_filters, filter_size, stride,
-                  pad=((filter_size[0] - 1, 0), (filter_size[1] - 1, 0)), **kwargs)
-
-
-@serializable
-class CroppedDeconv2d(Deconv2d):
-    """A VALID transposed convolution cropped back to stride x input size."""
-
-    def __init__(self, num_filters, filter_size, stride, crop_left, crop_right, **kwargs):
-        kwargs.pop('pad', None)  # always VALID; get_config of Deconv2d records it
-        super().__init__(num_filters, filter_size, stride, pad='VALID', **kwargs)
-        self.crop = (crop_left, crop_right)
-
-    def get_config(self):
-        return dict(super().get_config(), crop_left=self.crop[0], crop_right=self.crop[1])
-
-    def call(self, x, init=False):
-        out = super().call(x, init)
-        h = tf.shape(x)[1] * self.stride[0]
-        w = tf.shape(x)[2] * self.stride[1]
-        return _crop(out, 0, self.crop[0], h, w)
-
-
-def down_shifted_deconv2d(num_filters, filter_size=(2, 3), stride=(1, 1), **kwargs):
-    """Official down_shifted_deconv2d: keep the top rows, crop the sides evenly."""
-    return CroppedDeconv2d(num_filters, filter_size, stride,
-                            (filter_size[1] - 1) // 2, (filter_size[1] - 1) // 2, **kwargs)
-
-
-def down_right_shifted_deconv2d(num_filters, filter_size=(2, 2), stride=(1, 1), **kwargs):
-    """Official down_right_shifted_deconv2d: keep the top-left corner."""
-    return CroppedDeconv2d(num_filters, filter_size, stride, 0, filter_size[1] - 1, **kwargs)
-
-
-SHIFTED_CONVS = {'down_shifted_conv2d': down_shifted_conv2d,
-                 'down_right_shifted_conv2d': down_right_shifted_conv2d}
 
 
 @serializable
@@ -440,8 +373,70 @@ class GatedResnet(keras.layers.Layer):
         return x + a * tf.sigmoid(b)
 
 
-def next_name(layer_name, counters):
-    """The official get_name: layer_name + '_' + a per-type counter."""
-    n = counters.get(layer_name, 0)
-    counters[layer_name] = n + 1
-    return '%s_%d' % (layer_name, n)
+def _crop(x, top, left, height, width):
+    """x[:, top:top + height, left:left + width] as tf.slice, whose gradient (a pad) is
+    much cheaper on CPU than a strided slice's."""
+    out = tf.slice(x, tf.stack([0, top, left, 0]), tf.stack([-1, height, width, -1]))
+    out.set_shape([x.shape[0], None, None, x.shape[3]])
+    return out
+
+
+def down_shift(x):
+    """Shifts x one row down, filling the top row with zeros."""
+    s = tf.shape(x)
+    return tf.pad(_crop(x, 0, 0, s[1] - 1, s[2]), [[0, 0], [1, 0], [0, 0], [0, 0]])
+
+
+def right_shift(x):
+    """Shifts x one column right, filling the left column with zeros."""
+    s = tf.shape(x)
+    return tf.pad(_crop(x, 0, 0, s[1], s[2] - 1), [[0, 0], [0, 0], [1, 0], [0, 0]])
+
+
+def down_shifted_conv2d(num_filters, filter_size=(2, 3), stride=(1, 1), **kwargs):
+    """Convolution that sees only rows above (and the current row), centred horizontally
+    (official down_shifted_conv2d: top padding filter_h - 1, symmetric left/right)."""
+    side = (filter_size[1] - 1) // 2
+    return Conv2d(num_filters, filter_size, stride,
+                  pad=((filter_size[0] - 1, 0), (side, side)), **kwargs)
+
+
+@serializable
+class CroppedDeconv2d(Deconv2d):
+    """A VALID transposed convolution cropped back to stride x input size."""
+
+    def __init__(self, num_filters, filter_size, stride, crop_left, crop_right, **kwargs):
+        kwargs.pop('pad', None)  # always VALID; get_config of Deconv2d records it
+        super().__init__(num_filters, filter_size, stride, pad='VALID', **kwargs)
+        self.crop = (crop_left, crop_right)
+
+    def get_config(self):
+        return dict(super().get_config(), crop_left=self.crop[0], crop_right=self.crop[1])
+
+    def call(self, x, init=False):
+        out = super().call(x, init)
+        h = tf.shape(x)[1] * self.stride[0]
+        w = tf.shape(x)[2] * self.stride[1]
+        return _crop(out, 0, self.crop[0], h, w)
+
+
+def down_shifted_deconv2d(num_filters, filter_size=(2, 3), stride=(1, 1), **kwargs):
+    """Official down_shifted_deconv2d: keep the top rows, crop the sides evenly."""
+    return CroppedDeconv2d(num_filters, filter_size, stride,
+                            (filter_size[1] - 1) // 2, (filter_size[1] - 1) // 2, **kwargs)
+
+
+def down_right_shifted_conv2d(num_filters, filter_size=(2, 2), stride=(1, 1), **kwargs):
+    """Convolution that sees only pixels above and to the left
+    (official down_right_shifted_conv2d)."""
+    return Conv2d(num_filters, filter_size, stride,
+                  pad=((filter_size[0] - 1, 0), (filter_size[1] - 1, 0)), **kwargs)
+
+
+def down_right_shifted_deconv2d(num_filters, filter_size=(2, 2), stride=(1, 1), **kwargs):
+    """Official down_right_shifted_deconv2d: keep the top-left corner."""
+    return CroppedDeconv2d(num_filters, filter_size, stride, 0, filter_size[1] - 1, **kwargs)
+
+
+SHIFTED_CONVS = {'down_shifted_conv2d': down_shifted_conv2d,
+                 'down_right_shifted_conv2d': down_right_shifted_conv2d}

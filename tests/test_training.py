@@ -10,7 +10,8 @@ import tensorflow as tf
 from pixel_cnn_pp import data as data_lib
 from pixel_cnn_pp.nn import discretized_mix_logistic_loss
 from pixel_cnn_pp.model import PixelCNNPP
-from pixel_cnn_pp.training import Adam, ExponentialMovingAverage, Trainer
+from pixel_cnn_pp.training import Trainer
+from pixel_cnn_pp.updates import Adam, ExponentialMovingAverage
 from test_official import CONFIG, FIXTURES
 
 TINY = dict(nr_resnet=1, nr_filters=8, nr_logistic_mix=2, dropout_p=0.)

@@ -35,7 +35,6 @@ flags.DEFINE_boolean('load_params', False, 'Restore training from the latest che
 # model
 cli.define_model_flags()
 flags.DEFINE_boolean('class_conditional', False, 'Condition generative model on labels?')
-flags.adopt_module_key_flags(cli)
 # optimization
 flags.DEFINE_float('learning_rate', 0.001, 'Base learning rate', lower_bound=0.)
 flags.DEFINE_float('lr_decay', 0.999995, 'Learning rate decay, applied every step of the optimization',
@@ -58,9 +57,7 @@ flags.DEFINE_integer('seed', 1, 'Random seed to use')
 # beyond the official flags
 flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'train, or print the test bits/dim of the '
                   'EMA weights of --checkpoint (default: the latest in --save_dir)')
-flags.DEFINE_string('checkpoint', None, 'With --mode=eval: what to evaluate, as pixel_cnn_pp.load '
-                    'takes it: a save_dir, one checkpoint (save/ckpt-12), a .keras file, or an '
-                    'official TF1 checkpoint (params_cifar.ckpt); model flags given override it')
+cli.define_checkpoint_flag('With --mode=eval, what to evaluate (model flags given override it): ')
 flags.DEFINE_boolean('xla', False, 'Compile the forward and backward pass with XLA')
 flags.DEFINE_enum('precision', 'float32', list(training.PRECISIONS),
                   'Compute dtype of training (for GPUs): mixed_bfloat16, or mixed_float16 with '
@@ -77,6 +74,7 @@ flags.DEFINE_integer('max_steps_per_epoch', None, 'Cap on training steps per epo
 flags.DEFINE_integer('save_steps', 0, 'Also checkpoint every N steps within an epoch (0: only at '
                      'the end of every --save_interval epochs, as the official code)', lower_bound=0)
 flags.DEFINE_boolean('progress', True, 'Show a progress bar with images/s and ETA')
+flags.adopt_module_key_flags(cli)
 
 
 def check_flags():

@@ -4,13 +4,16 @@ CPU; compare with what your GPUs train at).
 
     python benchmarks/input_pipeline.py                       # CIFAR-10 size, one replica
     python benchmarks/input_pipeline.py --replicas=8          # 8 logical CPU replicas
+    python benchmarks/input_pipeline.py --num_images=1281149  # ImageNet 32x32's size
 
 Prints JSON: images/s over --steps global batches after the first 20, which include
-building the pipeline (reported apart as first_batches_seconds).
+building the pipeline (reported apart as first_batches_seconds); the data's size and the
+process's peak memory above what it held before the data existed, and their ratio.
 """
 
 import json
 import os
+import resource
 import sys
 import time
 
@@ -30,6 +33,10 @@ FLAGS = flags.FLAGS
 FIRST = 20
 
 
+def peak_rss_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+
+
 def main(argv):
     del argv
     cpu = tf.config.list_physical_devices('CPU')[0]
@@ -44,6 +51,12 @@ def main(argv):
         raise app.UsageError('--num_images=%d makes %d batches of %d; the benchmark needs '
                              '--steps + %d = %d' % (n, n // global_batch, global_batch, FIRST,
                                                     FLAGS.steps + FIRST))
+    # TensorFlow's own memory first, so what follows is the data's and the pipeline's
+    for _ in data_lib.train_batches(strategy, data_lib.Data(np.zeros((global_batch, s, s, 3), np.uint8), None,
+                                                            np.zeros((1, s, s, 3), np.uint8), None, 0),
+                                    FLAGS.batch_size, seed=1, epoch=0):
+        pass
+    before = peak_rss_bytes()
     rng = np.random.default_rng(0)
     data = data_lib.Data(rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8),
                          rng.integers(0, 10, n).astype(np.int32),
@@ -55,7 +68,11 @@ def main(argv):
         if k == FIRST:
             first = time.perf_counter()
     done = time.perf_counter()
-    print(json.dumps(dict(replicas=FLAGS.replicas, global_batch=global_batch,
+    data_bytes = data.train_x.nbytes + data.train_y.nbytes
+    peak = peak_rss_bytes() - before
+    print(json.dumps(dict(replicas=FLAGS.replicas, global_batch=global_batch, num_images=n,
+                          data_gb=round(data_bytes / 1e9, 3), peak_memory_above_start_gb=round(peak / 1e9, 3),
+                          peak_over_data=round(peak / data_bytes, 3),
                           first_batches_seconds=round(first - start, 2),
                           images_per_second=round((k - FIRST) * global_batch / (done - first))),
                      indent=1))

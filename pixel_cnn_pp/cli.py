@@ -46,12 +46,17 @@ def given_model_flags():
     return {k: FLAGS[k].value for k in checkpoints.MODEL_KEYS if FLAGS[k].present}
 
 
+def define_checkpoint_flag(what):
+    """--checkpoint: anything pixel_cnn_pp.load reads."""
+    flags.DEFINE_string('checkpoint', None, what + 'a --save_dir of train.py (its latest '
+                        'checkpoint), one checkpoint (save/ckpt-12), a .keras file, or an official '
+                        'TF1 checkpoint (params_cifar.ckpt)')
+
+
 def define_load_flags():
     """--checkpoint, --noema, and the model flags as overrides of what the checkpoint
     says (default: the checkpoint's own, or config.json's)."""
-    flags.DEFINE_string('checkpoint', None, 'The trained model: a --save_dir of train.py (its '
-                        'latest checkpoint), one checkpoint (save/ckpt-12), a .keras file, or an '
-                        'official TF1 checkpoint (params_cifar.ckpt)')
+    define_checkpoint_flag('The trained model: ')
     flags.DEFINE_boolean('ema', True, 'Use the Polyak-averaged (EMA) weights; --noema: the raw ones')
     _define_model_flags((None,) * 5, ' (default: from the checkpoint)')
     flags.DEFINE_list('image_size', None, 'Training image size H,W (or one number for square '

@@ -1,4 +1,5 @@
-"""Layers and distribution functions of PixelCNN++ (the official pixel_cnn_pp/nn.py).
+"""Layers and distribution functions of PixelCNN++ (the official pixel_cnn_pp/nn.py, in its
+order; its adam_updates is updates.Adam, and get_var_maybe_avg is the averaged model).
 
 Weight-normalised layers are Keras layers whose variables carry the official names
 (`V`, `g`, `b`, `hw`) and whose layer names are the official scopes (`conv2d_3`,

@@ -71,3 +71,31 @@ def test_constant_images_get_a_warning(capsys):
     noise = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
     data_lib.check(data_lib.Data(noise, None, noise, None, 0), 'npz', False)
     assert capsys.readouterr().out == ''
+
+
+def test_batches_are_gathered_from_the_one_array(tmp_path):
+    """Batches are the data set's images in epoch_order, served from a memory-mapped file as
+    from memory; the tf.data graph holds indices only, not a copy of the images (a copy would
+    double the memory of ImageNet-size data and cannot be serialised past 2 GB)."""
+    import tensorflow as tf
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
+    np.save(tmp_path / 'x.npy', x)
+    mapped = np.load(tmp_path / 'x.npy', mmap_mode='r')
+    y = rng.integers(0, 10, 64).astype(np.int32)
+    strategy = tf.distribute.get_strategy()
+    data = data_lib.Data(mapped, y, mapped[:5], y[:5], 10)
+    order = data_lib.epoch_order(64, 9, 1)
+    batches = list(data_lib.train_batches(strategy, data, 16, seed=9, epoch=1))
+    assert len(batches) == 4
+    for k, (images, labels, weight) in enumerate(batches):
+        idx = order[16 * k:16 * (k + 1)]
+        np.testing.assert_array_equal(images.numpy(), data_lib.scale(x[idx]).numpy())
+        np.testing.assert_array_equal(labels.numpy(), y[idx])
+        np.testing.assert_array_equal(weight.numpy(), np.ones(16))
+    test = list(data_lib.test_batches(strategy, data, 4))
+    assert [b[2].numpy().tolist() for b in test] == [[1.] * 4, [1., 0., 0., 0.]]
+    big = rng.integers(0, 256, (4000, 16, 16, 3), dtype=np.uint8)
+    ds = data_lib._pipeline(big, None, np.arange(4000).reshape(-1, 16), tf.distribute.InputContext(), 16)
+    graph = ds._as_serialized_graph(external_state_policy=tf.data.experimental.ExternalStatePolicy.IGNORE)
+    assert len(graph.numpy()) < big.nbytes / 20

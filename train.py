@@ -40,6 +40,11 @@ flags.DEFINE_float('learning_rate', 0.001, 'Base learning rate', lower_bound=0.)
 flags.DEFINE_float('lr_decay', 0.999995, 'Learning rate decay, applied every step of the optimization',
                    lower_bound=0., upper_bound=1.)
 flags.DEFINE_integer('batch_size', 16, 'Batch size during training per GPU (replica)', lower_bound=1)
+flags.DEFINE_integer('accum_steps', 1, 'Micro-batches of --batch_size per replica whose gradients '
+                     'each update sums: an update sees replicas x accum_steps x batch_size images '
+                     '(the paper\'s 128 on one GPU: --batch_size=16 --accum_steps=8)', lower_bound=1)
+flags.DEFINE_boolean('recompute', False, 'Recompute the gated ResNet blocks\' activations in the '
+                     'backward pass instead of keeping them: about half the memory, same numbers')
 flags.DEFINE_integer('init_batch_size', 16, 'How much data to use for data-dependent initialization.',
                      lower_bound=1)
 flags.DEFINE_float('dropout_p', 0.5, 'Dropout strength (1 - keep_prob). 0 = no dropout.',
@@ -143,11 +148,13 @@ def load_data(class_conditional):
         raise app.UsageError(str(e))
 
 
-RUN_FLAGS = ('mutation_rate', 'l2_weight')  # recorded in config.json beside the model's
+# recorded in config.json beside the model's; a resumed run takes them from there
+RUN_FLAGS = ('mutation_rate', 'l2_weight', 'accum_steps', 'recompute')
+FREE_ON_RESUME = ('recompute',)  # changes no number, so a resumed run may change it
 
 
 def run_config():
-    """(PixelCNNPP's arguments, class_conditional, {mutation_rate, l2_weight}) of a training
+    """(PixelCNNPP's arguments, class_conditional, {RUN_FLAGS}) of a training
     run: the flags, and when resuming the run's config.json for every one not given."""
     kwargs, conditional = cli.model_kwargs(), FLAGS.class_conditional
     extra = {k: FLAGS[k].value for k in RUN_FLAGS}
@@ -173,6 +180,7 @@ class Run:
         self.trainer, self.data, self.strategy = trainer, data, strategy
         self.chief = is_chief(strategy)
         self.global_batch = FLAGS.batch_size * strategy.num_replicas_in_sync
+        self.update_images = self.global_batch * trainer.accum_steps  # the images of one step
         # every worker of a multi-worker run must save; the others keep their (identical)
         # latest checkpoint aside
         task_id = getattr(getattr(strategy, 'cluster_resolver', None), 'task_id', 0)
@@ -188,7 +196,8 @@ class Run:
         trainer = self.trainer
         if FLAGS.load_params:
             try:
-                checkpoints.check_config(FLAGS.save_dir, trainer.config())
+                checkpoints.check_config(FLAGS.save_dir, {k: v for k, v in trainer.config().items()
+                                                          if k not in FREE_ON_RESUME})
                 path, _ = checkpoints.newest_readable(
                     self.ckpt_dir, lambda p: trainer.checkpoint.restore(p).assert_consumed())
             except ValueError as e:
@@ -251,7 +260,8 @@ class Run:
         the epoch's value so far, TensorBoard the whole epoch's."""
         trainer = self.trainer
         skip = int(trainer.epoch_step.numpy())
-        batches = data_lib.train_batches(self.strategy, self.data, FLAGS.batch_size, FLAGS.seed,
+        batches = data_lib.train_batches(self.strategy, self.data, FLAGS.batch_size * trainer.accum_steps,
+                                         FLAGS.seed,
                                          epoch, skip=skip, max_steps=steps)
         bar = keras.utils.Progbar(steps, stateful_metrics=['bits_per_dim', 'images/s'],
                                   verbose=1 if FLAGS.progress else 0)
@@ -264,19 +274,19 @@ class Run:
                 raise FloatingPointError('%s The latest checkpoint, %s, is from before it.'
                                          % (e, self.manager.latest_checkpoint)) from None
             seconds += time.time() - t0
-            train_losses.append(trainer.bits_per_dim(nats, self.global_batch))
+            train_losses.append(trainer.bits_per_dim(nats, self.update_images))
             bar.update(k, [('bits_per_dim', train_losses[-1]),
-                           ('images/s', len(train_losses) * self.global_batch / seconds)])
+                           ('images/s', len(train_losses) * self.update_images / seconds)])
             step = int(trainer.optimizer.step.numpy())
             if FLAGS.save_steps and step % FLAGS.save_steps == 0 and k < steps:
                 self.save()
             t0 = time.time()
-        return np.mean(train_losses), len(train_losses) * self.global_batch / max(seconds, 1e-9)
+        return np.mean(train_losses), len(train_losses) * self.update_images / max(seconds, 1e-9)
 
     def train(self):
         trainer = self.trainer
         test_batches = data_lib.test_batches(self.strategy, self.data, FLAGS.batch_size)
-        steps = data_lib.steps_per_epoch(len(self.data.train_x), self.global_batch)
+        steps = data_lib.steps_per_epoch(len(self.data.train_x), self.update_images)
         if FLAGS.max_steps_per_epoch:
             steps = min(steps, FLAGS.max_steps_per_epoch)
         saved_epoch = None
@@ -305,12 +315,13 @@ class Run:
             self.save()
 
 
-def check_data(data, strategy):
+def check_data(data, strategy, accum_steps):
     """Flags that need the data to check, before anything is written."""
-    global_batch = FLAGS.batch_size * strategy.num_replicas_in_sync
-    if len(data.train_x) < global_batch:
-        raise app.UsageError('%d training images make no batch of %d (--batch_size x %d replicas)'
-                             % (len(data.train_x), global_batch, strategy.num_replicas_in_sync))
+    update = FLAGS.batch_size * strategy.num_replicas_in_sync * accum_steps
+    if len(data.train_x) < update:
+        raise app.UsageError('%d training images make no update of %d (--batch_size x %d replicas x '
+                             '%d --accum_steps)' % (len(data.train_x), update,
+                                                   strategy.num_replicas_in_sync, accum_steps))
     if FLAGS.init_batch_size > len(data.train_x):
         raise app.UsageError('--init_batch_size=%d is more than the %d training images'
                              % (FLAGS.init_batch_size, len(data.train_x)))
@@ -351,7 +362,10 @@ def main(argv):
         return
     kwargs, conditional, extra = run_config()
     data = load_data(conditional)
-    check_data(data, strategy)
+    check_data(data, strategy, extra['accum_steps'])
+    print('each update: %d replica(s) x %d micro-batch(es) x %d images = %d images'
+          % (strategy.num_replicas_in_sync, extra['accum_steps'], FLAGS.batch_size,
+             strategy.num_replicas_in_sync * extra['accum_steps'] * FLAGS.batch_size))
     lock, created = open_save_dir(is_chief(strategy))
     run = None
     try:

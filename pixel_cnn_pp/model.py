@@ -211,11 +211,23 @@ class PixelCNNPP(keras.Model):
         assert not pushed
         return tuple(up), tuple(down)
 
-    def call(self, x, h=None, training=False, init=False, seed=None):
+    def call(self, x, h=None, training=False, init=False, seed=None, recompute=False):
+        """seed: the stateless dropout seed (see GatedResnet). recompute=True keeps none of a
+        gated ResNet block's inner activations for the backward pass, which recomputes them
+        (tf.recompute_grad): the same numbers for about half the memory of a training step.
+        With dropout it needs the seed, so that the recomputed pass drops what the first did."""
         x = tf.cast(x, self.compute_dtype)
         h = None if h is None else tf.cast(h, x.dtype)
         self._check_inputs(x, h)
+        if recompute and training and self.dropout_p > 0 and seed is None:
+            raise ValueError('recompute=True with dropout needs a stateless seed')
         kw = dict(h=h, training=training, init=init, seed=seed)
+
+        def block(layer, *inputs):
+            if not recompute or init:
+                return layer(*inputs, **kw)
+            return tf.recompute_grad(lambda *a: layer(*a, **kw))(*inputs)
+
         up_stages, down_stages = self.stages()
 
         maps = {}  # level -> (u maps, ul maps) of the up pass
@@ -230,8 +242,8 @@ class PixelCNNPP(keras.Model):
                 u, ul = st.resample[0](above_u[-1], init=init), st.resample[1](above_ul[-1], init=init)
             us, uls = [u], [ul]
             for block_u, block_ul in st.blocks:
-                us.append(block_u(us[-1], **kw))
-                uls.append(block_ul(uls[-1], us[-1], **kw))
+                us.append(block(block_u, us[-1]))
+                uls.append(block(block_ul, uls[-1], us[-1]))
             maps[st.level] = (us, uls)
 
         for st in down_stages:
@@ -241,8 +253,8 @@ class PixelCNNPP(keras.Model):
             else:
                 u, ul = st.resample[0](u, init=init), st.resample[1](ul, init=init)
             for (block_u, block_ul), k in zip(st.blocks, st.shortcuts):
-                u = block_u(u, us[k], **kw)
-                ul = block_ul(ul, tf.concat([u, uls[k]], axis=3), **kw)
+                u = block(block_u, u, us[k])
+                ul = block(block_ul, ul, tf.concat([u, uls[k]], axis=3))
 
         # The outputs are float32 under any precision policy, so the loss is float32.
         if not self.energy_distance:

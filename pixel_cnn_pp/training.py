@@ -16,11 +16,11 @@ def _tf_variables(keras_variables):
     return {name: v.value for name, v in keras_variables.items()}
 
 
-def image_loss(model, x, h, training, seed=None):
+def image_loss(model, x, h, training, seed=None, recompute=False):
     """Per-image loss in nats: the discretized logistic mixture NLL, or for an
     energy-distance model the official energy distance of each image's samples. seed: the
-    model's stateless dropout seed."""
-    out = model(x, h=h, training=training, seed=seed)
+    model's stateless dropout seed; recompute: see PixelCNNPP.call."""
+    out = model(x, h=h, training=training, seed=seed, recompute=recompute)
     if model.energy_distance:
         return tf.stack([nn.energy_distance(x[i:i + 1], [s[i:i + 1] for s in out])
                          for i in range(x.shape[0])])
@@ -66,17 +66,25 @@ class Trainer:
     replaces each sub-pixel of each training batch with that probability by a uniform value
     in 0..255 (stateless, from `seed` and the step, so a resumed run mutates alike), and
     l2_weight > 0 adds l2_weight * (sum of the squared weights) to the training objective
-    (not to the reported loss)."""
+    (not to the reported loss).
+
+    accum_steps=K splits each replica's batch into K micro-batches whose gradients are summed,
+    one after the other, before the one update: the update of a batch K times larger in the
+    memory of one micro-batch. recompute=True recomputes the gated ResNet blocks' activations in
+    the backward pass instead of keeping them (the same numbers, about half the memory)."""
 
     def __init__(self, strategy, model_kwargs, image_shape, num_labels=0, learning_rate=1e-3,
                  lr_decay=0.999995, polyak_decay=0.9995, jit_compile=False, precision='float32',
-                 mutation_rate=0., l2_weight=0., seed=0):
+                 mutation_rate=0., l2_weight=0., seed=0, accum_steps=1, recompute=False):
         if precision not in PRECISIONS:
             raise ValueError('precision must be one of %s, got %r' % (PRECISIONS, precision))
         if not 0. <= mutation_rate <= 1. or l2_weight < 0.:
             raise ValueError('mutation_rate must be in [0, 1] and l2_weight >= 0, got %r and %r'
                              % (mutation_rate, l2_weight))
+        if accum_steps < 1:
+            raise ValueError('accum_steps must be >= 1, got %r' % accum_steps)
         self.mutation_rate, self.l2_weight, self.seed = mutation_rate, l2_weight, seed
+        self.accum_steps, self.recompute = accum_steps, bool(recompute)
         self.strategy = strategy
         self.model_kwargs = dict(model_kwargs)
         self.image_shape = tuple(image_shape)
@@ -128,15 +136,34 @@ class Trainer:
 
     def _loss_and_grads_fn(self, x, y, seed):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(image_loss(self.model, x, self.one_hot(y), training=True, seed=seed))
+            loss = tf.reduce_sum(image_loss(self.model, x, self.one_hot(y), training=True, seed=seed,
+                                            recompute=self.recompute))
             objective = loss
-            if self.l2_weight:  # once in the gradients summed over replicas
-                objective += self.l2_weight / self.strategy.num_replicas_in_sync * tf.add_n(
+            if self.l2_weight:  # once in the gradients summed over replicas and micro-batches
+                objective += self.l2_weight / (self.strategy.num_replicas_in_sync * self.accum_steps) * tf.add_n(
                     [tf.reduce_sum(tf.square(p)) for p in self.params.values()])
             scaled = objective * self.loss_scale.scale if self.scale_loss else objective
         grads = tape.gradient(scaled, list(self.params.values()))
         if self.scale_loss:
             grads = [g / self.loss_scale.scale for g in grads]
+        return loss, grads
+
+    def _accumulate(self, x, y, seed):
+        """The loss and gradients of a replica's batch as the sum over its accum_steps
+        micro-batches, run one after the other (a while loop, so that only one micro-batch's
+        activations are alive at a time); micro-batch k drops out with seed folded with k."""
+        K = self.accum_steps
+        xs = tf.reshape(x, [K, x.shape[0] // K] + x.shape[1:].as_list())
+        ys = tf.reshape(y, [K, -1])
+
+        def body(k, loss, grads):
+            l, g = self._loss_and_grads(tf.gather(xs, k), tf.gather(ys, k),
+                                        tf.random.experimental.stateless_fold_in(seed, k))
+            return k + 1, loss + l, [a + b for a, b in zip(grads, g)]
+
+        zeros = [tf.zeros(p.shape) for p in self.params.values()]
+        _, loss, grads = tf.while_loop(lambda k, *_: k < K, body, [tf.constant(0), tf.constant(0.), zeros],
+                                       parallel_iterations=1)
         return loss, grads
 
     def _distributed_train_step(self, batch):
@@ -151,7 +178,10 @@ class Trainer:
             if self.mutation_rate:
                 x = data.mutate(x, self.mutation_rate, stream)
             dropout_seed = tf.random.experimental.stateless_fold_in(stream, 1)
-            loss, grads = self._loss_and_grads(x, y, dropout_seed)
+            if self.accum_steps == 1:
+                loss, grads = self._loss_and_grads(x, y, dropout_seed)
+            else:
+                loss, grads = self._accumulate(x, y, dropout_seed)
             grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
             total_loss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss)
             finite = tf.logical_and(tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]),
@@ -181,6 +211,10 @@ class Trainer:
         in nats. A batch with NaN or inf pixels, or a loss or gradient that is not finite
         (other than a float16 overflow, which the loss scale handles), raises
         FloatingPointError and leaves the weights as they were before this step."""
+        per_replica = self.strategy.experimental_local_results(batch[0])[0].shape[0]
+        if per_replica % self.accum_steps:
+            raise ValueError('a replica\'s batch of %d images does not split into accum_steps=%d '
+                             'micro-batches' % (per_replica, self.accum_steps))
         loss, bad_pixels, finite = self._train_step(batch)
         loss, bad_pixels = float(loss), float(bad_pixels)
         step = int(self.optimizer.step.numpy()) + 1
@@ -210,4 +244,4 @@ class Trainer:
     def config(self):
         """What config.json records of this run."""
         return dict(checkpoints.model_config(self.model), mutation_rate=self.mutation_rate,
-                    l2_weight=self.l2_weight)
+                    l2_weight=self.l2_weight, accum_steps=self.accum_steps, recompute=self.recompute)

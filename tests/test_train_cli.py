@@ -79,7 +79,9 @@ def trained(tmp_path_factory):
     first = train_process(common + ['--save_dir=%s' % (d / 'resumed'), '--max_epochs=2'])
     straight = train_process(common + ['--save_dir=%s' % (d / 'straight'), '--max_epochs=3',
                                        '--num_samples=0'])
-    logs = {'resumed': finish(first), 'straight': finish(straight)}
+    accum = train_process(common + ['--save_dir=%s' % (d / 'accum'), '--max_epochs=3', '--num_samples=0',
+                                    '--batch_size=2', '--accum_steps=2', '--recompute'])
+    logs = {'resumed': finish(first), 'straight': finish(straight), 'accum': finish(accum)}
     logs['resumed_part2'] = finish(train_process(
         common + ['--save_dir=%s' % (d / 'resumed'), '--max_epochs=3', '--load_params']))
     return d, logs, common
@@ -114,6 +116,27 @@ def test_resume_continues_exactly(trained):
     assert resumed[lr] == pytest.approx(0.001 * 0.999995 ** 18, rel=1e-12)
     for k in resumed:
         np.testing.assert_array_equal(resumed[k], straight[k], err_msg=k)
+
+
+def test_accumulation_trains_as_the_large_batch(trained):
+    """--batch_size=2 --accum_steps=2 --recompute trains as --batch_size=4 (dropout 0): the
+    same updates (step counter, learning rate), weights to float round-off, test bits/dim to
+    5e-4; config.json records both flags."""
+    d, logs, common = trained
+    assert 'each update: 1 replica(s) x 2 micro-batch(es) x 2 images = 4 images' in logs['accum']
+    accum, straight = final_params(d / 'accum'), final_params(d / 'straight')
+    step, lr = [k for k in accum if k.startswith('adam/step')][0], [k for k in accum if k.startswith('adam/lr')][0]
+    assert accum[step] == straight[step] == 18 and accum[lr] == straight[lr]
+    for k in accum:
+        if k.startswith(('params/', 'ema/')):
+            np.testing.assert_allclose(accum[k], straight[k], rtol=0, atol=1e-4, err_msg=k)  # 18 steps of 1e-3
+    for (_, train_a, test_a), (_, train_b, test_b) in zip(LINE.findall(logs['accum']), LINE.findall(logs['straight'])):
+        assert abs(float(test_a) - float(test_b)) <= 5e-4 and abs(float(train_a) - float(train_b)) <= 5e-4
+    config = json.load(open(d / 'accum' / 'config.json'))
+    assert config['accum_steps'] == 2 and config['recompute'] is True
+    resume = common + ['--save_dir=%s' % (d / 'accum'), '--load_params', '--max_epochs=3']
+    with pytest.raises(Exception, match='accum_steps: checkpoint 2, now 4'):
+        run_train(resume + ['--accum_steps=4'])
 
 
 def test_eval_mode_prints_test_bits_per_dim(trained, capsys):
@@ -259,7 +282,7 @@ def test_short_usage_errors_from_the_command_line(tmp_path):
     data = write_npz(tmp_path / 'data.npz', n_train=8)
     for args, message in ((['--batch_size=0'], 'flag --batch_size=0'),
                           (['--init_batch_size=9', '--batch_size=4'], '--init_batch_size=9 is more than the 8 training images'),
-                          (['--batch_size=9'], '8 training images make no batch of 9')):
+                          (['--batch_size=9'], '8 training images make no update of 9')):
         proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--data_set=npz',
                                '--data_dir=' + data, '--save_dir=%s' % (tmp_path / 'save')] + args,
                               capture_output=True, text=True, env=subprocess_env())
@@ -383,10 +406,12 @@ def test_two_workers_train_to_equal_weights(tmp_path):
 def test_sigkills_at_random_moments_then_exact_resume(tmp_path):
     """Killed (SIGKILL) at random moments mid-run and resumed each time, a run with dropout
     ends with the weights, optimizer state and test bits/dim history of an uninterrupted one,
-    bit for bit."""
+    bit for bit. Each update accumulates two micro-batches, so kills land inside
+    accumulations too, and none is counted twice."""
     data = write_npz(tmp_path / 'data.npz', n_train=32)
     args = TINY + ['--data_set=npz', '--data_dir=' + data, '--max_epochs=3', '--save_steps=2',
-                   '--save_interval=1', '--num_samples=0', '--dropout_p=0.5']
+                   '--save_interval=1', '--num_samples=0', '--dropout_p=0.5', '--batch_size=2',
+                   '--accum_steps=2']
     straight = train_process(args + ['--save_dir=%s' % (tmp_path / 'straight')])
     save = tmp_path / 'killed'
     rng = np.random.default_rng(0)

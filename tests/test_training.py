@@ -120,6 +120,66 @@ def test_two_replicas_equal_one_replica_with_double_batch(one_replica, two_repli
         pytest.approx(t2.evaluate(data_lib.test_batches(two, data, 2)), rel=1e-5)
 
 
+def twin(trainer, strategy, **kwargs):
+    """A Trainer with trainer's config and weights (and EMA) but other kwargs."""
+    other = Trainer(strategy, trainer.model_kwargs, trainer.image_shape, trainer.num_labels, **kwargs)
+    for k, var in other.params.items():
+        var.assign(trainer.params[k].read_value())
+    other.ema.reset()
+    return other
+
+
+def assert_same_state(a, b):
+    """Weights, EMA, Adam moments, step and learning rate of two Trainers agree to float
+    round-off: weights to 3% of an Adam step of lr 1e-3 (the gradients agree to about 5e-5
+    relative, but Adam's g / sqrt(v + 1e-8) turns the round-off of a gradient near 1e-4 into
+    a percent of its step), moments to 1e-3 relative or 1e-3 of the variable's largest."""
+    for group in ('params', 'shadows'):
+        for k, v in getattr(a, group).items():
+            np.testing.assert_allclose(v.numpy(), getattr(b, group)[k].numpy(), rtol=0, atol=3e-5)
+    for moments in ('m', 'v'):
+        for k in a.params:
+            x, y = getattr(a.optimizer, moments)[k].numpy(), getattr(b.optimizer, moments)[k].numpy()
+            np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-3 * np.abs(y).max())
+    assert a.optimizer.step.numpy() == b.optimizer.step.numpy()
+    assert a.optimizer.lr.numpy() == b.optimizer.lr.numpy()
+
+
+def test_accumulation_equals_the_large_batch(two_replicas):
+    """accum_steps=4 on replica batches of 8 (micro-batches of 2) makes the update of the
+    batches of 8, on two replicas: the same loss, weights, EMA, Adam moments, step and
+    learning rate. (train.py on one replica: test_train_cli.)"""
+    data = tiny_data()
+    large = Trainer(two_replicas, TINY, (8, 8, 3), num_labels=10, l2_weight=1e-3)
+    large.initialize(data_lib.scale(data.train_x[:8]), data.train_y[:8])
+    accum = twin(large, two_replicas, l2_weight=1e-3, accum_steps=4)
+    start = {k: v.numpy() for k, v in large.params.items()}
+    for batch in data_lib.train_batches(two_replicas, data, 8, seed=3, epoch=0, max_steps=2):
+        assert large.train_step(batch) == pytest.approx(accum.train_step(batch), rel=1e-5)
+    assert_same_state(large, accum)
+    assert accum.optimizer.step.numpy() == 2
+    assert any(np.abs(start[k] - large.params[k].numpy()).max() > 1e-3 for k in start)
+    with pytest.raises(ValueError, match='batch of 6 images does not split into accum_steps=4'):
+        accum.train_step(next(iter(data_lib.train_batches(two_replicas, data, 6, seed=3, epoch=0))))
+
+
+def test_recompute_changes_no_number(one_replica):
+    """--recompute with dropout: the recomputed pass drops the same units (stateless seed per
+    step and block), so training gives the same weights."""
+    data = tiny_data()
+    kwargs = dict(TINY, dropout_p=0.5)
+    kept = Trainer(one_replica, kwargs, (8, 8, 3), seed=5)
+    kept.initialize(data_lib.scale(data.train_x[:8]))
+    recomputed = twin(kept, one_replica, seed=5, recompute=True)
+    start = {k: v.numpy() for k, v in kept.params.items()}
+    for batch in data_lib.train_batches(one_replica, data, 8, seed=3, epoch=0, max_steps=2):
+        assert kept.train_step(batch) == pytest.approx(recomputed.train_step(batch), rel=1e-6)
+    assert_same_state(kept, recomputed)
+    assert any(np.abs(start[k] - kept.params[k].numpy()).max() > 1e-3 for k in start)
+    with pytest.raises(ValueError, match='recompute=True with dropout needs a stateless seed'):
+        kept.model(data_lib.scale(data.train_x[:2]), training=True, recompute=True)
+
+
 def test_evaluate_counts_every_test_image_once(two_replicas):
     """10 test images in global batches of 4: the padded last batch adds nothing."""
     data = tiny_data()

@@ -4,9 +4,13 @@ official Adam, EMA) on random 8-bit images, on one device.
     python benchmarks/train_step.py                                   # paper size
     python benchmarks/train_step.py --nr_resnet=2 --nr_filters=64     # small
     python benchmarks/train_step.py --precision=mixed_bfloat16        # on a GPU
+    python benchmarks/train_step.py --recompute                       # half the memory
+    python benchmarks/train_step.py --accum_steps=8                   # the paper's 128 on one device
 
-Prints JSON: the median seconds per step after warm-up, images/s, the peak resident
-memory of the process, and from a tf.profiler trace of --profile_steps further steps the
+Prints JSON: the median seconds per step (one update: --accum_steps micro-batches of
+--batch_size) after warm-up, images/s, the peak resident memory of the process, the peak of
+the device's tensors (tf.config.experimental.get_memory_info; on a CPU through TensorFlow's
+BFC allocator, which this script turns on), and from a tf.profiler trace of --profile_steps further steps the
 share of op time spent in convolutions (and matmuls) and the op types taking the most time.
 """
 
@@ -14,6 +18,8 @@ import collections
 import glob
 import json
 import os
+
+os.environ.setdefault('TF_CPU_ALLOCATOR_USE_BFC', 'true')  # so that the CPU reports its peak
 import resource
 import sys
 import tempfile
@@ -36,6 +42,8 @@ flags.DEFINE_integer('warmup', 2, 'Steps not timed (the first traces the step)')
 flags.DEFINE_integer('steps', 5, 'Steps timed')
 flags.DEFINE_integer('profile_steps', 1, 'Steps traced with tf.profiler after the timed ones (0: none)')
 flags.DEFINE_boolean('xla', False, 'Compile the forward and backward pass with XLA')
+flags.DEFINE_integer('accum_steps', 1, 'Micro-batches of --batch_size per update', lower_bound=1)
+flags.DEFINE_boolean('recompute', False, 'Recompute the gated ResNet blocks in the backward pass')
 flags.DEFINE_enum('precision', 'float32', list(training.PRECISIONS), 'Compute dtype of training')
 FLAGS = flags.FLAGS
 
@@ -75,13 +83,14 @@ def profile(trainer, batch, steps):
 def main(argv):
     del argv
     keras.utils.set_random_seed(0)
-    shape = (FLAGS.batch_size, FLAGS.image_size, FLAGS.image_size, 3)
+    shape = (FLAGS.batch_size * FLAGS.accum_steps, FLAGS.image_size, FLAGS.image_size, 3)
     rng = np.random.default_rng(0)
     x = tf.constant((rng.integers(0, 256, shape) - 127.5) / 127.5, tf.float32)
     device = '/gpu:0' if tf.config.list_physical_devices('GPU') else '/cpu:0'
     trainer = training.Trainer(tf.distribute.OneDeviceStrategy(device), cli.model_kwargs(),
-                               shape[1:], jit_compile=FLAGS.xla, precision=FLAGS.precision)
-    trainer.initialize(x)
+                               shape[1:], jit_compile=FLAGS.xla, precision=FLAGS.precision,
+                               accum_steps=FLAGS.accum_steps, recompute=FLAGS.recompute)
+    trainer.initialize(x[:FLAGS.batch_size])
     batch = (x, tf.zeros(shape[0], tf.int32), tf.ones(shape[0]))
     for _ in range(FLAGS.warmup):
         trainer.train_step(batch)
@@ -93,9 +102,11 @@ def main(argv):
     step = float(np.median(times))
     result = dict(nr_resnet=FLAGS.nr_resnet, nr_filters=FLAGS.nr_filters,
                   nr_logistic_mix=FLAGS.nr_logistic_mix, batch_size=FLAGS.batch_size,
-                  xla=FLAGS.xla, precision=FLAGS.precision, seconds_per_step=round(step, 3),
-                  images_per_second=round(FLAGS.batch_size / step, 2),
+                  accum_steps=FLAGS.accum_steps, recompute=FLAGS.recompute, xla=FLAGS.xla,
+                  precision=FLAGS.precision, seconds_per_step=round(step, 3),
+                  images_per_second=round(shape[0] / step, 2),
                   peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2))
+    result['peak_tensors_gb'] = round(tf.config.experimental.get_memory_info(device[1:].upper())['peak'] / 2 ** 30, 2)
     if FLAGS.profile_steps:
         result.update(profile(trainer, batch, FLAGS.profile_steps), op_seconds_note=(
             'op time summed over executor threads, which overlap; shares are of that sum'))

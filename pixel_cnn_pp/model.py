@@ -223,10 +223,12 @@ class PixelCNNPP(keras.Model):
             raise ValueError('recompute=True with dropout needs a stateless seed')
         kw = dict(h=h, training=training, init=init, seed=seed)
 
-        def block(layer, *inputs):
-            if not recompute or init:
-                return layer(*inputs, **kw)
-            return tf.recompute_grad(lambda *a: layer(*a, **kw))(*inputs)
+        def block(layer, x, *aux):
+            # aux: the short-cut input, or its parts, concatenated here so that recompute
+            # keeps the parts (alive anyway) and not their concatenation
+            def run(x, *aux):
+                return layer(x, tf.concat(aux, axis=3) if len(aux) > 1 else (aux or (None,))[0], **kw)
+            return tf.recompute_grad(run)(x, *aux) if recompute and not init else run(x, *aux)
 
         up_stages, down_stages = self.stages()
 
@@ -254,7 +256,7 @@ class PixelCNNPP(keras.Model):
                 u, ul = st.resample[0](u, init=init), st.resample[1](ul, init=init)
             for (block_u, block_ul), k in zip(st.blocks, st.shortcuts):
                 u = block(block_u, u, us[k])
-                ul = block(block_ul, ul, tf.concat([u, uls[k]], axis=3))
+                ul = block(block_ul, ul, u, uls[k])
 
         # The outputs are float32 under any precision policy, so the loss is float32.
         if not self.energy_distance:

@@ -1,6 +1,6 @@
 """Training and test data as the official data loaders give it (cifar10_data.py,
-imagenet_data.py), served through tf.data: uint8 images in memory, a fresh permutation
-of the training set every epoch from the seed, pixels scaled to [-1, 1]."""
+imagenet_data.py), served through tf.data: uint8 images in memory (or memory-mapped), a
+fresh permutation of the training set every epoch from the seed, pixels scaled to [-1, 1]."""
 
 import os
 import pickle
@@ -9,6 +9,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 import tensorflow as tf
+
+from pixel_cnn_pp import imagenet
 
 DATA_SETS = ('cifar', 'imagenet', 'npz')
 CIFAR_DIR = os.path.join('cifar-10-python', 'cifar-10-batches-py')
@@ -52,10 +54,9 @@ def load_cifar_official(root):
                 test_x, test_y, 10)
 
 
-# Where tensorflow-datasets downloads each data set from (probed before it tries, as its
-# own retries take minutes to fail without a network).
-DOWNLOADS = {'cifar10': 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz',
-             'downsampled_imagenet/32x32': 'http://image-net.org/small/train_32x32.tar'}
+# Where tensorflow-datasets downloads CIFAR-10 from (probed before it tries, as its own
+# retries take minutes to fail without a network).
+CIFAR_DOWNLOAD = 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz'
 LOCAL_ROUTES = ('use local data instead: put the CIFAR-10 python version (cifar-10-python.tar.gz '
                 'from https://www.cs.toronto.edu/~kriz/cifar.html, unpacked: the folder '
                 'cifar-10-batches-py) in --data_dir, or pass your own images as --data_set=npz '
@@ -75,31 +76,56 @@ def _reachable(url, timeout=20):
         return str(getattr(e, 'reason', e))
 
 
-def _load_tfds(name, data_dir, test_split, with_labels):
-    """A tensorflow-datasets data set: the copy prepared in data_dir, else downloaded there
-    (data_dir created) if its source answers, else a ValueError naming the local routes."""
+def _tfds_arrays(splits, with_labels):
+    """Data of the (train, test) splits of a tensorflow-datasets image set."""
     import tensorflow_datasets as tfds
-    split = ['train', test_split]
-    try:
-        splits = tfds.load(name, split=split, data_dir=data_dir, download=False)
-    except Exception:  # not prepared there (tfds raises AssertionError, or others for a broken copy)
-        why = _reachable(DOWNLOADS[name])
-        if why:
-            raise ValueError('%s is not in --data_dir=%s and cannot be downloaded (%s: %s); %s'
-                             % (name, data_dir, DOWNLOADS[name], why, LOCAL_ROUTES)) from None
-        try:
-            os.makedirs(data_dir, exist_ok=True)
-            splits = tfds.load(name, split=split, data_dir=data_dir)
-        except Exception as e:  # many types for a failed download or an unwritable folder
-            raise ValueError('tensorflow-datasets could not download %s into --data_dir=%s (%s); %s'
-                             % (name, data_dir, str(e).strip().splitlines()[0] if str(e)
-                                else type(e).__name__, LOCAL_ROUTES)) from None
     arrays = []
     for ds in splits:
         batches = list(tfds.as_numpy(ds.batch(4096)))
         arrays.append({k: np.concatenate([b[k] for b in batches]) for k in batches[0]})
     labels = [a['label'].astype(np.int32) if with_labels else None for a in arrays]
     return Data(arrays[0]['image'], labels[0], arrays[1]['image'], labels[1], 10 if with_labels else 0)
+
+
+def _prepared_tfds(name, data_dir, test_split):
+    """The (train, test) splits of a tensorflow-datasets copy prepared in data_dir, or None."""
+    import tensorflow_datasets as tfds
+    try:
+        return tfds.load(name, split=['train', test_split], data_dir=data_dir, download=False)
+    except Exception:  # not prepared there (tfds raises AssertionError, or others for a broken copy)
+        return None
+
+
+def _load_tfds_cifar(data_dir):
+    """tensorflow-datasets' cifar10: the copy prepared in data_dir, else downloaded there
+    (data_dir created) if its source answers, else a ValueError naming the local routes."""
+    import tensorflow_datasets as tfds
+    splits = _prepared_tfds('cifar10', data_dir, 'test')
+    if splits is None:
+        why = _reachable(CIFAR_DOWNLOAD)
+        if why:
+            raise ValueError('cifar10 is not in --data_dir=%s and cannot be downloaded (%s: %s); %s'
+                             % (data_dir, CIFAR_DOWNLOAD, why, LOCAL_ROUTES)) from None
+        try:
+            os.makedirs(data_dir, exist_ok=True)
+            splits = tfds.load('cifar10', split=['train', 'test'], data_dir=data_dir)
+        except Exception as e:  # many types for a failed download or an unwritable folder
+            raise ValueError('tensorflow-datasets could not download cifar10 into --data_dir=%s (%s); %s'
+                             % (data_dir, str(e).strip().splitlines()[0] if str(e)
+                                else type(e).__name__, LOCAL_ROUTES)) from None
+    return _tfds_arrays(splits, with_labels=True)
+
+
+def load_imagenet(data_dir):
+    """Downsampled ImageNet 32x32 from the files in data_dir (see imagenet.py), else a
+    tensorflow-datasets downsampled_imagenet/32x32 prepared there (its download is gone),
+    else a ValueError naming the forms to get."""
+    if not imagenet.find(data_dir):
+        splits = _prepared_tfds('downsampled_imagenet/32x32', data_dir, 'validation')
+        if splits is not None:
+            print('ImageNet 32x32: tensorflow-datasets\' downsampled_imagenet/32x32 in', data_dir)
+            return _tfds_arrays(splits, with_labels=False)
+    return Data(*imagenet.load(data_dir))
 
 
 def load_npz(path):
@@ -131,26 +157,22 @@ def load_npz(path):
 
 def load(data_set, data_dir, class_conditional=False):
     """The Data of --data_set from --data_dir: cifar reads the official python layout if
-    data_dir holds it and otherwise tensorflow-datasets' cifar10 (downloaded into
-    data_dir on first use); imagenet is tensorflow-datasets' downsampled_imagenet/32x32
-    (no labels); npz reads your own arrays (data_dir is the .npz file)."""
+    data_dir holds it and otherwise tensorflow-datasets' cifar10 (downloaded into data_dir on
+    first use); imagenet reads downsampled ImageNet 32x32 from the files in data_dir
+    (load_imagenet); npz reads your own arrays (data_dir is the .npz file)."""
     if data_set not in DATA_SETS:
         raise ValueError('--data_set must be one of %s, got %r' % ('|'.join(DATA_SETS), data_set))
-    if data_set == 'imagenet' and class_conditional:
-        raise ValueError('--class_conditional needs labels, and --data_set=imagenet '
-                         '(downsampled ImageNet) has none')
     if data_set == 'npz':
         if not os.path.isfile(data_dir):
             raise ValueError('--data_set=npz needs --data_dir to be an .npz file; %r is not a file'
                              % data_dir)
         data = load_npz(data_dir)
-    elif data_set == 'cifar' and cifar_folder(data_dir):
+    elif data_set == 'imagenet':
+        data = load_imagenet(data_dir)
+    elif cifar_folder(data_dir):
         data = load_cifar_official(cifar_folder(data_dir))
     else:
-        if data_set == 'cifar':
-            data = _load_tfds('cifar10', data_dir, 'test', True)
-        else:
-            data = _load_tfds('downsampled_imagenet/32x32', data_dir, 'validation', False)
+        data = _load_tfds_cifar(data_dir)
     check(data, data_set, class_conditional)
     return data
 
@@ -169,7 +191,9 @@ def check(data, data_set, class_conditional):
         raise ValueError('%s train images are %s but test images are %s'
                          % (data_set, data.train_x.shape[1:], data.test_x.shape[1:]))
     if class_conditional and not data.num_labels:
-        raise ValueError('--class_conditional needs labels: %s has none' % data_set)
+        raise ValueError('--class_conditional needs labels: %s has none%s' % (
+            data_set, ' (the original downsampled ImageNet has none; Imagenet32 has 1,000 classes)'
+            if data_set == 'imagenet' else ''))
     sample = data.train_x[:1000]
     if int(sample.max()) - int(sample.min()) < 8:
         print('warning: the %s training images are (nearly) constant (values %d..%d); the model '

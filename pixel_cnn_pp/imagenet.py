@@ -80,15 +80,14 @@ def _locate(data_dir):
     first, test = _batch_file(folders, 'train_data_batch_1'), _batch_file(folders, 'val_data')
     if not (first and test):
         return None
-    ext = '.npz' if first.endswith('.npz') else ''
+    folder, ext = os.path.dirname(first), '.npz' if first.endswith('.npz') else ''
     train = [first]
-    while os.path.isfile(os.path.join(os.path.dirname(first), 'train_data_batch_%d%s' % (len(train) + 1, ext))):
-        train.append(os.path.join(os.path.dirname(first), 'train_data_batch_%d%s' % (len(train) + 1, ext)))
+    while os.path.isfile(os.path.join(folder, 'train_data_batch_%d%s' % (len(train) + 1, ext))):
+        train.append(os.path.join(folder, 'train_data_batch_%d%s' % (len(train) + 1, ext)))
+    batches = 'train_data_batch_1' + ('..%d' % len(train) if len(train) > 1 else '') + ext
     return Source(IMAGENET32, train, [test],
                   'Imagenet32 (Chrabaszcz et al. 2017, 1000 classes): %s (%d of the 10 training '
-                  'batches) in %s, and %s' % (os.path.basename(first).replace('_1', '_1..%d' % len(train))
-                                              if len(train) > 1 else os.path.basename(first),
-                                              len(train), os.path.dirname(first), test))
+                  'batches) in %s, and %s' % (batches, len(train), folder, test))
 
 
 def find(data_dir):
@@ -114,9 +113,10 @@ def _read_batch(path):
                          % (path, type(e).__name__, e)) from None
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
         raise ValueError('%s: expected data of uint8 (N, 3072), got %s %s' % (path, x.dtype, x.shape))
-    if y.shape != (len(x),) or y.dtype.kind not in 'iu' or len(y) and not 1 <= y.min() <= y.max() <= 1000:
+    integers = y.dtype.kind in 'iu' and y.size
+    if y.shape != (len(x),) or not integers or not 1 <= y.min() <= y.max() <= 1000:
         raise ValueError('%s: expected %d labels in 1..1000, got %s %s%s' % (
-            path, len(x), y.dtype, y.shape, ' in %d..%d' % (y.min(), y.max()) if y.size else ''))
+            path, len(x), y.dtype, y.shape, ' in %d..%d' % (y.min(), y.max()) if integers else ''))
     return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), (y - 1).astype(np.int32)
 
 
@@ -129,6 +129,17 @@ def _count(path):
         except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):
             pass  # _read_batch says what is wrong
     return len(_read_batch(path)[1])
+
+
+def _copy_batch(path, x, y, bar):
+    """An Imagenet32 batch file into x, y (its rows of the split), one batch in memory at a time."""
+    images, labels = _read_batch(path)
+    if len(labels) != len(y):
+        raise ValueError('%s changed while being read' % path)
+    y[:] = labels
+    for i in range(0, len(images), CHUNK):
+        x[i:i + CHUNK] = images[i:i + CHUNK]
+        bar.add(len(images[i:i + CHUNK]))
 
 
 def _png_index(path):
@@ -189,7 +200,8 @@ def _read_pngs(path, names, where, x, bar):
                     try:
                         tf.io.decode_png(png)
                     except tf.errors.InvalidArgumentError as e:
-                        raise ValueError('%s: %s is a broken PNG (%s)' % (path, names[i], e.message)) from None
+                        raise ValueError('%s: %s is a broken PNG (%s)' % (
+                            path, names[i], e.message.split('}} ')[-1])) from None
                 raise
             bar.add(len(pngs))
     finally:
@@ -218,14 +230,7 @@ def _convert(src, alloc, progress):
             x, y = alloc(split + '_x', (n, 32, 32, 3), np.uint8), alloc(split + '_y', (n,), np.int32)
             done = 0
             for path, count in zip(paths, counts[split]):
-                images, labels = _read_batch(path)
-                if len(labels) != count:
-                    raise ValueError('%s changed while being read' % path)
-                y[done:done + count] = labels
-                for i in range(0, count, CHUNK):
-                    chunk = images[i:i + CHUNK]
-                    x[done + i:done + i + len(chunk)] = chunk
-                    bar.add(len(chunk))
+                _copy_batch(path, x[done:done + count], y[done:done + count], bar)
                 done += count
             arrays[split + '_x'], arrays[split + '_y'] = x, y
     seconds = time.time() - start

@@ -112,12 +112,13 @@ def test_original_prefers_archive_to_folder(tmp_path):
 
 
 def test_original_grayscale_and_wrong_images(tmp_path):
-    """Grayscale is repeated to RGB; a PNG of another size, or a file that is no PNG, is an
-    error naming it."""
+    """Grayscale is repeated to RGB; a PNG of another size, a file that is no PNG or a broken
+    PNG is an error naming it, and leaves no cache."""
     gray = np.arange(1024, dtype=np.uint8).reshape(32, 32, 1)
     for case, png, error in [('gray', tf.io.encode_png(gray).numpy(), None),
                              ('size', tf.io.encode_png(np.zeros((64, 32, 3), np.uint8)).numpy(), 'is 32x64'),
-                             ('gif', b'GIF89a' + bytes(100), 'is not a PNG')]:
+                             ('gif', b'GIF89a' + bytes(100), 'is not a PNG'),
+                             ('cut', tf.io.encode_png(gray).numpy()[:-20], 'is a broken PNG')]:
         root = tmp_path / case
         train, test = write_original(str(root), form='folders')
         (root / 'valid_32x32' / '9999999.png').write_bytes(png)
@@ -125,7 +126,7 @@ def test_original_grayscale_and_wrong_images(tmp_path):
             assert_same(imagenet.load(str(root), progress=False)[2],
                         np.concatenate([test, np.repeat(gray, 3, -1)[None]]))
             continue
-        with pytest.raises(ValueError, match='valid_32x32: 9999999.png %s, expected a 32x32 PNG' % error):
+        with pytest.raises(ValueError, match='valid_32x32: 9999999.png ' + error):
             imagenet.load(str(root), progress=False)
         assert not os.path.exists(root / imagenet.CACHE) and not os.path.exists(root / (imagenet.CACHE + '.partial'))
 
@@ -142,6 +143,16 @@ def test_imagenet32(tmp_path, capsys, form, train_dir, test_dir):
         assert_same(g, w)
     assert got[-1] == 1000
     assert want[1].min() == 0 and want[1].max() == 999
+    # independently of the fixture's transposition: row 0 of the file is R of pixels (0, 0),
+    # (0, 1), ..., then G from index 1024, B from 2048; row-major within each plane
+    path = os.path.join(str(tmp_path), train_dir, 'train_data_batch_1' + ('.npz' if form == 'npz' else ''))
+    if form == 'npz':
+        with np.load(path) as f:
+            row = f['data'][0]
+    else:
+        with open(path, 'rb') as f:
+            row = pickle.load(f)['data'][0]
+    assert got[0][0, 0, 1, 0] == row[1] and got[0][0, 1, 0, 1] == row[1024 + 32] and got[0][0, 2, 3, 2] == row[2048 + 67]
     assert '2 of the 10 training batches' in capsys.readouterr().out
 
 

@@ -172,7 +172,7 @@ def test_eval_of_official_checkpoint(tmp_path, capsys):
 
 @pytest.mark.parametrize('args, message', [
     (['--data_set=npz', '--data_dir=/nonexistent/data.npz'], 'needs --data_dir to be an .npz file'),
-    (['--data_set=imagenet', '--class_conditional'], '--class_conditional needs labels'),
+    (['--data_set=imagenet', '--data_dir=/nonexistent'], 'nothing in --data_dir=/nonexistent; expected either'),
     (['--batch_size=0'], 'flag --batch_size=0: 0 is not a positive integer'),
     (['--nr_logistic_mix=0'], 'flag --nr_logistic_mix=0: 0 is not a positive integer'),
     (['--learning_rate=-1'], 'flag --learning_rate=-1: -1.0 is not a non-negative number'),
@@ -461,3 +461,25 @@ def test_background_model_flags_are_recorded_and_kept_on_resume(tmp_path):
     assert tf.train.latest_checkpoint(str(tmp_path / 'bg')).endswith('ckpt-4')
     with pytest.raises(Exception, match='mutation_rate: checkpoint 0.2, now 0.3'):
         run_train(common + ['--load_params', '--max_epochs=3', '--mutation_rate=0.3'])
+
+
+@pytest.mark.parametrize('form', ['original', 'imagenet32'])
+def test_trains_on_downsampled_imagenet_files(tmp_path, capsys, form):
+    """--data_set=imagenet on the files users have: the original's tar archives (no labels),
+    Imagenet32's npz batches (1,000 classes, so --class_conditional): converted into the
+    cache, trained and evaluated (the test bits/dim of the epoch line)."""
+    from test_imagenet import write_imagenet32, write_original
+    data_dir = tmp_path / 'imagenet'
+    if form == 'original':
+        write_original(str(data_dir), n_train=8, n_test=4)
+        extra = []
+    else:
+        write_imagenet32(str(data_dir), train_sizes=(4, 4), n_test=4)
+        extra = ['--class_conditional']
+    args = TINY + ['--data_set=imagenet', '--data_dir=%s' % data_dir, '--max_epochs=1', '--num_samples=0']
+    run_train(args + extra + ['--save_dir=%s' % (tmp_path / 'save')])
+    out = capsys.readouterr().out
+    assert 'converted 8 training and 4 test images' in out
+    assert len(LINE.findall(out)) == 1
+    config = json.load(open(tmp_path / 'save' / 'config.json'))
+    assert config['image_shape'] == [32, 32, 3] and config['num_labels'] == (1000 if extra else 0)

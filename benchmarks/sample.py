@@ -7,12 +7,17 @@ Prints JSON. Fast is timed on whole batches (its first batch includes tracing an
 reported apart). Every naive iteration is the same work, one forward pass of the whole
 network plus sampling, so naive's seconds per batch are the median time of that iteration
 times H * W (a full naive batch at the paper size takes over an hour on 2 CPU cores).
+Then one more fast batch under tf.profiler: its op time by op type (summed over executor
+threads) against its wall time, the rest being dispatch between ops, the per-row steps'
+Python and the loops. Last, peak memory: of the process so far, and of this size's tensors.
 """
 
 import json
 import os
 import sys
 import time
+
+os.environ.setdefault('TF_CPU_ALLOCATOR_USE_BFC', 'true')  # the CPU's peak (profiling.peak_memory)
 
 from absl import app, flags
 import keras
@@ -21,6 +26,7 @@ import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pixel_cnn_pp import PixelCNNPP, nn, sampling  # noqa: E402
+import profiling  # noqa: E402
 
 SIZES = {'paper': dict(nr_resnet=5, nr_filters=160, nr_logistic_mix=10),
          'small': dict(nr_resnet=2, nr_filters=64, nr_logistic_mix=5)}
@@ -29,6 +35,7 @@ flags.DEFINE_integer('batch_size', 16, 'Images per batch')
 flags.DEFINE_integer('image_size', 32, 'Height and width')
 flags.DEFINE_integer('naive_iterations', 5, 'Naive iterations to time (median taken)')
 flags.DEFINE_integer('fast_batches', 2, 'Fast batches to time after the first')
+flags.DEFINE_boolean('profile', True, 'Profile one more fast batch')
 FLAGS = flags.FLAGS
 
 
@@ -58,17 +65,34 @@ def bench(size):
     fast = median_seconds(lambda: sampling.sample(model, B, seed=0, image_shape=shape[1:], method='fast'),
                           FLAGS.fast_batches)
     naive = naive_pixel * H * H
-    return dict(model=SIZES[size], batch_size=B, image_size=H,
-                naive_seconds_per_pixel=round(naive_pixel, 4),
-                naive_seconds_per_batch=round(naive, 1),
-                fast_seconds_per_batch_first=round(fast_first, 1),
-                fast_seconds_per_batch=round(fast, 1),
-                speedup=round(naive / fast, 1))
+    result = dict(model=SIZES[size], batch_size=B, image_size=H,
+                  naive_seconds_per_pixel=round(naive_pixel, 4),
+                  naive_seconds_per_batch=round(naive, 1),
+                  fast_seconds_per_batch_first=round(fast_first, 1),
+                  fast_seconds_per_batch=round(fast, 1),
+                  fast_milliseconds_per_pixel=round(1e3 * fast / (H * H), 2),
+                  speedup=round(naive / fast, 1))
+    if FLAGS.profile:
+        start = time.perf_counter()
+        times = profiling.op_time_by_type(
+            lambda: sampling.sample(model, B, seed=0, image_shape=shape[1:], method='fast'))
+        wall = time.perf_counter() - start
+        ops = sum(times.values())
+        result.update(profiled_wall_seconds=round(wall, 1), op_seconds=round(ops, 1),
+                      op_seconds_by_type={k: round(t, 2) for k, t in times.most_common(10)},
+                      op_count_note='op seconds are summed over executor threads, which overlap')
+    return result
 
 
 def main(argv):
     del argv
-    print(json.dumps({size: bench(size) for size in FLAGS.sizes}, indent=1))
+    results = {}
+    for size in FLAGS.sizes:
+        tf.config.experimental.reset_memory_stats('CPU:0')
+        results[size] = bench(size)
+        # the process's peak so far (all sizes until this one); its tensors' for this size
+        results[size]['peak_rss_gb'], results[size]['peak_tensors_gb'] = profiling.peak_memory('/cpu:0')
+    print(json.dumps(results, indent=1))
 
 
 if __name__ == '__main__':

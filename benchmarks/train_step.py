@@ -10,29 +10,26 @@ official Adam, EMA) on random 8-bit images, on one device.
 Prints JSON: the median seconds per step (one update: --accum_steps micro-batches of
 --batch_size) after warm-up, images/s, the peak resident memory of the process, the peak of
 the device's tensors (tf.config.experimental.get_memory_info; on a CPU through TensorFlow's
-BFC allocator, which this script turns on), and from a tf.profiler trace of --profile_steps further steps the
-share of op time spent in convolutions (and matmuls) and the op types taking the most time.
+BFC allocator, which this script turns on), and from a tf.profiler trace of --profile_steps
+further steps the share of op time spent in convolutions (and matmuls) and the op types
+taking the most time.
 """
 
-import collections
-import glob
 import json
 import os
-
-os.environ.setdefault('TF_CPU_ALLOCATOR_USE_BFC', 'true')  # so that the CPU reports its peak
-import resource
 import sys
-import tempfile
 import time
+
+os.environ.setdefault('TF_CPU_ALLOCATOR_USE_BFC', 'true')  # the CPU's peak (profiling.peak_memory)
 
 from absl import app, flags
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pixel_cnn_pp import cli, training  # noqa: E402
+import profiling  # noqa: E402
 
 cli.define_model_flags()
 flags.DEFINE_float('dropout_p', 0.5, 'Dropout')
@@ -48,29 +45,8 @@ flags.DEFINE_enum('precision', 'float32', list(training.PRECISIONS), 'Compute dt
 FLAGS = flags.FLAGS
 
 
-def op_time_by_type(logdir):
-    """{op type: seconds} summed over the executor threads of a tf.profiler trace."""
-    times = collections.Counter()
-    for path in glob.glob(os.path.join(logdir, 'plugins', 'profile', '*', '*.xplane.pb')):
-        space = xplane_pb2.XSpace()
-        with open(path, 'rb') as f:
-            space.ParseFromString(f.read())
-        for plane in space.planes:
-            for line in plane.lines:
-                for event in line.events:
-                    name, _, op_type = plane.event_metadata[event.metadata_id].name.rpartition(':')
-                    if name and not name.endswith(':') and op_type.isidentifier():
-                        times[op_type] += event.duration_ps * 1e-12  # TF ops: "op_name:OpType"
-    return times
-
-
 def profile(trainer, batch, steps):
-    with tempfile.TemporaryDirectory() as logdir:
-        tf.profiler.experimental.start(logdir)
-        for _ in range(steps):
-            trainer.train_step(batch)
-        tf.profiler.experimental.stop()
-        times = op_time_by_type(logdir)
+    times = profiling.op_time_by_type(lambda: [trainer.train_step(batch) for _ in range(steps)])
     total = sum(times.values())
 
     def share(word):
@@ -104,9 +80,8 @@ def main(argv):
                   nr_logistic_mix=FLAGS.nr_logistic_mix, batch_size=FLAGS.batch_size,
                   accum_steps=FLAGS.accum_steps, recompute=FLAGS.recompute, xla=FLAGS.xla,
                   precision=FLAGS.precision, seconds_per_step=round(step, 3),
-                  images_per_second=round(shape[0] / step, 2),
-                  peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2))
-    result['peak_tensors_gb'] = round(tf.config.experimental.get_memory_info(device[1:].upper())['peak'] / 2 ** 30, 2)
+                  images_per_second=round(shape[0] / step, 2))
+    result['peak_rss_gb'], result['peak_tensors_gb'] = profiling.peak_memory(device)
     if FLAGS.profile_steps:
         result.update(profile(trainer, batch, FLAGS.profile_steps), op_seconds_note=(
             'op time summed over executor threads, which overlap; shares are of that sum'))

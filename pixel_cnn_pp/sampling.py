@@ -62,39 +62,50 @@ class _NaiveSampler:
         return x
 
 
-def _rows(cache, start, n):
-    """Rows start .. start + n - 1 of a cache as (B, n, W + 2, C). Caches are stored row
-    first and read and written by whole rows: slicing the variable itself would read (and
-    copy) the whole map for every pixel."""
-    return tf.transpose(cache.sparse_read(tf.range(start, start + n)), [1, 0, 2, 3])
+class _Cache:
+    """One activation map of the fast sampler, stored position first: a variable of shape
+    (rows * cols, B, C) whose entry r * cols + c is position (r, c) of every image, so that a
+    pixel's step reads and writes only the positions it needs (slicing the variable itself
+    would read, and copy, the whole map)."""
 
+    def __init__(self, rows, cols, channels):
+        self.rows, self.cols, self.channels = rows, cols, channels
+        self.var = tf.Variable(tf.zeros([rows * cols, 0, channels]), trainable=False,
+                               shape=[rows * cols, None, channels])
 
-def _set_rows(cache, start, value):
-    """Writes value (B, n, W + 2, C) to rows start .. start + n - 1."""
-    n = tf.shape(value)[1]
-    cache.scatter_update(tf.IndexedSlices(tf.transpose(value, [1, 0, 2, 3]), tf.range(start, start + n)))
+    def _index(self, r, nr, c, nc):
+        return tf.reshape((r + tf.range(nr))[:, None] * self.cols + (c + tf.range(nc))[None, :], [-1])
+
+    def read(self, r, nr, c=0, nc=None):
+        """Rows r .. r + nr - 1, columns c .. c + nc - 1 (default: all) as (B, nr, nc, C)."""
+        nc = self.cols if nc is None else nc
+        values = self.var.sparse_read(self._index(r, nr, c, nc))
+        return tf.transpose(tf.reshape(values, [nr, nc, -1, self.channels]), [2, 0, 1, 3])
+
+    def put(self, r, c, value):
+        """Writes value (B, nr, nc, C) at rows r.., columns c.."""
+        shape = tf.shape(value)
+        values = tf.reshape(tf.transpose(value, [1, 2, 0, 3]), [-1, shape[0], self.channels])
+        self.var.scatter_update(tf.IndexedSlices(values, self._index(r, shape[1], c, shape[2])))
 
 
 def _window(cache, r, c, stride=1):
     """The 2-row (and for a position, 2-column) input window of the output at (r, c) of a
     shifted convolution with this stride; c None means the whole row (all columns, with
     the zero border the down-shifted 2x3 kernels pad with)."""
-    rows = _rows(cache, stride * r, 2)
-    return rows if c is None else rows[:, :, stride * c:stride * c + 2]
+    return cache.read(stride * r, 2) if c is None else cache.read(stride * r, 2, stride * c, 2)
 
 
 def _center(cache, r, c):
-    row = _rows(cache, r + 1, 1)
-    return row[:, :, 1:-1] if c is None else row[:, :, c + 1:c + 2]
+    return cache.read(r + 1, 1, 1, cache.cols - 2) if c is None else cache.read(r + 1, 1, c + 1, 1)
 
 
-def _write(cache, r, c, value, size=1):
-    """Writes value to the size x size block at (r, c) (c None: to whole rows)."""
+def _write(cache, r, c, value):
+    """Writes value to the block at (r, c) (c None: to whole rows, with the zero border)."""
     if c is None:
-        _set_rows(cache, r + 1, tf.pad(value, [[0, 0], [0, 0], [1, 1], [0, 0]]))
+        cache.put(r + 1, 0, tf.pad(value, [[0, 0], [0, 0], [1, 1], [0, 0]]))
     else:
-        rows = _rows(cache, r + 1, size)
-        _set_rows(cache, r + 1, tf.concat([rows[:, :, :c + 1], value, rows[:, :, c + 1 + size:]], 2))
+        cache.put(r + 1, c + 1, value)
 
 
 def _when(condition, fn):
@@ -113,9 +124,9 @@ class _FastSampler:
     - Level L (size H / 2^L) changes only when i (and for ul, j) is a multiple of 2^L; the
       transposed convolutions then write their 2-row (u) or 2x2 (ul) block of the finer level.
 
-    Caches are stored row first, (H + 1, B, W + 2, C), with a zero border (one row above,
+    Each cache (_Cache) holds an (H + 1) x (W + 2) map with a zero border (one row above,
     a column each side) that is the padding of the shifted convolutions: position (r, c)
-    of image b is cache[r + 1, b, c + 1]. The outputs equal the full network's (model(x)
+    of the image is the map's (r + 1, c + 1). The outputs equal the full network's (model(x)
     on the partly generated x) up to float round-off.
 
     One sampler serves one model, image shape and conditioning, and any batch size: the
@@ -131,11 +142,8 @@ class _FastSampler:
         self.caches = []
 
         def cache(level, channels):
-            dims = ((H >> level) + 1, (W >> level) + 2, channels)
-            var = tf.Variable(tf.zeros([dims[0], 0, dims[1], dims[2]]), trainable=False,
-                              shape=[dims[0], None, dims[1], dims[2]])
-            self.caches.append((var, dims))
-            return var
+            self.caches.append(_Cache((H >> level) + 1, (W >> level) + 2, channels))
+            return self.caches[-1]
 
         def c1_cache(block, level):
             return cache(level, block.conv2.V.shape[2])
@@ -155,6 +163,9 @@ class _FastSampler:
         self.c1 = {(s, up_pass, st.level): [c1_cache(pair[i], st.level) for pair in st.blocks]
                    for up_pass, stages in ((True, up_stages), (False, down_stages))
                    for s, i in streams for st in stages}  # each block's f(conv1) map
+        # the weight-normalised weights, computed at each start rather than at every row
+        self.w = {layer.name: [tf.Variable(w, trainable=False) for w in layer.weights_now()]
+                  for layer in model.weight_norm_layers()}
         signature = _signature(model, image_shape, conditional)
         self.start = tf.function(self._start, input_signature=[tf.TensorSpec([], tf.int32)])
         self.row = tf.function(self._row, input_signature=[tf.TensorSpec([], tf.int32)] + signature)
@@ -194,12 +205,12 @@ class _FastSampler:
             window = _window(self.up[s][L - 1][-1], r, c, stride=2)
             _write(up[0], r, c, self._conv(st.resample[i], window, c))
         elif s == 'u':  # down_shift(down_shifted_conv2d(x_pad)): row r is the conv's row r - 1
-            out = self._conv(m.u_in, _rows(self.x_pad, tf.maximum(r - 1, 0), 2), None)
+            out = self._conv(m.u_in, self.x_pad.read(tf.maximum(r - 1, 0), 2), None)
             _write(up[0], r, None, out * tf.cast(r > 0, tf.float32))
-            down = self._conv(m.ul_in_down, _rows(self.x_pad, r, 1), None)  # its row r - 1 as well
+            down = self._conv(m.ul_in_down, self.x_pad.read(r, 1), None)  # its row r - 1 as well
             _write(self.ul_in_down, r, None, down * tf.cast(r > 0, tf.float32))
         else:  # + right_shift(down_right_shifted_conv2d(x_pad)): column c is the conv's c - 1
-            right = self._conv(m.ul_in_right, _rows(self.x_pad, r, 2)[:, :, c:c + 1], c)
+            right = self._conv(m.ul_in_right, self.x_pad.read(r, 2, c, 1), c)
             _write(up[0], r, c, _center(self.ul_in_down, r, c) + right * tf.cast(c > 0, tf.float32))
         for k, pair in enumerate(st.blocks, start=1):
             aux = None if s == 'u' else _center(self.up['u'][L][k], r, c)
@@ -222,7 +233,7 @@ class _FastSampler:
             out = layer.apply(_center(prev, r, c), self.w[layer.name])
             width = self.image_shape[1] // 2 ** L if c is None else 1
             out = out[:, :2, layer.crop[0]:layer.crop[0] + 2 * width]
-            _write(self.down_in[s][into.level], 2 * r, None if c is None else 2 * c, out, size=2)
+            _write(self.down_in[s][into.level], 2 * r, None if c is None else 2 * c, out)
 
     def _levels(self, s, i, j):
         """What stream s updates at image row i (and column j for ul), stage by stage in the
@@ -243,19 +254,24 @@ class _FastSampler:
             run(st, lambda r, c, st=st, into=into: self._down(s, st, r, c, into))
 
     def _start(self, batch_size):
-        """Empty caches for a batch of this size."""
-        H, W, C = self.image_shape
-        for var, (rows, cols, channels) in self.caches:
-            var.assign(tf.zeros(tf.stack([rows, batch_size, cols, channels])))
-        self.x_pad[1:, :, 1:-1, C:].assign(tf.ones(tf.stack([H, batch_size, W, 1])))
+        """Empty caches for a batch of this size, and the model's weights as they are now."""
+        for layer in self.model.weight_norm_layers():
+            for var, value in zip(self.w[layer.name], layer.weights_now()):
+                var.assign(value)
+        C = self.image_shape[2]
+        for cache in self.caches:
+            cache.var.assign(tf.zeros(tf.stack([cache.rows * cache.cols, batch_size, cache.channels])))
+        inside = np.zeros((self.x_pad.rows, self.x_pad.cols, 1, 1), np.float32)
+        inside[1:, 1:-1] = 1.  # x_pad's last channel: 1 on the image, 0 on its border
+        self.x_pad.var[:, :, C:].assign(tf.broadcast_to(inside.reshape(-1, 1, 1),
+                                                         tf.stack([inside.size, batch_size, 1])))
 
     def _row(self, i, u_mix, u_logistic, given, given_rows, temperature, h=None):
         """Image row i: each pixel drawn with the noise of noise(), or given's where i <
         given_rows, and written to the caches."""
         m = self.model
         C = self.image_shape[2]
-        # the weights and the conditioning are fixed for the whole row: computed once
-        self.w = {layer.name: layer.weights_now() for layer in m.weight_norm_layers()}
+        # the conditioning is fixed for the whole row: computed once
         blocks = [b for st in sum(m.stages(), ()) for pair in st.blocks for b in pair]
         self.h_terms = {} if h is None else \
             {b.hw_name: tf.matmul(h, b.hw)[:, None, None, :] for b in blocks}
@@ -270,7 +286,8 @@ class _FastSampler:
             _write(self.x_pad, i, j, tf.concat([pixel, tf.ones_like(pixel[..., :1])], 3))
 
     def _result(self):
-        return tf.transpose(self.x_pad[1:, :, 1:-1, :self.image_shape[2]], [1, 0, 2, 3])
+        H, W, C = self.image_shape
+        return self.x_pad.read(1, H, 1, W)[..., :C]
 
     def _run(self, u_mix, u_logistic, given, given_rows, temperature, h=None):
         self._start(tf.shape(u_logistic)[0])

@@ -34,6 +34,12 @@ def test_fast_equals_naive_on_a_wide_image():
     model, _ = initialised(3, False, size=12)
     naive = pixel_cnn_pp.sample(model, 2, seed=1, method='naive', image_shape=(12, 16, 3))
     np.testing.assert_array_equal(pixel_cnn_pp.sample(model, 2, seed=1, image_shape=(12, 16, 3)), naive)
+    # a sampler made once serves the weights the model has at each call (training goes on)
+    for layer in model.weight_norm_layers():
+        layer.g.assign(layer.g * 1.5)
+    naive2 = pixel_cnn_pp.sample(model, 2, seed=1, method='naive', image_shape=(12, 16, 3))
+    assert (naive2 != naive).mean() > 0.5
+    np.testing.assert_array_equal(pixel_cnn_pp.sample(model, 2, seed=1, image_shape=(12, 16, 3)), naive2)
 
 
 def test_naive_is_the_per_pixel_loop():

@@ -175,6 +175,10 @@ class _FastSampler:
     def model(self):
         return self._model()
 
+    def variables(self):
+        """The sampler's own variables: its caches and its copy of the weights."""
+        return [c.var for c in self.caches] + [v for ws in self.w.values() for v in ws]
+
     def _conv(self, layer, window, c):
         """The layer's output at the window's position (c given: one position, computed as
         a matmul of the flattened window, which on tiny inputs is several times faster

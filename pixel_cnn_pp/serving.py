@@ -24,7 +24,7 @@ class Serving(tf.Module):
         self.model = model
         H, W, C = model.image_shape
         self.sampler = sampling.sampler(model, model.image_shape, bool(model.num_labels))
-        self.sampler_caches = [var for var, _ in self.sampler.caches]  # saved with the functions
+        self.sampler_variables = self.sampler.variables()  # saved with the functions
         h_spec = [tf.TensorSpec([None, model.num_labels], tf.float32, name='h')] if model.num_labels else []
         self.log_prob = tf.function(self._log_prob, input_signature=[
             tf.TensorSpec([None, None, None, C], tf.uint8, name='images')] + h_spec)

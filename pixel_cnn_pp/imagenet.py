@@ -28,14 +28,12 @@ MANIFEST = 'manifest.json'
 CHUNK = 4096  # images decoded or converted at a time
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
-MISSING = ('expected either the original downsampled ImageNet 32x32 of van den Oord et al. 2016 '
-           '(train_32x32.tar and valid_32x32.tar, or their extracted folders; formerly at '
-           'image-net.org/small/, now mirrored e.g. on Academic Torrents) or Imagenet32 of '
-           'Chrabaszcz et al. 2017 (train_data_batch_1..10 and val_data, as .npz from '
-           'Imagenet32_train_npz.zip and Imagenet32_val_npz.zip, or as pickles from '
-           'Imagenet32_train.zip and Imagenet32_val.zip; image-net.org downloads, after logging '
-           'in), in --data_dir or a folder in it. To train on arrays of your own, use '
-           '--data_set=npz --data_dir=FILE.npz.')
+MISSING = ('expected the original downsampled ImageNet 32x32 (train_32x32.tar and valid_32x32.tar, '
+           'or their extracted folders; van den Oord et al. 2016, mirrored e.g. on Academic '
+           'Torrents) or Imagenet32 (train_data_batch_1..10 and val_data, from '
+           'Imagenet32_train_npz.zip and Imagenet32_val_npz.zip or their pickle versions; '
+           'Chrabaszcz et al. 2017, image-net.org after login), in --data_dir or a folder in it. '
+           'Arrays of your own: --data_set=npz --data_dir=FILE.npz.')
 
 
 class Source(NamedTuple):

@@ -116,10 +116,14 @@ def _load_tfds_cifar(data_dir):
     return _tfds_arrays(splits, with_labels=True)
 
 
-def load_imagenet(data_dir):
+def load_imagenet(data_dir, class_conditional=False):
     """Downsampled ImageNet 32x32 from the files in data_dir (see imagenet.py), else a
     tensorflow-datasets downsampled_imagenet/32x32 prepared there (its download is gone),
-    else a ValueError naming the forms to get."""
+    else a ValueError naming the forms to get. Asking labels of a form without them is refused
+    before anything is converted."""
+    if class_conditional and imagenet.find(data_dir) and not imagenet.has_labels(data_dir):
+        raise ValueError('--class_conditional needs labels: the original downsampled ImageNet in '
+                         '%s has none (Imagenet32 has 1,000 classes)' % data_dir)
     if not imagenet.find(data_dir):
         splits = _prepared_tfds('downsampled_imagenet/32x32', data_dir, 'validation')
         if splits is not None:
@@ -168,7 +172,7 @@ def load(data_set, data_dir, class_conditional=False):
                              % data_dir)
         data = load_npz(data_dir)
     elif data_set == 'imagenet':
-        data = load_imagenet(data_dir)
+        data = load_imagenet(data_dir, class_conditional)
     elif cifar_folder(data_dir):
         data = load_cifar_official(cifar_folder(data_dir))
     else:

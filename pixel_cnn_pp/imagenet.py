@@ -94,6 +94,12 @@ def find(data_dir):
     return src and src.description
 
 
+def has_labels(data_dir):
+    """Whether the form in data_dir has labels (Imagenet32 does, the original not)."""
+    src = _locate(data_dir)
+    return src is not None and src.form == IMAGENET32
+
+
 def _read_batch(path):
     """One Imagenet32 batch: images (N, 32, 32, 3) uint8 (a view of the channel-first rows)
     and labels (N,) int32, 0-based."""

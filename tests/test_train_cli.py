@@ -173,7 +173,7 @@ def test_eval_of_official_checkpoint(tmp_path, capsys):
 
 @pytest.mark.parametrize('args, message', [
     (['--data_set=npz', '--data_dir=/nonexistent/data.npz'], 'needs --data_dir to be an .npz file'),
-    (['--data_set=imagenet', '--data_dir=/nonexistent'], 'nothing in --data_dir=/nonexistent; expected either'),
+    (['--data_set=imagenet', '--data_dir=/nonexistent'], 'nothing in --data_dir=/nonexistent; expected the original'),
     (['--batch_size=0'], 'flag --batch_size=0: 0 is not a positive integer'),
     (['--nr_logistic_mix=0'], 'flag --nr_logistic_mix=0: 0 is not a positive integer'),
     (['--learning_rate=-1'], 'flag --learning_rate=-1: -1.0 is not a non-negative number'),
@@ -470,6 +470,7 @@ def test_trains_on_downsampled_imagenet_files(tmp_path, capsys, form):
     Imagenet32's npz batches (1,000 classes, so --class_conditional): converted into the
     cache, trained and evaluated (the test bits/dim of the epoch line)."""
     from test_imagenet import write_imagenet32, write_original
+    from pixel_cnn_pp import imagenet
     data_dir = tmp_path / 'imagenet'
     if form == 'original':
         write_original(str(data_dir), n_train=8, n_test=4)
@@ -484,3 +485,8 @@ def test_trains_on_downsampled_imagenet_files(tmp_path, capsys, form):
     assert len(LINE.findall(out)) == 1
     config = json.load(open(tmp_path / 'save' / 'config.json'))
     assert config['image_shape'] == [32, 32, 3] and config['num_labels'] == (1000 if extra else 0)
+    if form == 'original':  # no labels: refused before the (new) cache is touched
+        os.rename(data_dir / imagenet.CACHE, tmp_path / 'cache')
+        with pytest.raises(Exception, match='--class_conditional needs labels: the original'):
+            run_train(args + ['--class_conditional', '--save_dir=%s' % (tmp_path / 'cond')])
+        assert not os.path.exists(data_dir / imagenet.CACHE) and not os.path.exists(tmp_path / 'cond')

@@ -1,5 +1,6 @@
 """Drawing images from a PixelCNNPP, and writing them as the official train.py does."""
 
+import functools
 import weakref
 
 import numpy as np
@@ -66,12 +67,19 @@ class _Cache:
     """One activation map of the fast sampler, stored position first: a variable of shape
     (rows * cols, B, C) whose entry r * cols + c is position (r, c) of every image, so that a
     pixel's step reads and writes only the positions it needs (slicing the variable itself
-    would read, and copy, the whole map)."""
+    would read, and copy, the whole map). The variable has one more row than the map, so
+    that every row of the map starts a slab.
 
-    def __init__(self, rows, cols, channels):
-        self.rows, self.cols, self.channels = rows, cols, channels
-        self.var = tf.Variable(tf.zeros([rows * cols, 0, channels]), trainable=False,
-                               shape=[rows * cols, None, channels])
+    While a row's pixels run (compiled by XLA, which takes no sparse reads or writes of
+    variables), the cache reads and writes a slab instead: rows base .. base + 2 of the
+    map as a tensor (3, cols, B, C), passed in and out of the compiled loop."""
+
+    def __init__(self, level, rows, cols, channels):
+        self.level, self.rows, self.cols, self.channels = level, rows, cols, channels
+        self.var = tf.Variable(tf.zeros([(rows + 1) * cols, 0, channels]), trainable=False,
+                               shape=[(rows + 1) * cols, None, channels])
+        self.slab = self.base = None
+        self.written = False
 
     def _index(self, r, nr, c, nc):
         return tf.reshape((r + tf.range(nr))[:, None] * self.cols + (c + tf.range(nc))[None, :], [-1])
@@ -79,14 +87,39 @@ class _Cache:
     def read(self, r, nr, c=0, nc=None):
         """Rows r .. r + nr - 1, columns c .. c + nc - 1 (default: all) as (B, nr, nc, C)."""
         nc = self.cols if nc is None else nc
+        if self.slab is not None:
+            # gathers, not tf.slice: XLA would compile a slice's start in, once per row
+            values = tf.gather(tf.gather(self.slab, r - self.base + tf.range(nr)), c + tf.range(nc), axis=1)
+            return tf.transpose(values, [2, 0, 1, 3])
         values = self.var.sparse_read(self._index(r, nr, c, nc))
         return tf.transpose(tf.reshape(values, [nr, nc, -1, self.channels]), [2, 0, 1, 3])
 
     def put(self, r, c, value):
         """Writes value (B, nr, nc, C) at rows r.., columns c.."""
+        if self.slab is not None:
+            self.written = True
+            nr, nc = tf.unstack(tf.shape(value)[1:3])
+            rows, cols = tf.meshgrid(r - self.base + tf.range(nr), c + tf.range(nc), indexing='ij')
+            self.slab = tf.tensor_scatter_nd_update(self.slab, tf.stack([rows, cols], 2),
+                                                    tf.transpose(value, [1, 2, 0, 3]))
+            return
         shape = tf.shape(value)
         values = tf.reshape(tf.transpose(value, [1, 2, 0, 3]), [-1, shape[0], self.channels])
         self.var.scatter_update(tf.IndexedSlices(values, self._index(r, shape[1], c, shape[2])))
+
+    def load_slab(self, i):
+        """The slab of image row i: the map's rows i // 2^level .. + 2."""
+        base = i // 2 ** self.level
+        return tf.reshape(self.var.sparse_read(self._index(base, 3, 0, self.cols)), [3, self.cols, -1, self.channels])
+
+    def store_slab(self, i, slab):
+        base = i // 2 ** self.level
+        self.var.scatter_update(tf.IndexedSlices(tf.reshape(slab, [3 * self.cols, -1, self.channels]),
+                                                 self._index(base, 3, 0, self.cols)))
+
+    def use_slab(self, i, slab):
+        """Reads and writes go to slab (None: back to the variable)."""
+        self.slab, self.base = slab, None if slab is None else i // 2 ** self.level
 
 
 def _window(cache, r, c, stride=1):
@@ -106,10 +139,6 @@ def _write(cache, r, c, value):
         cache.put(r + 1, 0, tf.pad(value, [[0, 0], [0, 0], [1, 1], [0, 0]]))
     else:
         cache.put(r + 1, c + 1, value)
-
-
-def _when(condition, fn):
-    tf.cond(condition, lambda: fn() or tf.constant(0), lambda: tf.constant(0))
 
 
 class _FastSampler:
@@ -142,7 +171,7 @@ class _FastSampler:
         self.caches = []
 
         def cache(level, channels):
-            self.caches.append(_Cache((H >> level) + 1, (W >> level) + 2, channels))
+            self.caches.append(_Cache(level, (H >> level) + 1, (W >> level) + 2, channels))
             return self.caches[-1]
 
         def c1_cache(block, level):
@@ -169,6 +198,8 @@ class _FastSampler:
         signature = _signature(model, image_shape, conditional)
         self.start = tf.function(self._start, input_signature=[tf.TensorSpec([], tf.int32)])
         self.row = tf.function(self._row, input_signature=[tf.TensorSpec([], tf.int32)] + signature)
+        self._pixels = {n: tf.function(functools.partial(self._pixel_loop, n), jit_compile=True)
+                        for n in range(1, len(up_stages) + 1)}
         self.run = tf.function(self._run, input_signature=signature)
 
     @property
@@ -239,23 +270,17 @@ class _FastSampler:
             out = out[:, :2, layer.crop[0]:layer.crop[0] + 2 * width]
             _write(self.down_in[s][into.level], 2 * r, None if c is None else 2 * c, out)
 
-    def _levels(self, s, i, j):
+    def _levels(self, s, i, j, levels):
         """What stream s updates at image row i (and column j for ul), stage by stage in the
-        forward pass's order: a stage at level L runs when i (and j) are multiples of 2^L."""
-        def run(st, fn):
-            L = st.level
-            at = (i // 2 ** L, None if j is None else j // 2 ** L)
-            if L == 0:
-                fn(*at)
-            else:
-                _when(tf.logical_and(i % 2 ** L == 0, True if j is None else j % 2 ** L == 0),
-                      lambda: fn(*at))
-
+        forward pass's order: the stages of `levels`, those where i (and j) are multiples of
+        2^level."""
         up_stages, down_stages = self.model.stages()
         for st in up_stages:
-            run(st, lambda r, c, st=st: self._up(s, st, r, c))
+            if st.level in levels:
+                self._up(s, st, i // 2 ** st.level, None if j is None else j // 2 ** st.level)
         for st, into in zip(down_stages, down_stages[1:] + (None,)):
-            run(st, lambda r, c, st=st, into=into: self._down(s, st, r, c, into))
+            if st.level in levels:
+                self._down(s, st, i // 2 ** st.level, None if j is None else j // 2 ** st.level, into)
 
     def _start(self, batch_size):
         """Empty caches for a batch of this size, and the model's weights as they are now."""
@@ -264,30 +289,70 @@ class _FastSampler:
                 var.assign(value)
         C = self.image_shape[2]
         for cache in self.caches:
-            cache.var.assign(tf.zeros(tf.stack([cache.rows * cache.cols, batch_size, cache.channels])))
-        inside = np.zeros((self.x_pad.rows, self.x_pad.cols, 1, 1), np.float32)
-        inside[1:, 1:-1] = 1.  # x_pad's last channel: 1 on the image, 0 on its border
+            cache.var.assign(tf.zeros(tf.stack([cache.var.shape[0], batch_size, cache.channels])))
+        inside = np.zeros((self.x_pad.rows + 1, self.x_pad.cols, 1, 1), np.float32)
+        inside[1:-1, 1:-1] = 1.  # x_pad's last channel: 1 on the image, 0 on its border
         self.x_pad.var[:, :, C:].assign(tf.broadcast_to(inside.reshape(-1, 1, 1),
                                                          tf.stack([inside.size, batch_size, 1])))
 
+    def _set_h(self, h):
+        """The conditioning terms of every block (fixed for the whole image)."""
+        m = self.model
+        blocks = [b for st in sum(m.stages(), ()) for pair in st.blocks for b in pair]
+        self.h_terms = {} if h is None else {b.hw_name: tf.matmul(h, b.hw)[:, None, None, :] for b in blocks}
+
     def _row(self, i, u_mix, u_logistic, given, given_rows, temperature, h=None):
         """Image row i: each pixel drawn with the noise of noise(), or given's where i <
-        given_rows, and written to the caches."""
+        given_rows, and written to the caches. The levels that run at row i are those where
+        i is a multiple of 2^level: 1, 2 or 3 (always the coarsest first), one branch each."""
+        levels = len(self.model.stages()[0])
+        n = sum(tf.cast(i % 2 ** L == 0, tf.int32) for L in range(levels))
+
+        def branch(n):
+            def run():
+                self._set_h(h)
+                self._levels('u', i, None, range(n))
+                slabs = [cache.load_slab(i) for cache in self.caches]
+                written = self._pixels[n](i, slabs, u_mix[:, i], u_logistic[:, i], given[:, i], given_rows,
+                                          temperature, *([] if h is None else [h]))
+                for k, slab in written.items():
+                    self.caches[int(k)].store_slab(i, slab)
+                return tf.constant(0)
+            return run
+        tf.switch_case(n - 1, [branch(n) for n in range(1, levels + 1)])
+
+    def _pixel_loop(self, n, i, slabs, u_mix, u_logistic, given, given_rows, temperature, h=None):
+        """The pixels of image row i, where levels 0 .. n - 1 run, on the caches' slabs
+        (compiled by XLA). Level L runs at the columns that are multiples of 2^L: the loop
+        steps over groups of 2^(n - 1) columns, each with its static schedule. Returns the
+        slabs it wrote, by cache index."""
         m = self.model
-        C = self.image_shape[2]
-        # the conditioning is fixed for the whole row: computed once
-        blocks = [b for st in sum(m.stages(), ()) for pair in st.blocks for b in pair]
-        self.h_terms = {} if h is None else \
-            {b.hw_name: tf.matmul(h, b.hw)[:, None, None, :] for b in blocks}
-        self._levels('u', i, None)
-        for j in tf.range(self.image_shape[1]):
-            self._levels('ul', i, j)
-            ul = _center(self.down['ul'][0][-1], i, j)
-            l = m.head[0].apply(tf.nn.elu(ul), self.w[m.head[0].name])
-            pixel = nn.sample_with_noise(l, C, (u_mix[:, i:i + 1, j:j + 1], u_logistic[:, i:i + 1, j:j + 1]),
-                                         temperature)
-            pixel = tf.where(i < given_rows, given[:, i:i + 1, j:j + 1], pixel)
-            _write(self.x_pad, i, j, tf.concat([pixel, tf.ones_like(pixel[..., :1])], 3))
+        W, C = self.image_shape[1:]
+        group = 2 ** (n - 1)
+        self._set_h(h)
+
+        def body(g, slabs):
+            for cache, slab in zip(self.caches, slabs):
+                cache.use_slab(i, slab)
+            for t in range(group):
+                j = g * group + t
+                self._levels('ul', i, j, [L for L in range(n) if t % 2 ** L == 0])
+                ul = _center(self.down['ul'][0][-1], i, j)
+                l = m.head[0].apply(tf.nn.elu(ul), self.w[m.head[0].name])
+                def column(x):
+                    return tf.gather(x, j, axis=1)[:, None, None]
+                pixel = nn.sample_with_noise(l, C, (column(u_mix), column(u_logistic)), temperature)
+                pixel = tf.where(i < given_rows, column(given), pixel)
+                _write(self.x_pad, i, j, tf.concat([pixel, tf.ones_like(pixel[..., :1])], 3))
+            return g + 1, [cache.slab for cache in self.caches]
+
+        for cache in self.caches:
+            cache.written = False
+        slabs = tf.while_loop(lambda g, slabs: g < W // group, body, (tf.constant(0), slabs))[1]
+        written = {str(k): slab for k, (cache, slab) in enumerate(zip(self.caches, slabs)) if cache.written}
+        for cache in self.caches:
+            cache.use_slab(i, None)
+        return written
 
     def _result(self):
         H, W, C = self.image_shape

@@ -32,6 +32,9 @@ flags.DEFINE_list('labels', None, 'For a class-conditional model: the labels to 
                   '(default: every label, one grid row per label)')
 flags.DEFINE_enum('method', 'fast', ['fast', 'naive'], 'fast: cached generation; naive: the '
                   'official loop, one forward pass of the whole network per pixel')
+flags.DEFINE_boolean('jit_compile', False, 'Compile the fast sampler\'s per-pixel loop with XLA: '
+                     'batches about 1.7x faster at the paper\'s size, after a first batch that '
+                     'compiles for about a minute (again for each new batch size)')
 flags.DEFINE_float('temperature', 1., 'Mixture logits / T and logistic scales x T: 1 samples the '
                    'model; below 1 gives sharper, less varied images that are no longer samples '
                    'of the model', lower_bound=0.)
@@ -99,6 +102,8 @@ def main(argv):
                              '.keras file or an official TF1 checkpoint')
     if FLAGS.temperature <= 0:
         raise app.UsageError('--temperature must be > 0, got %g' % FLAGS.temperature)
+    if FLAGS.jit_compile and FLAGS.method != 'fast':
+        raise app.UsageError('--jit_compile is for --method=fast')
     for name in ('given_rows', 'samples_per_image', 'data_dir'):
         if FLAGS[name].present and not FLAGS.complete:
             raise app.UsageError('--%s is for --complete' % name)
@@ -130,7 +135,7 @@ def main(argv):
         images.append(sampling.sample(
             model, n, h=h, seed=FLAGS.seed + start, method=FLAGS.method,
             given=None if given is None else given[start:start + n], given_rows=rows,
-            temperature=FLAGS.temperature, progress=lambda r, b=b: bar.update(b * H + r)))
+            temperature=FLAGS.temperature, jit_compile=FLAGS.jit_compile, progress=lambda r, b=b: bar.update(b * H + r)))
     seconds = time.time() - began
     images = np.concatenate(images)
     if FLAGS.complete:

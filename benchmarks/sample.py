@@ -3,13 +3,13 @@
     python benchmarks/sample.py                      # paper size and small, batch 16
     python benchmarks/sample.py --sizes=small --batch_size=4
 
-Prints JSON. Fast is timed on whole batches (its first batch includes tracing and is
-reported apart). Every naive iteration is the same work, one forward pass of the whole
+Prints JSON. Fast is timed on whole batches, without and with XLA (jit_compile; its first
+batch includes tracing and compiling and is reported apart). Every naive iteration is the same work, one forward pass of the whole
 network plus sampling, so naive's seconds per batch are the median time of that iteration
 times H * W (a full naive batch at the paper size takes over an hour on 2 CPU cores).
-Then one more fast batch under tf.profiler: its op time by op type (summed over executor
-threads) against its wall time, the rest being dispatch between ops, the per-row steps'
-Python and the loops. Last, peak memory: of the process so far, and of this size's tensors.
+Then one more fast batch of each under tf.profiler: its op time by op type (summed over
+executor threads; XLA's compiled loop is one op, XlaLaunch or _XlaRun) against its wall
+time, the rest being dispatch between ops, the per-row steps' Python and the loops. Last, peak memory: of the process so far, and of this size's tensors.
 """
 
 import json
@@ -59,28 +59,28 @@ def bench(size):
     iteration = tf.function(lambda x: nn.sample_with_noise(model(x), 3, noise))
     iteration(x).numpy()  # trace
     naive_pixel = median_seconds(lambda: iteration(x).numpy(), FLAGS.naive_iterations)
-    start = time.perf_counter()
-    sampling.sample(model, B, seed=0, image_shape=shape[1:], method='fast')
-    fast_first = time.perf_counter() - start
-    fast = median_seconds(lambda: sampling.sample(model, B, seed=0, image_shape=shape[1:], method='fast'),
-                          FLAGS.fast_batches)
     naive = naive_pixel * H * H
     result = dict(model=SIZES[size], batch_size=B, image_size=H,
                   naive_seconds_per_pixel=round(naive_pixel, 4),
-                  naive_seconds_per_batch=round(naive, 1),
-                  fast_seconds_per_batch_first=round(fast_first, 1),
-                  fast_seconds_per_batch=round(fast, 1),
-                  fast_milliseconds_per_pixel=round(1e3 * fast / (H * H), 2),
-                  speedup=round(naive / fast, 1))
-    if FLAGS.profile:
+                  naive_seconds_per_batch=round(naive, 1))
+    for name, jit in (('fast', False), ('fast_xla', True)):
+        def draw():
+            sampling.sample(model, B, seed=0, image_shape=shape[1:], jit_compile=jit)
         start = time.perf_counter()
-        times = profiling.op_time_by_type(
-            lambda: sampling.sample(model, B, seed=0, image_shape=shape[1:], method='fast'))
-        wall = time.perf_counter() - start
-        ops = sum(times.values())
-        result.update(profiled_wall_seconds=round(wall, 1), op_seconds=round(ops, 1),
-                      op_seconds_by_type={k: round(t, 2) for k, t in times.most_common(10)},
-                      op_count_note='op seconds are summed over executor threads, which overlap')
+        draw()
+        first = time.perf_counter() - start
+        fast = median_seconds(draw, FLAGS.fast_batches)
+        result[name] = dict(seconds_per_batch_first=round(first, 1), seconds_per_batch=round(fast, 2),
+                            milliseconds_per_pixel=round(1e3 * fast / (H * H), 2),
+                            speedup=round(naive / fast, 1))
+        if FLAGS.profile:
+            start = time.perf_counter()
+            times = profiling.op_time_by_type(draw)
+            result[name].update(profiled_wall_seconds=round(time.perf_counter() - start, 1),
+                                op_seconds=round(sum(times.values()), 1),
+                                op_seconds_by_type={k: round(t, 2) for k, t in times.most_common(10)})
+    if FLAGS.profile:
+        result['op_count_note'] = 'op seconds are summed over executor threads, which overlap'
     return result
 
 

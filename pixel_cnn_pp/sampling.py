@@ -198,8 +198,8 @@ class _FastSampler:
         self.w = {layer.name: [tf.Variable(w, trainable=False) for w in layer.weights_now()]
                   for layer in model.weight_norm_layers()}
         signature = _signature(model, image_shape, conditional)
-        # autograph=False: the loops are explicit, and autograph would convert every lambda
-        # of the trace (more than half the tracing time)
+        # autograph=False: the loops are explicit; autograph would only convert every lambda
+        # of the trace again
         self.start = tf.function(self._start, input_signature=[tf.TensorSpec([], tf.int32)], autograph=False)
         self.row = tf.function(self._row, input_signature=[tf.TensorSpec([], tf.int32)] + signature,
                                autograph=False)

@@ -175,6 +175,7 @@ def test_evaluate_counts_every_test_image_once(two_replicas):
     assert trainer.evaluate(data_lib.test_batches(strategy, data, 2)) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow  # bfloat16 is emulated on most CPUs; mixed_float16 runs in the default set
 def test_mixed_bfloat16_training_step(one_replica):
     """Same weights, same batch: the bfloat16 step's loss is the float32 one to bfloat16
     precision, and its update moves the float32 weights like the float32 step does."""

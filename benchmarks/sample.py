@@ -4,12 +4,14 @@
     python benchmarks/sample.py --sizes=small --batch_size=4
 
 Prints JSON. Fast is timed on whole batches, without and with XLA (jit_compile; its first
-batch includes tracing and compiling and is reported apart). Every naive iteration is the same work, one forward pass of the whole
-network plus sampling, so naive's seconds per batch are the median time of that iteration
-times H * W (a full naive batch at the paper size takes over an hour on 2 CPU cores).
-Then one more fast batch of each under tf.profiler: its op time by op type (summed over
-executor threads; XLA's compiled loop is one op, XlaLaunch or _XlaRun) against its wall
-time, the rest being dispatch between ops, the per-row steps' Python and the loops. Last, peak memory: of the process so far, and of this size's tensors.
+batch includes tracing and compiling and is reported apart). Every naive iteration is the
+same work, one forward pass of the whole network plus sampling, so naive's seconds per
+batch are the median time of that iteration times H * W (a full naive batch at the paper
+size takes over an hour on 2 CPU cores). Then one more fast batch of each under
+tf.profiler: its op time by TensorFlow op type (summed over executor threads; the XLA
+pixel loop is not among them, so with XLA the wall time minus the ops' is mostly that
+loop) against its wall time, the rest being dispatch between ops, the per-row steps'
+Python and the loops. Last, peak memory: of the process so far, and of this size's tensors.
 """
 
 import json

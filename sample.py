@@ -135,7 +135,8 @@ def main(argv):
         images.append(sampling.sample(
             model, n, h=h, seed=FLAGS.seed + start, method=FLAGS.method,
             given=None if given is None else given[start:start + n], given_rows=rows,
-            temperature=FLAGS.temperature, jit_compile=FLAGS.jit_compile, progress=lambda r, b=b: bar.update(b * H + r)))
+            temperature=FLAGS.temperature, jit_compile=FLAGS.jit_compile,
+            progress=lambda r, b=b: bar.update(b * H + r)))
     seconds = time.time() - began
     images = np.concatenate(images)
     if FLAGS.complete:

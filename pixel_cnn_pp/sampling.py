@@ -204,7 +204,7 @@ class _FastSampler:
         self.row = tf.function(self._row, input_signature=[tf.TensorSpec([], tf.int32)] + signature,
                                autograph=False)
         self._pixels = {n: tf.function(functools.partial(self._pixel_loop, n), jit_compile=True, autograph=False)
-                        for n in range(1, len(up_stages) + 1)}
+                        for n in range(1, len(up_stages) + 1)} if jit_compile else {}
         self.run = tf.function(self._run, input_signature=signature, autograph=False)
 
     @property

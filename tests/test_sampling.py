@@ -217,6 +217,28 @@ def test_sample_py_completes_images(tmp_path):
     np.testing.assert_array_equal(grid[10:18, 28:36], expected[3])
 
 
+@pytest.mark.slow
+def test_sample_py_compiles_each_kind_of_row_once(tmp_path):
+    """sample.py --jit_compile: XLA compiles the pixel loop once per kind of row (3), not once
+    per row (8), counted as the executables it writes to a persistent XLA cache; the images
+    are the non-XLA sampler's."""
+    import os
+    import subprocess
+    import sys
+    from test_official import FIXTURES
+    ckpt = os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root,
+               TF_XLA_FLAGS='--tf_xla_persistent_cache_directory=%s' % (tmp_path / 'xla'))
+    out = subprocess.run([sys.executable, os.path.join(root, 'sample.py'), '--checkpoint=' + ckpt,
+                          '--image_size=8', '--num_samples=2', '--jit_compile', '--out=%s' % (tmp_path / 's')],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert len(os.listdir(tmp_path / 'xla')) == 3
+    model = pixel_cnn_pp.load(ckpt, image_shape=(8, 8))
+    np.testing.assert_array_equal(np.load(tmp_path / 's.npz')['samples'], pixel_cnn_pp.sample(model, 2, seed=1))
+
+
 def test_sample_py_class_grid(tmp_path):
     """A class-conditional model without --labels: one grid row per class."""
     import os

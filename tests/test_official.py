@@ -24,10 +24,11 @@ def load_run(run):
 
 
 def assert_close_to_official(ours, official):
-    """The issue's bar: max |ours - official| <= 1e-4 max |official|."""
+    """What docs/official.md claims: float32 round-off, max |ours - official| <= 2e-6
+    max |official| (measured at most 6.9e-7 on every fixture run, raw and EMA weights)."""
     ours, official = np.asarray(ours), np.asarray(official)
     assert ours.shape == official.shape
-    assert np.abs(ours - official).max() <= 1e-4 * np.abs(official).max()
+    assert np.abs(ours - official).max() <= 2e-6 * np.abs(official).max()
 
 
 @pytest.mark.parametrize('run', RUNS)

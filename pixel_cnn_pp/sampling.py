@@ -435,7 +435,8 @@ def sample(model, num, h=None, seed=None, method='fast', image_shape=None, given
     model.image_shape. given (uint8 (num, H, W, C)) and given_rows = r: completion, the
     first r rows are given's and the others drawn from p(x | those rows). temperature T:
     mixture logits / T and logistic scales x T (1: the model's distribution; lower: sharper
-    images of lower bits/dim, no longer samples of the model). jit_compile=True (fast only):
+    images of lower bits/dim if the logistics are narrower than the pixel range, as a trained
+    model's are; no longer samples of the model). jit_compile=True (fast only):
     the per-pixel loop compiled by XLA, faster per batch once compiled (the first call of
     a model, shape and conditioning compiles it, about a minute at the paper's size).
     progress(rows_done) is called after each image row."""

@@ -11,6 +11,8 @@ The SavedModel's signatures (tf.saved_model.load(out).signatures[...]):
     sample(num=int32, seed=int32[, h]) -> {'images': uint8 [num, H, W, C]}
 """
 
+import quiet_tf  # noqa: F401  (first: TensorFlow without its start-up logs)
+
 import os
 import shutil
 import tempfile

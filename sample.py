@@ -10,6 +10,8 @@ pixel_cnn_pp.load. Writes a PNG grid and an .npz of uint8 images.
     python sample.py --checkpoint=save --complete=test.npz --given_rows=16 --num_samples=8
 """
 
+import quiet_tf  # noqa: F401  (first: TensorFlow without its start-up logs)
+
 import os
 import time
 
@@ -127,7 +129,7 @@ def main(argv):
         FLAGS.checkpoint, '' if FLAGS.temperature == 1 else ' at temperature %g' % FLAGS.temperature))
     H = model.image_shape[0]
     starts = range(0, total, FLAGS.batch_size)
-    bar = keras.utils.Progbar(len(starts) * H, unit_name='row')
+    bar = cli.progress_bar(len(starts) * H, unit_name='row')
     images, began = [], time.time()
     for b, start in enumerate(starts):
         n = min(FLAGS.batch_size, total - start)

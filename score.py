@@ -19,13 +19,14 @@ Scores, each oriented so that larger means more OOD:
 For each --ood set against --in: AUROC, AUPRC and the FPR at 95% TPR, the OOD set positive.
 """
 
+import quiet_tf  # noqa: F401  (first: TensorFlow without its start-up logs)
+
 import csv
 import json
 import os
 import time
 
 from absl import app, flags
-import keras
 import numpy as np
 
 from pixel_cnn_pp import cli, data, sampling, scoring
@@ -44,7 +45,6 @@ flags.DEFINE_string('report', None, 'Write {ood set: {score: {auroc, auprc, fpr9
 flags.DEFINE_string('csv', None, 'Write one row per image with every score here')
 flags.DEFINE_string('heatmaps', None, 'Write, per image, the image beside a heat map of its '
                     'per-pixel bits into this folder (PNG)')
-flags.DEFINE_boolean('progress', True, 'Show a progress bar')
 
 METRICS = {'auroc': scoring.auroc, 'auprc': scoring.auprc, 'fpr95': scoring.fpr_at_95_tpr}
 
@@ -63,7 +63,7 @@ def read_set(spec, shape):
 
 def pixel_bits(model, images, label):
     """-log2 p(x_ij | x_<ij) of every pixel (N, H, W), batch by batch with a progress bar."""
-    bar = keras.utils.Progbar(len(images), verbose=1 if FLAGS.progress else 0, unit_name='image')
+    bar = cli.progress_bar(len(images), unit_name='image')
     out, start = [], time.time()
     for i in range(0, len(images), FLAGS.batch_size):
         out.append(-scoring.log_prob_map(model, images[i:i + FLAGS.batch_size]) / np.log(2.))

@@ -8,7 +8,8 @@ test bits/dim.
     python train.py --mode=eval --checkpoint=params_cifar.ckpt # the official one
 """
 
-import json
+import quiet_tf  # noqa: F401  (first: TensorFlow without its start-up logs)
+
 import os
 import sys
 import time
@@ -18,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import checkpoints, cli, sampling, savedir, training
+from pixel_cnn_pp import checkpoints, cli, progress, sampling, savedir, training
 from pixel_cnn_pp import data as data_lib
 from pixel_cnn_pp.training import Trainer
 
@@ -78,7 +79,6 @@ flags.DEFINE_integer('max_steps_per_epoch', None, 'Cap on training steps per epo
                      lower_bound=1)
 flags.DEFINE_integer('save_steps', 0, 'Also checkpoint every N steps within an epoch (0: only at '
                      'the end of every --save_interval epochs, as the official code)', lower_bound=0)
-flags.DEFINE_boolean('progress', True, 'Show a progress bar with images/s and ETA')
 flags.adopt_module_key_flags(cli)
 
 
@@ -263,8 +263,7 @@ class Run:
         batches = data_lib.train_batches(self.strategy, self.data, FLAGS.batch_size * trainer.accum_steps,
                                          FLAGS.seed,
                                          epoch, skip=skip, max_steps=steps)
-        bar = keras.utils.Progbar(steps, stateful_metrics=['bits_per_dim', 'images/s'],
-                                  verbose=1 if FLAGS.progress else 0)
+        bar = progress.bar(steps, enabled=FLAGS.progress, stateful_metrics=['bits_per_dim', 'images/s'])
         train_losses, seconds = [], 0.
         t0 = time.time()
         for k, batch in enumerate(batches, start=skip + 1):
@@ -348,9 +347,7 @@ def open_save_dir(chief):
 
 def main(argv):
     del argv
-    check_flags()
-    ours = FLAGS.get_key_flags_for_module(sys.modules[__name__])
-    print('input args:\n', json.dumps({f.name: f.value for f in ours}, indent=4, separators=(',', ':')))
+    check_flags()  # --verbose prints the flags (cli.run)
 
     keras.utils.set_random_seed(FLAGS.seed)  # Python, NumPy, TensorFlow and Keras initializers
     strategy = make_strategy()
@@ -361,6 +358,7 @@ def main(argv):
         evaluate(strategy)
         return
     kwargs, conditional, extra = run_config()
+    cli.note_no_gpu(kwargs, quiet_tf.GPUS)
     data = load_data(conditional)
     check_data(data, strategy, extra['accum_steps'])
     print('each update: %d replica(s) x %d micro-batch(es) x %d images = %d images'

@@ -6,6 +6,7 @@ checkpoint such as params_cifar.ckpt)."""
 import json
 import os
 import re
+import zipfile
 
 import keras
 import tensorflow as tf
@@ -284,6 +285,9 @@ def _load_keras(path, use_ema, overrides):
     if not use_ema:
         raise ValueError('%s: a .keras file holds one set of weights (export.py writes the EMA '
                          'ones unless --noema); use_ema=False does not apply' % path)
+    if not zipfile.is_zipfile(path):  # Keras would say "File not found" of an existing file
+        raise ValueError('%s: not a .keras file (a .keras file is a zip archive)'
+                         % path)
     try:
         model = keras.models.load_model(path)
     except Exception as e:  # Keras raises many types for a corrupt or foreign archive
@@ -331,7 +335,9 @@ def load(path, *, use_ema=True, **overrides):
             raise ValueError('%s: no such .keras file' % path)
         return _load_keras(path, use_ema, overrides)
     if os.path.isdir(path):  # the newest checkpoint that can be read
-        return newest_readable(path, lambda prefix: _load_checkpoint(prefix, path, use_ema, overrides))[1]
+        prefix, model = newest_readable(path, lambda prefix: _load_checkpoint(prefix, path, use_ema, overrides))
+        model.checkpoint_path = prefix  # which one was read (the scripts say it)
+        return model
     prefix = _checkpoint_prefix(path)
     try:
         return _load_checkpoint(prefix, os.path.dirname(prefix) or '.', use_ema, overrides)

@@ -1,18 +1,39 @@
-"""What the command-line scripts share: the official model flags, the flags of a script
-that loads a trained model (--checkpoint and the overrides of `pixel_cnn_pp.load`), and
-running a script so that a user's mistake is a short message, not a traceback or the help.
+"""What the command-line scripts share: the common flags (--progress, --verbose), the
+official model flags, the flags of a script that loads a trained model (--checkpoint and the
+overrides of `pixel_cnn_pp.load`), and running a script so that a user's mistake is a short
+message, not a traceback or the help.
 
-A script defines its own flags, calls one of the define_* functions, and then
-`flags.adopt_module_key_flags(cli)` so that its --help lists these flags too."""
+A script imports `quiet_tf` first (TensorFlow without its start-up logs), defines its own
+flags, calls the define_* functions it needs, then `flags.adopt_module_key_flags(cli)` so
+that its --help lists these flags too, and ends with `cli.run(main)`.
 
+Exit statuses, the same in every script:
+    0    done (--help too)
+    1    the run failed: training diverged (non-finite loss or weights), or a bug (with
+         its traceback)
+    2    usage error: an unknown flag, a bad flag value, a missing or unreadable input
+         file, a model that does not fit the task; one line says what and which flag
+    3    a file could not be written or read by the system (disk full, permission denied)
+    130  interrupted (Ctrl-C)"""
+
+import json
+import os
+import re
 import sys
 
 from absl import app, flags, logging
 
-from pixel_cnn_pp import checkpoints
+from pixel_cnn_pp import checkpoints, progress
 
 FLAGS = flags.FLAGS
 NONLINEARITIES = ['concat_elu', 'elu', 'relu']
+USAGE, FAILED, SYSTEM, INTERRUPTED = 2, 1, 3, 130  # exit statuses (see above)
+
+# the common flags of every script
+flags.DEFINE_boolean('progress', True, 'Show a progress bar (on a terminal; written to a file '
+                     'or a pipe: a plain line every 10%% or 5 minutes)')
+flags.DEFINE_boolean('verbose', False, 'Print the flags at the start, and absl/TensorFlow INFO '
+                     'log lines (set TF_CPP_MIN_LOG_LEVEL=0 for TensorFlow\'s start-up logs too)')
 
 
 def _define_model_flags(defaults, note=''):
@@ -79,28 +100,97 @@ def load_overrides():
 
 
 def load_model(path, use_ema=True):
-    """pixel_cnn_pp.load with the overrides of the load flags; a bad path or config is a
-    UsageError."""
+    """pixel_cnn_pp.load with the overrides of the load flags, then the line saying what was
+    loaded (loaded_line); a bad path or config is a UsageError."""
     try:
-        return checkpoints.load(path, use_ema=use_ema, **load_overrides())
+        model = checkpoints.load(path, use_ema=use_ema, **load_overrides())
     except ValueError as e:
         raise app.UsageError(str(e)) from None
+    print(loaded_line(model, path, use_ema))
+    return model
+
+
+def loaded_line(model, path, use_ema=True):
+    """What every script that loads a model prints first: which file (for a save_dir, which
+    of its checkpoints), the training step, which weights, and the model's size:
+    `loaded save/ckpt-1200 (step 1200, EMA weights): 1.2M parameters, 32x32x3 images`."""
+    source = getattr(model, 'checkpoint_path', None) or path
+    if source.endswith('.keras'):
+        what = 'the weights it holds'
+    else:
+        step = re.search(r'-(\d+)$', source)
+        what = '%s%s weights' % ('step %s, ' % step.group(1) if step else '',
+                                 'EMA' if use_ema else 'raw')
+    return 'loaded %s (%s): %.1fM parameters, %s images%s' % (
+        source, what, model.count_params() / 1e6, 'x'.join(map(str, model.image_shape)),
+        ', %d labels' % model.num_labels if model.num_labels else '')
+
+
+PAPER_COST = 5 * 160 ** 2  # nr_resnet x nr_filters^2 of the paper's model
+CPU_RECIPE = ('--nr_resnet=1 --nr_filters=32 --nr_logistic_mix=5 --batch_size=8 '
+              '--max_epochs=3 --max_steps_per_epoch=50 --save_interval=1 --num_samples=0')
+
+
+def note_no_gpu(model_kwargs, gpus):
+    """Prints (and returns) one line when train.py trains a model of about the paper's size
+    (a quarter of its cost or more) with no GPU visible; the run goes on (the user may mean
+    it). Returns None otherwise."""
+    if gpus or model_kwargs['nr_resnet'] * model_kwargs['nr_filters'] ** 2 < PAPER_COST / 4:
+        return None
+    line = ('note: no GPU found; a model of this size (--nr_resnet=%d --nr_filters=%d) takes '
+            'seconds a step on a CPU. The README\'s small model for CPUs: %s. Going on.'
+            % (model_kwargs['nr_resnet'], model_kwargs['nr_filters'], CPU_RECIPE))
+    print(line)
+    return line
+
+
+def progress_bar(target, unit_name='step', stateful_metrics=None):
+    """progress.bar, shown unless --noprogress."""
+    return progress.bar(target, enabled=FLAGS.progress, unit_name=unit_name,
+                        stateful_metrics=stateful_metrics)
+
+
+def _error(message, status):
+    print('%s: error: %s' % (os.path.basename(sys.argv[0]), message), file=sys.stderr)
+    sys.exit(status)
+
+
+HELP_FLAGS = ('-h', '-?', '--help', '--helpshort', '--helpfull', '--helpxml')
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with a bad flag a usage error (status 2, like ours, not absl's
+    1 and its help pointer) and --help exit status 0."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        _error('%s\nRun with --help for the flags.' % e, USAGE)
+    except SystemExit as e:  # absl's help flags print the help and exit 1
+        if e.code == 1 and any(a.split('=')[0] in HELP_FLAGS for a in argv[1:]):
+            sys.exit(0)
+        raise
 
 
 def run(main):
-    """app.run(main), with a UsageError printed as one short message (absl prints the whole
-    help around it) and exit status 2, a diverged run (FloatingPointError) as its message
-    and exit status 1, and without TensorFlow's INFO log lines."""
+    """app.run(main) with the exit statuses above: a user's mistake (app.UsageError, a bad
+    flag) is one short message, not the whole help; a diverged run (FloatingPointError) its
+    message; an OSError its message; Ctrl-C one line. INFO log lines (TensorFlow's saving,
+    assets, signatures) only with --verbose, which also prints the script's flags."""
     def main_with_short_errors(argv):
-        # TensorFlow's INFO lines (saving, assets, signatures) would bury the scripts' own
-        logging.set_verbosity(logging.WARNING)
+        logging.set_verbosity(logging.INFO if FLAGS.verbose else logging.WARNING)
+        if FLAGS.verbose:  # as the official train.py prints its args
+            ours = FLAGS.get_key_flags_for_module(sys.modules['__main__'])
+            print('input args:\n', json.dumps({f.name: f.value for f in ours}, indent=4,
+                                               separators=(',', ':')))
         try:
             return main(argv)
         except app.UsageError as e:
-            print('%s: error: %s\nRun with --help for the flags.' % (sys.argv[0], e), file=sys.stderr)
-            sys.exit(2)
+            _error('%s\nRun with --help for the flags.' % e, USAGE)
         except FloatingPointError as e:
-            print('%s: error: %s' % (sys.argv[0], e), file=sys.stderr)
-            sys.exit(1)
+            _error(e, FAILED)
+        except OSError as e:
+            _error('%s%s' % (e.strerror or e, ': %s' % e.filename if e.filename else ''), SYSTEM)
+        except KeyboardInterrupt:
+            _error('interrupted', INTERRUPTED)
 
-    app.run(main_with_short_errors)
+    app.run(main_with_short_errors, flags_parser=parse_flags)

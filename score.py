@@ -29,7 +29,7 @@ import time
 from absl import app, flags
 import numpy as np
 
-from pixel_cnn_pp import cli, data, sampling, scoring
+from pixel_cnn_pp import cli, data, heatmaps, sampling, scoring
 
 FLAGS = flags.FLAGS
 cli.define_load_flags()
@@ -43,8 +43,12 @@ flags.DEFINE_string('data_dir', None, 'Where tensorflow-datasets finds tfds: set
 flags.DEFINE_integer('batch_size', 64, 'Images scored at once', lower_bound=1)
 flags.DEFINE_string('report', None, 'Write {ood set: {score: {auroc, auprc, fpr95}}} as JSON here')
 flags.DEFINE_string('csv', None, 'Write one row per image with every score here')
-flags.DEFINE_string('heatmaps', None, 'Write, per image, the image beside a heat map of its '
-                    'per-pixel bits into this folder (PNG)')
+flags.DEFINE_string('heatmaps', None, 'Write into this folder grids of the images beside heat maps '
+                    'of their bits per sub-pixel, %d images a PNG file, every map on one scale (see '
+                    '--heatmap_max) with a colour bar' % heatmaps.PER_FILE)
+flags.DEFINE_float('heatmap_max', heatmaps.MAX_BITS, 'With --heatmaps: the bits per sub-pixel shown '
+                   'yellow (and anything above); 0 is black. 8 bits: a uniform guess', lower_bound=0.)
+flags.DEFINE_boolean('heatmap_files', False, 'With --heatmaps: also one PNG file per image')
 
 METRICS = {'auroc': scoring.auroc, 'auprc': scoring.auprc, 'fpr95': scoring.fpr_at_95_tpr}
 
@@ -72,24 +76,38 @@ def pixel_bits(model, images, label):
     return np.concatenate(out)
 
 
-def heat_map(bits):
-    """A (H, W) array of bits as an RGB uint8 image: black (few) through red to yellow (many)."""
-    t = np.clip(bits / max(float(np.percentile(bits, 99)), 1e-6), 0., 1.)
-    return (np.stack([np.clip(2 * t, 0, 1), np.clip(2 * t - 1, 0, 1), np.zeros_like(t)], -1) * 255).astype(np.uint8)
-
-
 def write_heatmaps(folder, name, images, bits):
+    """The grids of `name`'s images beside their maps of bits per sub-pixel, PER_FILE a file
+    (name_heatmaps_000.png, ...), and with --heatmap_files one file per image (name_00000.png):
+    all on the one scale 0..--heatmap_max."""
     os.makedirs(folder, exist_ok=True)
-    for k, (image, b) in enumerate(zip(images, bits)):
-        image = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
-        sampling.write_png(os.path.join(folder, '%s_%05d.png' % (name, k)),
-                           np.concatenate([image, np.full_like(image[:, :1], 255), heat_map(b)], axis=1))
+    per_subpixel = bits / images.shape[-1]
+    zoom = heatmaps.default_zoom(images.shape[1:])
+    paths = []
+    for k, start in enumerate(range(0, len(images), heatmaps.PER_FILE)):
+        paths.append(os.path.join(folder, '%s_heatmaps_%03d.png' % (name, k)))
+        end = start + heatmaps.PER_FILE
+        sampling.write_png(paths[-1], heatmaps.grid(images[start:end], per_subpixel[start:end],
+                                                    FLAGS.heatmap_max, zoom=zoom))
+    if FLAGS.heatmap_files:
+        for k in range(len(images)):
+            sampling.write_png(os.path.join(folder, '%s_%05d.png' % (name, k)),
+                               heatmaps.grid(images[k:k + 1], per_subpixel[k:k + 1], FLAGS.heatmap_max,
+                                             zoom=zoom))
+    print('%s: heat maps in %s%s (black 0 to yellow %g or more bits per sub-pixel)'
+          % (name, paths[0] if len(paths) == 1 else '%s .. %s' % (paths[0], os.path.basename(paths[-1])),
+             ' and one file per image' if FLAGS.heatmap_files else '', FLAGS.heatmap_max))
 
 
 def main(argv):
     del argv
     if not FLAGS.checkpoint or not FLAGS['in'].value or not FLAGS.ood:
         raise app.UsageError('--checkpoint, --in and at least one --ood are required')
+    if FLAGS.heatmap_max <= 0:
+        raise app.UsageError('--heatmap_max must be > 0, got %g' % FLAGS.heatmap_max)
+    for name in ('heatmap_max', 'heatmap_files'):
+        if FLAGS[name].present and not FLAGS.heatmaps:
+            raise app.UsageError('--%s is for --heatmaps' % name)
     for flag in ('report', 'csv'):
         if FLAGS[flag].value and not os.path.isdir(os.path.dirname(FLAGS[flag].value) or '.'):
             raise app.UsageError('--%s=%s: its folder does not exist' % (flag, FLAGS[flag].value))

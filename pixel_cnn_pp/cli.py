@@ -67,6 +67,29 @@ def given_model_flags():
     return {k: FLAGS[k].value for k in checkpoints.MODEL_KEYS if FLAGS[k].present}
 
 
+# the config fields whose flag has another name (pixel_cnn_pp.config, run.train)
+FLAG_OF_FIELD = {'replicas': 'nr_gpu', 'resume': 'load_params'}
+
+
+def flag_name(field):
+    """The flag that sets a config field or library argument."""
+    return FLAG_OF_FIELD.get(field, field)
+
+
+def flag_message(error):
+    """A library error's message with the fields it names (`error.fields`, e.g. of a
+    config.ConfigError) written as the flags that set them: `batch_size=16` becomes
+    `--batch_size=16`, `resume=True` `--load_params`. The one place that knows both."""
+    text = str(error)
+    for field in getattr(error, 'fields', ()):
+        flag = flag_name(field)
+        if flag not in FLAGS:
+            continue
+        text = re.sub(r'(?<![\w./-])%s=True\b' % re.escape(field), '--' + flag, text)
+        text = re.sub(r'(?<![\w./-])%s\b' % re.escape(field), '--' + flag, text)
+    return text
+
+
 def define_checkpoint_flag(what):
     """--checkpoint: anything pixel_cnn_pp.load reads."""
     flags.DEFINE_string('checkpoint', None, what + 'a --save_dir of train.py (its latest '
@@ -113,7 +136,7 @@ def load_model(path, use_ema=True):
 def loaded_line(model, path, use_ema=True):
     """What every script that loads a model prints first: which file (for a save_dir, which
     of its checkpoints), the training step, which weights, and the model's size:
-    `loaded save/ckpt-1200 (step 1200, EMA weights): 1.2M parameters, 32x32x3 images`."""
+    `loaded save/ckpt-1200 (step 1200, EMA weights): 1,234,567 parameters, 32x32x3 images`."""
     source = getattr(model, 'checkpoint_path', None) or path
     if source.endswith('.keras'):
         what = 'the weights it holds'
@@ -121,8 +144,8 @@ def loaded_line(model, path, use_ema=True):
         step = re.search(r'-(\d+)$', source)
         what = '%s%s weights' % ('step %s, ' % step.group(1) if step else '',
                                  'EMA' if use_ema else 'raw')
-    return 'loaded %s (%s): %.1fM parameters, %s images%s' % (
-        source, what, model.count_params() / 1e6, 'x'.join(map(str, model.image_shape)),
+    return 'loaded %s (%s): %s parameters, %s images%s' % (
+        source, what, '{:,}'.format(model.count_params()), 'x'.join(map(str, model.image_shape)),
         ', %d labels' % model.num_labels if model.num_labels else '')
 
 

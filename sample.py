@@ -20,7 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import cli, data, sampling
+from pixel_cnn_pp import cli, sampling
+from pixel_cnn_pp import images as image_lib
 
 FLAGS = flags.FLAGS
 cli.define_load_flags()
@@ -74,13 +75,10 @@ def labels_to_draw(num_labels):
 def images_to_complete(shape):
     """(--num_samples images of --complete fitted to the model's shape, repeated
     --samples_per_image times each, the number of rows kept)."""
-    try:
-        images, _ = data.read_images(FLAGS.complete, FLAGS.data_dir)
-        images, done = data.fit_images(images[:FLAGS.num_samples], shape)
-    except ValueError as e:
-        raise app.UsageError('--complete=%s: %s' % (FLAGS.complete, e))
-    if done:
-        print('images to complete: %s' % ', '.join(done))
+    _, images = cli.read_image_set(FLAGS.complete, shape, FLAGS.data_dir, FLAGS.num_samples, 'complete')
+    if len(images) < FLAGS.num_samples:
+        print('--complete=%s holds %d images: completing all %d (--num_samples=%d asks for more)'
+              % (FLAGS.complete, len(images), len(images), FLAGS.num_samples))
     rows = shape[0] // 2 if FLAGS.given_rows is None else FLAGS.given_rows
     if rows > shape[0]:
         raise app.UsageError('--given_rows=%d but the images have %d rows' % (rows, shape[0]))
@@ -94,7 +92,7 @@ def completion_grid(originals, completions, rows):
     per = len(completions) // len(originals)
     cells = [np.concatenate([originals[k:k + 1], kept[k:k + 1], completions[k * per:(k + 1) * per]])
              for k in range(len(originals))]
-    return sampling.tile(np.concatenate(cells), cols=per + 2)
+    return image_lib.tile(np.concatenate(cells), cols=per + 2)
 
 
 def main(argv):
@@ -124,9 +122,11 @@ def main(argv):
     folder = FLAGS.checkpoint if os.path.isdir(FLAGS.checkpoint) else os.path.dirname(FLAGS.checkpoint)
     out = FLAGS.out or os.path.join(folder, 'completions' if FLAGS.complete else 'samples')
     os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
-    print('%s %d images from the %s weights of %s%s' % (
-        'completing' if FLAGS.complete else 'sampling', total, 'EMA' if FLAGS.ema else 'raw',
-        FLAGS.checkpoint, '' if FLAGS.temperature == 1 else ' at temperature %g' % FLAGS.temperature))
+    what = 'sampling %d images' % total
+    if FLAGS.complete:
+        what = 'completing %d images, %d completion%s each (%d samples)' % (
+            len(originals), FLAGS.samples_per_image, 's' if FLAGS.samples_per_image > 1 else '', total)
+    print(what + ('' if FLAGS.temperature == 1 else ' at temperature %g' % FLAGS.temperature))
     H = model.image_shape[0]
     starts = range(0, total, FLAGS.batch_size)
     bar = cli.progress_bar(len(starts) * H, unit_name='row')
@@ -142,10 +142,10 @@ def main(argv):
     seconds = time.time() - began
     images = np.concatenate(images)
     if FLAGS.complete:
-        sampling.write_png(out + '.png', completion_grid(originals, images, rows))
+        image_lib.write_png(out + '.png', completion_grid(originals, images, rows))
         np.savez(out + '.npz', samples=images, given=originals, given_rows=rows)
     else:
-        sampling.write_png(out + '.png', sampling.tile(images, cols=per_row))
+        image_lib.write_png(out + '.png', image_lib.tile(images, cols=per_row))
         np.savez(out + '.npz', samples=images, **({} if labels is None else {'labels': labels}))
     print('wrote %d images to %s.png and %s.npz (%.2f images/s)' % (len(images), out, out, len(images) / seconds))
 

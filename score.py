@@ -29,7 +29,8 @@ import time
 from absl import app, flags
 import numpy as np
 
-from pixel_cnn_pp import cli, data, heatmaps, sampling, scoring
+from pixel_cnn_pp import cli, heatmaps, scoring
+from pixel_cnn_pp import images as image_lib
 
 FLAGS = flags.FLAGS
 cli.define_load_flags()
@@ -51,18 +52,6 @@ flags.DEFINE_float('heatmap_max', heatmaps.MAX_BITS, 'With --heatmaps: the bits 
 flags.DEFINE_boolean('heatmap_files', False, 'With --heatmaps: also one PNG file per image')
 
 METRICS = {'auroc': scoring.auroc, 'auprc': scoring.auprc, 'fpr95': scoring.fpr_at_95_tpr}
-
-
-def read_set(spec, shape):
-    """(name, uint8 images fitted to the model's shape)."""
-    try:
-        images, _ = data.read_images(spec, FLAGS.data_dir)
-        fitted, done = data.fit_images(images, shape)
-    except ValueError as e:
-        raise app.UsageError(str(e))
-    name = spec.rstrip('/').split('/')[-1] if not spec.startswith('tfds:') else spec[len('tfds:'):]
-    print('%s: %d images%s' % (name, len(images), ' (%s)' % ', '.join(done) if done else ''))
-    return name, fitted
 
 
 def pixel_bits(model, images, label):
@@ -87,13 +76,13 @@ def write_heatmaps(folder, name, images, bits):
     for k, start in enumerate(range(0, len(images), heatmaps.PER_FILE)):
         paths.append(os.path.join(folder, '%s_heatmaps_%03d.png' % (name, k)))
         end = start + heatmaps.PER_FILE
-        sampling.write_png(paths[-1], heatmaps.grid(images[start:end], per_subpixel[start:end],
-                                                    FLAGS.heatmap_max, zoom=zoom))
+        image_lib.write_png(paths[-1], heatmaps.grid(images[start:end], per_subpixel[start:end],
+                                                     FLAGS.heatmap_max, zoom=zoom))
     if FLAGS.heatmap_files:
         for k in range(len(images)):
-            sampling.write_png(os.path.join(folder, '%s_%05d.png' % (name, k)),
-                               heatmaps.grid(images[k:k + 1], per_subpixel[k:k + 1], FLAGS.heatmap_max,
-                                             zoom=zoom))
+            image_lib.write_png(os.path.join(folder, '%s_%05d.png' % (name, k)),
+                                heatmaps.grid(images[k:k + 1], per_subpixel[k:k + 1], FLAGS.heatmap_max,
+                                              zoom=zoom))
     print('%s: heat maps in %s%s (black 0 to yellow %g or more bits per sub-pixel)'
           % (name, paths[0] if len(paths) == 1 else '%s .. %s' % (paths[0], os.path.basename(paths[-1])),
              ' and one file per image' if FLAGS.heatmap_files else '', FLAGS.heatmap_max))
@@ -115,7 +104,8 @@ def main(argv):
     background = cli.load_model(FLAGS.background, use_ema=FLAGS.ema) if FLAGS.background else None
     if model.energy_distance:
         raise app.UsageError('an energy-distance model has no likelihood to score with')
-    sets = [read_set(spec, model.image_shape) for spec in [FLAGS['in'].value] + FLAGS.ood]
+    sets = [cli.read_image_set(spec, model.image_shape, FLAGS.data_dir)
+            for spec in [FLAGS['in'].value] + FLAGS.ood]
     names = [name for name, _ in sets]
     if len(set(names)) != len(names):
         raise app.UsageError('two sets have the same name %s; give files or folders distinct names'

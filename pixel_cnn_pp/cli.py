@@ -23,7 +23,7 @@ import sys
 
 from absl import app, flags, logging
 
-from pixel_cnn_pp import checkpoints, progress
+from pixel_cnn_pp import checkpoints, images, progress
 
 FLAGS = flags.FLAGS
 NONLINEARITIES = ['concat_elu', 'elu', 'relu']
@@ -165,6 +165,20 @@ def note_no_gpu(model_kwargs, gpus):
             % (model_kwargs['nr_resnet'], model_kwargs['nr_filters'], CPU_RECIPE))
     print(line)
     return line
+
+
+def read_image_set(spec, shape, data_dir=None, limit=None, flag=None):
+    """images.read_images and fit_images: (the set's name, its first `limit` images fitted
+    to a model's shape); prints what was read and done to it. A bad SPEC is a UsageError
+    (naming --flag when given)."""
+    try:
+        found, _ = images.read_images(spec, data_dir)
+        fitted, done = images.fit_images(found[:limit], shape)
+    except ValueError as e:
+        raise app.UsageError('%s%s' % ('--%s=%s: ' % (flag, spec) if flag else '', e)) from None
+    name = spec[len('tfds:'):] if spec.startswith('tfds:') else os.path.basename(spec.rstrip('/'))
+    print('%s: %d images%s' % (name, len(found), ' (%s)' % ', '.join(done) if done else ''))
+    return name, fitted
 
 
 def progress_bar(target, unit_name='step', stateful_metrics=None):

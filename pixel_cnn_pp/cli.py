@@ -175,7 +175,7 @@ def read_image_set(spec, shape, data_dir=None, limit=None, flag=None):
         found, _ = images.read_images(spec, data_dir)
         fitted, done = images.fit_images(found[:limit], shape)
     except ValueError as e:
-        raise app.UsageError('%s%s' % ('--%s=%s: ' % (flag, spec) if flag else '', e)) from None
+        raise app.UsageError('--%s: %s' % (flag, e) if flag else str(e)) from None  # e names SPEC
     name = spec[len('tfds:'):] if spec.startswith('tfds:') else os.path.basename(spec.rstrip('/'))
     print('%s: %d images%s' % (name, len(found), ' (%s)' % ', '.join(done) if done else ''))
     return name, fitted

@@ -1,16 +1,19 @@
 """Training and test data as the official data loaders give it (cifar10_data.py,
 imagenet_data.py), served through tf.data: uint8 images in memory (or memory-mapped), a
-fresh permutation of the training set every epoch from the seed, pixels scaled to [-1, 1]."""
+fresh permutation of the training set every epoch from the seed, pixels scaled to [-1, 1]
+(images.scale). Data files are read so that they cannot run code (datafiles.load_pickle)."""
 
 import os
-import pickle
 import zipfile
+import zlib
 from typing import NamedTuple, Optional
 
 import numpy as np
 import tensorflow as tf
 
 from pixel_cnn_pp import imagenet
+from pixel_cnn_pp.datafiles import DataError, load_pickle, missing_dependency, tfds_errors
+from pixel_cnn_pp.images import scale
 
 DATA_SETS = ('cifar', 'imagenet', 'npz')
 CIFAR_DIR = os.path.join('cifar-10-python', 'cifar-10-batches-py')
@@ -26,13 +29,16 @@ class Data(NamedTuple):
 
 def _read_cifar_batch(path):
     """One file of the official CIFAR-10 python layout: N x 3072 uint8 (R, G, B planes)."""
-    with open(path, 'rb') as f:
-        d = pickle.load(f, encoding='latin1')
-    x = np.asarray(d['data'], np.uint8)
-    if x.ndim != 2 or x.shape[1] != 3072:
-        raise ValueError('%s: expected a CIFAR-10 batch with data of shape (N, 3072), got %s'
-                         % (path, x.shape))
-    return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(d['labels'], np.int32)
+    d = load_pickle(path)
+    x = d.get('data') if isinstance(d, dict) else None
+    y = d.get('labels') if isinstance(d, dict) else None
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.shape[1:] != (3072,) or x.ndim != 2:
+        raise DataError('%s: expected a CIFAR-10 batch with data of uint8 (N, 3072), got %s' % (
+            path, '%s %s' % (x.dtype, x.shape) if isinstance(x, np.ndarray) else type(x).__name__))
+    y = np.asarray(y if isinstance(y, (list, np.ndarray)) else [])
+    if y.shape != (len(x),) or y.dtype.kind not in 'iu' or (y.size and not 0 <= y.min() <= y.max() <= 9):
+        raise DataError('%s: expected %d labels in 0..9, got %s %s' % (path, len(x), y.dtype, y.shape))
+    return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y.astype(np.int32)
 
 
 def cifar_folder(data_dir):
@@ -59,8 +65,8 @@ def load_cifar_official(root):
 CIFAR_DOWNLOAD = 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz'
 LOCAL_ROUTES = ('use local data instead: put the CIFAR-10 python version (cifar-10-python.tar.gz '
                 'from https://www.cs.toronto.edu/~kriz/cifar.html, unpacked: the folder '
-                'cifar-10-batches-py) in --data_dir, or pass your own images as --data_set=npz '
-                '--data_dir=FILE.npz')
+                'cifar-10-batches-py) in data_dir, or pass your own images as data_set=npz '
+                'data_dir=FILE.npz')
 
 
 def _reachable(url, timeout=20):
@@ -92,38 +98,50 @@ def _prepared_tfds(name, data_dir, test_split):
     import tensorflow_datasets as tfds
     try:
         return tfds.load(name, split=['train', test_split], data_dir=data_dir, download=False)
-    except Exception:  # not prepared there (tfds raises AssertionError, or others for a broken copy)
+    except AssertionError:  # tfds: "could not find data in data_dir"
         return None
+    except ModuleNotFoundError as e:
+        raise missing_dependency(e) from e
+    except tfds_errors() as e:  # a broken copy
+        raise DataError('%s in data_dir=%s is unreadable (%s); delete its folder there to download '
+                        'it anew' % (name, data_dir, _first_line(e))) from None
+
+
+def _first_line(e):
+    """An exception's first line, or its type if it says nothing."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _load_tfds_cifar(data_dir):
     """tensorflow-datasets' cifar10: the copy prepared in data_dir, else downloaded there
-    (data_dir created) if its source answers, else a ValueError naming the local routes."""
+    (data_dir created) if its source answers, else a DataError naming the local routes. A
+    missing module is a DataError saying so; a programming error is not caught."""
     import tensorflow_datasets as tfds
     splits = _prepared_tfds('cifar10', data_dir, 'test')
     if splits is None:
         why = _reachable(CIFAR_DOWNLOAD)
         if why:
-            raise ValueError('cifar10 is not in --data_dir=%s and cannot be downloaded (%s: %s); %s'
-                             % (data_dir, CIFAR_DOWNLOAD, why, LOCAL_ROUTES)) from None
+            raise DataError('cifar10 is not in data_dir=%s and cannot be downloaded (%s: %s); %s'
+                            % (data_dir, CIFAR_DOWNLOAD, why, LOCAL_ROUTES)) from None
         try:
             os.makedirs(data_dir, exist_ok=True)
             splits = tfds.load('cifar10', split=['train', 'test'], data_dir=data_dir)
-        except Exception as e:  # many types for a failed download or an unwritable folder
-            raise ValueError('tensorflow-datasets could not download cifar10 into --data_dir=%s (%s); %s'
-                             % (data_dir, str(e).strip().splitlines()[0] if str(e)
-                                else type(e).__name__, LOCAL_ROUTES)) from None
+        except ModuleNotFoundError as e:
+            raise missing_dependency(e) from e
+        except tfds_errors() as e:  # a failed download, an unwritable folder, a full disk
+            raise DataError('tensorflow-datasets could not download cifar10 into data_dir=%s (%s); %s'
+                            % (data_dir, _first_line(e), LOCAL_ROUTES)) from None
     return _tfds_arrays(splits, with_labels=True)
 
 
 def load_imagenet(data_dir, class_conditional=False):
     """Downsampled ImageNet 32x32 from the files in data_dir (see imagenet.py), else a
     tensorflow-datasets downsampled_imagenet/32x32 prepared there (its download is gone),
-    else a ValueError naming the forms to get. Asking labels of a form without them is refused
+    else a DataError naming the forms to get. Asking labels of a form without them is refused
     before anything is converted."""
     if class_conditional and imagenet.find(data_dir) and not imagenet.has_labels(data_dir):
-        raise ValueError('--class_conditional needs labels: the original downsampled ImageNet in '
-                         '%s has none (Imagenet32 has 1,000 classes)' % data_dir)
+        raise DataError('class_conditional needs labels: the original downsampled ImageNet in '
+                        '%s has none (Imagenet32 has 1,000 classes)' % data_dir)
     if not imagenet.find(data_dir):
         splits = _prepared_tfds('downsampled_imagenet/32x32', data_dir, 'validation')
         if splits is not None:
@@ -134,42 +152,51 @@ def load_imagenet(data_dir, class_conditional=False):
 
 def load_npz(path):
     """Your own images: an .npz with train_x, test_x (N, H, W, C) uint8 and optional
-    integer train_y, test_y."""
+    integer train_y, test_y: the classes 0..K-1, every one of them in train_y."""
     try:
         with np.load(path, allow_pickle=False) as f:
             d = {k: f[k] for k in f.files}
-    except Exception as e:  # a truncated or foreign file: BadZipFile, EOFError, ValueError, ...
-        raise ValueError('--data_dir=%s is not a readable .npz (%s: %s)'
-                         % (path, type(e).__name__, str(e).strip().splitlines()[0] if str(e) else '')) from None
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:  # truncated, foreign
+        raise DataError('data_dir=%s is not a readable .npz (%s: %s)'
+                        % (path, type(e).__name__, _first_line(e))) from None
     for key in ('train_x', 'test_x'):
         if key not in d:
-            raise ValueError('--data_dir=%s: the .npz has no %s (needs train_x and test_x, '
-                             'uint8 (N, H, W, C))' % (path, key))
-    labels = 'train_y' in d and 'test_y' in d
-    if labels:
-        for split in ('train', 'test'):
-            y, n = d[split + '_y'], len(d[split + '_x'])
-            if y.dtype.kind not in 'iu' or y.shape != (n,) or (n and y.min() < 0):
-                raise ValueError('--data_dir=%s: %s_y must be %d integer labels >= 0 (one per image '
-                                 'of %s_x), got %s %s%s' % (path, split, n, split, y.dtype, y.shape,
-                                                             ' with negatives' if y.dtype.kind in 'iu'
-                                                             and y.size and y.min() < 0 else ''))
-    num_labels = int(max(d['train_y'].max(), d['test_y'].max())) + 1 if labels else 0
-    return Data(d['train_x'], d['train_y'].astype(np.int32) if labels else None,
-                d['test_x'], d['test_y'].astype(np.int32) if labels else None, num_labels)
+            raise DataError('data_dir=%s: the .npz has no %s (needs train_x and test_x, '
+                            'uint8 (N, H, W, C))' % (path, key))
+    if not ('train_y' in d and 'test_y' in d):
+        return Data(d['train_x'], None, d['test_x'], None, 0)
+    for split in ('train', 'test'):
+        y, n = d[split + '_y'], len(d[split + '_x'])
+        if y.dtype.kind not in 'iu' or y.shape != (n,) or (n and y.min() < 0):
+            raise DataError('data_dir=%s: %s_y must be %d integer labels >= 0 (one per image of '
+                            '%s_x), got %s %s%s' % (path, split, n, split, y.dtype, y.shape,
+                                                    ' with negatives' if y.dtype.kind in 'iu'
+                                                    and y.size and y.min() < 0 else ''))
+    train_y, test_y = d['train_y'], d['test_y']
+    if len(train_y):
+        largest = int(train_y.max())
+        present = len(np.unique(train_y))
+        if present != largest + 1:
+            raise DataError('data_dir=%s: the classes are 0..K-1 and each must have training images, '
+                            'but the largest label of train_y is %d and only %d of the %d values '
+                            '0..%d occur (renumber them, e.g. np.unique(y, return_inverse=True))'
+                            % (path, largest, present, largest + 1, largest))
+    num_labels = int(train_y.max()) + 1 if len(train_y) else 0
+    return Data(d['train_x'], train_y.astype(np.int32), d['test_x'], test_y.astype(np.int32), num_labels)
 
 
 def load(data_set, data_dir, class_conditional=False):
-    """The Data of --data_set from --data_dir: cifar reads the official python layout if
+    """The Data of data_set from data_dir: cifar reads the official python layout if
     data_dir holds it and otherwise tensorflow-datasets' cifar10 (downloaded into data_dir on
     first use); imagenet reads downsampled ImageNet 32x32 from the files in data_dir
-    (load_imagenet); npz reads your own arrays (data_dir is the .npz file)."""
+    (load_imagenet); npz reads your own arrays (data_dir is the .npz file). A data problem
+    is a DataError naming the argument (data_set, data_dir, class_conditional) or file."""
     if data_set not in DATA_SETS:
-        raise ValueError('--data_set must be one of %s, got %r' % ('|'.join(DATA_SETS), data_set))
+        raise DataError('data_set must be one of %s, got %r' % ('|'.join(DATA_SETS), data_set))
     if data_set == 'npz':
         if not os.path.isfile(data_dir):
-            raise ValueError('--data_set=npz needs --data_dir to be an .npz file; %r is not a file'
-                             % data_dir)
+            raise DataError('data_set=npz needs data_dir to be an .npz file; %r is not a file'
+                            % data_dir)
         data = load_npz(data_dir)
     elif data_set == 'imagenet':
         data = load_imagenet(data_dir, class_conditional)
@@ -182,31 +209,36 @@ def load(data_set, data_dir, class_conditional=False):
 
 
 def check(data, data_set, class_conditional):
+    """Refuses (DataError) images PixelCNN++ cannot model, and labels outside the classes
+    0..num_labels-1 (a test label the training set does not have, a negative one)."""
     for name, x in (('train', data.train_x), ('test', data.test_x)):
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
-            raise ValueError('%s %s images must be uint8 (N, H, W, C) with C = 1 or 3, got %s %s'
-                             % (data_set, name, x.dtype, x.shape))
+            raise DataError('%s %s images must be uint8 (N, H, W, C) with C = 1 or 3, got %s %s'
+                            % (data_set, name, x.dtype, x.shape))
         if x.shape[1] % 4 or x.shape[2] % 4:
-            raise ValueError('%s %s images are %dx%d; PixelCNN++ needs height and width divisible '
-                             'by 4' % (data_set, name, x.shape[1], x.shape[2]))
+            raise DataError('%s %s images are %dx%d; PixelCNN++ needs height and width divisible '
+                            'by 4' % (data_set, name, x.shape[1], x.shape[2]))
         if len(x) == 0:
-            raise ValueError('%s has no %s images' % (data_set, name))
+            raise DataError('%s has no %s images' % (data_set, name))
     if data.train_x.shape[1:] != data.test_x.shape[1:]:
-        raise ValueError('%s train images are %s but test images are %s'
-                         % (data_set, data.train_x.shape[1:], data.test_x.shape[1:]))
+        raise DataError('%s train images are %s but test images are %s'
+                        % (data_set, data.train_x.shape[1:], data.test_x.shape[1:]))
+    for name, y in (('train', data.train_y), ('test', data.test_y)):
+        if y is None or not len(y):
+            continue
+        outside = np.unique(y[(y < 0) | (y >= data.num_labels)])
+        if len(outside):
+            raise DataError('%s %s labels %s%s are not classes of the training set (0..%d)' % (
+                data_set, name, ', '.join(map(str, outside[:5])), ', ...' if len(outside) > 5 else '',
+                data.num_labels - 1))
     if class_conditional and not data.num_labels:
-        raise ValueError('--class_conditional needs labels: %s has none%s' % (
+        raise DataError('class_conditional needs labels: %s has none%s' % (
             data_set, ' (the original downsampled ImageNet has none; Imagenet32 has 1,000 classes)'
             if data_set == 'imagenet' else ''))
     sample = data.train_x[:1000]
     if int(sample.max()) - int(sample.min()) < 8:
         print('warning: the %s training images are (nearly) constant (values %d..%d); the model '
               'will learn little but that' % (data_set, sample.min(), sample.max()))
-
-
-def scale(x):
-    """uint8 [0, 255] -> float32 [-1, 1], as the official make_feed_dict."""
-    return (tf.cast(x, tf.float32) - 127.5) / 127.5
 
 
 def mutate(x, rate, seed):
@@ -279,89 +311,3 @@ def test_batches(strategy, data, per_replica_batch):
     return strategy.distribute_datasets_from_function(
         lambda ctx: _pipeline(data.test_x, data.test_y, padded.reshape(-1, global_batch), ctx,
                               per_replica_batch))
-
-
-IMAGE_FILES = ('.png', '.jpg', '.jpeg')
-
-
-def read_images(spec, data_dir=None):
-    """A set of uint8 images (N, H, W, C) and its labels (or None) from a SPEC: an .npz (key
-    x, else test_x; labels y, else test_y), a folder of PNG/JPEG files (sorted by name), or
-    tfds:NAME:SPLIT (tensorflow-datasets, prepared in data_dir). Errors name the SPEC."""
-    if spec.startswith('tfds:'):
-        parts = spec.split(':')
-        if len(parts) != 3 or not all(parts[1:]):
-            raise ValueError('%s: expected tfds:NAME:SPLIT, e.g. tfds:svhn_cropped:test' % spec)
-        import tensorflow_datasets as tfds
-        try:
-            split = tfds.load(parts[1], split=parts[2], data_dir=data_dir)
-        except Exception as e:  # tfds raises many types for unknown names and missing data
-            raise ValueError('%s: tensorflow-datasets could not load it (%s)'
-                             % (spec, str(e).splitlines()[0] if str(e) else type(e).__name__)) from None
-        batches = list(tfds.as_numpy(split.batch(4096)))
-        if not batches:
-            raise ValueError('%s: no images' % spec)
-        x = np.concatenate([b['image'] for b in batches])
-        y = np.concatenate([b['label'] for b in batches]) if 'label' in batches[0] else None
-    elif os.path.isdir(spec):
-        names = sorted(n for n in os.listdir(spec) if n.lower().endswith(IMAGE_FILES))
-        if not names:
-            raise ValueError('%s: a folder with no PNG or JPEG images' % spec)
-        x, y = [], None
-        for name in names:
-            path = os.path.join(spec, name)
-            try:
-                x.append(tf.io.decode_image(tf.io.read_file(path), expand_animations=False).numpy())
-            except (tf.errors.OpError, ValueError):
-                raise ValueError('%s: not a readable image' % path) from None
-        shapes = {image.shape for image in x}
-        if len(shapes) > 1:
-            raise ValueError('%s: the images have different shapes %s' % (spec, sorted(shapes)[:3]))
-        x = np.stack(x)
-    elif os.path.isfile(spec):
-        try:
-            with np.load(spec) as f:
-                arrays = {k: f[k] for k in f.files if k in ('x', 'y', 'test_x', 'test_y')}
-        except (OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
-            raise ValueError('%s: not a readable .npz (%s)' % (spec, e)) from None
-        key = 'x' if 'x' in arrays else 'test_x'
-        if key not in arrays:
-            raise ValueError('%s: the .npz has neither x nor test_x' % spec)
-        x, y = arrays[key], arrays.get('y' if key == 'x' else 'test_y')
-    else:
-        raise ValueError('%s: no such file or folder (expected an .npz, a folder of images or '
-                         'tfds:NAME:SPLIT)' % spec)
-    if x.dtype != np.uint8 or x.ndim not in (3, 4) or len(x) == 0:
-        raise ValueError('%s: expected uint8 images (N, H, W, C), got %s %s' % (spec, x.dtype, x.shape))
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.shape[-1] not in (1, 3):
-        raise ValueError('%s: images must have 1 or 3 channels, got shape %s' % (spec, x.shape))
-    if y is not None and len(y) != len(x):
-        raise ValueError('%s: %d labels for %d images' % (spec, len(y), len(x)))
-    return x, y
-
-
-def fit_images(images, shape):
-    """Images made to the model's (H, W, C): smaller ones zero-padded in the centre, larger
-    ones centre-cropped, grayscale repeated to 3 channels. Returns (images, what was done:
-    a list of phrases, empty when nothing)."""
-    H, W, C = shape
-    done = []
-    if images.shape[-1] != C:
-        if images.shape[-1] != 1:
-            raise ValueError('images of %d channels cannot be fitted to %d' % (images.shape[-1], C))
-        images = np.repeat(images, C, axis=-1)
-        done.append('grayscale repeated to %d channels' % C)
-    for axis, size in ((1, H), (2, W)):
-        have = images.shape[axis]
-        if have > size:
-            start = (have - size) // 2
-            images = np.take(images, np.arange(start, start + size), axis=axis)
-            done.append('%s centre-cropped from %d to %d' % ('height' if axis == 1 else 'width', have, size))
-        elif have < size:
-            pad = [(0, 0)] * 4
-            pad[axis] = ((size - have) // 2, size - have - (size - have) // 2)
-            images = np.pad(images, pad)
-            done.append('%s zero-padded from %d to %d' % ('height' if axis == 1 else 'width', have, size))
-    return images, done

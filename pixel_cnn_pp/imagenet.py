@@ -8,9 +8,7 @@ import fcntl
 import json
 import os
 import pathlib
-import pickle
 import shutil
-import struct
 import tarfile
 import time
 import zipfile
@@ -20,20 +18,22 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pixel_cnn_pp import images
+from pixel_cnn_pp.datafiles import DataError, load_pickle
+
 ORIGINAL, IMAGENET32 = 'original', 'imagenet32'
 SPLITS = ('train_32x32', 'valid_32x32')
 FULL_SIZES = (1281149, 49999)
 CACHE = 'imagenet_32x32_cache'
 MANIFEST = 'manifest.json'
 CHUNK = 4096  # images decoded or converted at a time
-PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 MISSING = ('expected the original downsampled ImageNet 32x32 (train_32x32.tar and valid_32x32.tar, '
            'or their extracted folders; van den Oord et al. 2016, mirrored e.g. on Academic '
            'Torrents) or Imagenet32 (train_data_batch_1..10 and val_data, from '
            'Imagenet32_train_npz.zip and Imagenet32_val_npz.zip or their pickle versions; '
-           'Chrabaszcz et al. 2017, image-net.org after login), in --data_dir or a folder in it. '
-           'Arrays of your own: --data_set=npz --data_dir=FILE.npz.')
+           'Chrabaszcz et al. 2017, image-net.org after login), in data_dir or a folder in it. '
+           'Arrays of your own: data_set=npz data_dir=FILE.npz.')
 
 
 class Source(NamedTuple):
@@ -108,18 +108,18 @@ def _read_batch(path):
             with np.load(path) as f:
                 x, y = f['data'], f['labels']
         else:
-            with open(path, 'rb') as f:
-                d = pickle.load(f, encoding='latin1')
+            d = load_pickle(path)  # refuses anything but arrays, lists, dicts, str, numbers
             x, y = np.asarray(d['data']), np.asarray(d['labels'])
-    except (OSError, EOFError, KeyError, ValueError, TypeError, pickle.UnpicklingError,
-            zipfile.BadZipFile) as e:
-        raise ValueError('%s: not a readable Imagenet32 batch with data and labels (%s: %s)'
+    except DataError:
+        raise
+    except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
+        raise DataError('%s: not a readable Imagenet32 batch with data and labels (%s: %s)'
                          % (path, type(e).__name__, e)) from None
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
-        raise ValueError('%s: expected data of uint8 (N, 3072), got %s %s' % (path, x.dtype, x.shape))
+        raise DataError('%s: expected data of uint8 (N, 3072), got %s %s' % (path, x.dtype, x.shape))
     integers = y.dtype.kind in 'iu' and y.size
     if y.shape != (len(x),) or not integers or not 1 <= y.min() <= y.max() <= 1000:
-        raise ValueError('%s: expected %d labels in 1..1000, got %s %s%s' % (
+        raise DataError('%s: expected %d labels in 1..1000, got %s %s%s' % (
             path, len(x), y.dtype, y.shape, ' in %d..%d' % (y.min(), y.max()) if integers else ''))
     return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), (y - 1).astype(np.int32)
 
@@ -139,7 +139,7 @@ def _copy_batch(path, x, y, bar):
     """An Imagenet32 batch file into x, y (its rows of the split), one batch in memory at a time."""
     images, labels = _read_batch(path)
     if len(labels) != len(y):
-        raise ValueError('%s changed while being read' % path)
+        raise DataError('%s changed while being read' % path)
     y[:] = labels
     for i in range(0, len(images), CHUNK):
         x[i:i + CHUNK] = images[i:i + CHUNK]
@@ -161,18 +161,18 @@ def _png_index(path):
                     where.append((m.size, m.offset_data))
                 tar.members = []  # it keeps every member read: 0.5 GB for the training set
     except (OSError, tarfile.TarError) as e:
-        raise ValueError('%s: not a readable uncompressed tar archive (%s)' % (path, e)) from None
+        raise DataError('%s: not a readable uncompressed tar archive (%s)' % (path, e)) from None
     if not names:
-        raise ValueError('%s: no PNG images in it' % path)
+        raise DataError('%s: no PNG images in it' % path)
     return names, where
 
 
 def _not_32x32_png(png):
     """Why the bytes png are not a 32x32 PNG file (from its header), or None."""
-    if len(png) < 24 or png[:8] != PNG_SIGNATURE or png[12:16] != b'IHDR':
+    head = images.header(png)
+    if head is None or head[0] != 'png':
         return 'not a PNG'
-    size = struct.unpack('>II', png[16:24])
-    return None if size == (32, 32) else '%dx%d' % size
+    return None if head[1:3] == (32, 32) else '%dx%d' % (head[2], head[1])
 
 
 @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
@@ -195,7 +195,7 @@ def _read_pngs(path, names, where, x, bar):
                 png = pathlib.Path(where[i]).read_bytes() if fd is None else os.pread(fd, *where[i])
                 why = _not_32x32_png(png)
                 if why:
-                    raise ValueError('%s: %s is %s, expected a 32x32 PNG' % (path, names[i], why))
+                    raise DataError('%s: %s is %s, expected a 32x32 PNG' % (path, names[i], why))
                 pngs.append(png)
             try:
                 x[rank[start:start + len(pngs)]] = _decode(tf.constant(pngs)).numpy()
@@ -204,7 +204,7 @@ def _read_pngs(path, names, where, x, bar):
                     try:
                         tf.io.decode_png(png)
                     except tf.errors.InvalidArgumentError as e:
-                        raise ValueError('%s: %s is a broken PNG (%s)' % (
+                        raise DataError('%s: %s is a broken PNG (%s)' % (
                             path, names[i], e.message.split('}} ')[-1])) from None
                 raise
             bar.add(len(pngs))
@@ -355,7 +355,7 @@ def _cached(cache, src, fingerprint, progress):
             _build(cache, src, fingerprint, progress)
             arrays, why = _open_cache(cache, fingerprint)
             if arrays is None:
-                raise ValueError('%s: the cache just built is unusable, as %s' % (cache, why))
+                raise DataError('%s: the cache just built is unusable, as %s' % (cache, why))
         return arrays
     finally:
         os.close(lock)
@@ -369,7 +369,7 @@ def load(data_dir, progress=True):
     without write access to data_dir, the data is converted into memory instead."""
     src = _locate(data_dir)
     if src is None:
-        raise ValueError('--data_set=imagenet: nothing in --data_dir=%s; %s' % (data_dir, MISSING))
+        raise DataError('data_set=imagenet: nothing in data_dir=%s; %s' % (data_dir, MISSING))
     cache = os.path.join(data_dir, CACHE)
     print('ImageNet 32x32: %s; cache %s' % (src.description, cache))
     fingerprint = _fingerprint(src, data_dir)

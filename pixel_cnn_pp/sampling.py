@@ -1,4 +1,4 @@
-"""Drawing images from a PixelCNNPP, and writing them as the official train.py does."""
+"""Drawing images from a PixelCNNPP (the grid and files they are written to: images.py)."""
 
 import functools
 import weakref
@@ -6,7 +6,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import data, nn
+from pixel_cnn_pp import images, nn
 
 
 def noise(shape, nr_mix, seed):
@@ -421,11 +421,6 @@ def sampler(model, image_shape, conditional, method='fast', jit_compile=False):
     return samplers[key]
 
 
-def to_uint8(x):
-    """[-1, 1] floats -> uint8 pixel values (nearest bin)."""
-    return tf.cast(tf.round(tf.clip_by_value(x, -1., 1.) * 127.5 + 127.5), tf.uint8)
-
-
 def sample(model, num, h=None, seed=None, method='fast', image_shape=None, given=None,
            given_rows=0, temperature=1., jit_compile=False, progress=None):
     """`num` images (uint8 NHWC) from a built PixelCNNPP.
@@ -467,36 +462,10 @@ def sample(model, num, h=None, seed=None, method='fast', image_shape=None, given
             raise ValueError('given must be uint8 images of shape %s, got %s %s' % (shape, given.dtype, given.shape))
         if not 0 <= given_rows <= image_shape[0]:
             raise ValueError('given_rows must be in [0, %d], got %d' % (image_shape[0], given_rows))
-        given = data.scale(given)
+        given = images.scale(given)
     seed = tf.constant(seed, tf.int64) if seed is not None else None
     u_mix, u_logistic = noise(shape, model.nr_logistic_mix, seed)
     x = sampler(model, image_shape, h is not None, method, jit_compile).draw(
         u_mix, u_logistic, given, given_rows, float(temperature), () if h is None else (h,), progress)
-    return to_uint8(x).numpy()
+    return images.to_uint8(x).numpy()
 
-
-def tile(images, border=255, cols=None):
-    """uint8 images on a grid with 1-pixel borders (official img_tile): `cols` per row, or
-    the first 100 on a square grid."""
-    images = np.asarray(images)
-    if cols is None:
-        images = images[:100]
-        cols = int(np.ceil(np.sqrt(len(images))))
-    n, H, W, C = images.shape
-    rows = int(np.ceil(n / cols))
-    grid = np.full((rows * (H + 1) + 1, cols * (W + 1) + 1, C), border, np.uint8)
-    for k, img in enumerate(images):
-        r, c = divmod(k, cols)
-        grid[1 + r * (H + 1):1 + r * (H + 1) + H, 1 + c * (W + 1):1 + c * (W + 1) + W] = img
-    return grid
-
-
-def write_png(path, image):
-    """One uint8 (H, W, C) image as a PNG file."""
-    tf.io.write_file(path, tf.io.encode_png(image))
-
-
-def write_samples(images, prefix):
-    """prefix.png (a tiled grid) and prefix.npz (`samples`: uint8 NHWC)."""
-    write_png(prefix + '.png', tile(images))
-    np.savez(prefix + '.npz', samples=np.asarray(images))

@@ -7,7 +7,8 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import data, nn
+from pixel_cnn_pp import nn
+from pixel_cnn_pp.images import scale
 
 
 def pixel_log_probs(model, images, h=None):
@@ -15,7 +16,7 @@ def pixel_log_probs(model, images, h=None):
     tf.function. A class-conditional model scores log p(x | h) given h, and without h the
     marginal over its labels, p(x) = mean over y of p(x | y), whose per-pixel terms are
     log p(x_<=ij) - log p(x_<ij) (raster order), so they still sum to log p(x)."""
-    x = data.scale(images)
+    x = scale(images)
     if not model.num_labels or h is not None:
         return nn.discretized_mix_logistic_log_prob(x, model(x, h=h))
     K = model.num_labels

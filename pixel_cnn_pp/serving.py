@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from pixel_cnn_pp import sampling, scoring
+from pixel_cnn_pp.images import to_uint8
 
 
 class Serving(tf.Module):
@@ -40,7 +41,7 @@ class Serving(tf.Module):
         H, W, C = self.model.image_shape
         u_mix, u_logistic = sampling.noise((num, H, W, C), self.model.nr_logistic_mix, seed)
         x = self.sampler.run(u_mix, u_logistic, tf.zeros_like(u_logistic), 0, 1., *([] if h is None else [h]))
-        return {'images': sampling.to_uint8(x)}
+        return {'images': to_uint8(x)}
 
 
 def export_saved_model(model, directory):

@@ -1,16 +1,23 @@
-"""Data sets: the official CIFAR-10 layout, tensorflow-datasets (mocked), your own .npz."""
+"""Data sets: the official CIFAR-10 layout (read without running code), tensorflow-datasets
+(mocked), your own .npz and its labels, input mutation."""
 
 import os
 import pickle
+import re
+from unittest import mock
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from pixel_cnn_pp import data as data_lib
+from pixel_cnn_pp import datafiles
+from pixel_cnn_pp.datafiles import DataError
+from pixel_cnn_pp.images import scale
 
 
-def write_cifar_layout(root, per_file=7, seed=0):
+def write_cifar_layout(root, per_file=7, seed=0, protocol=pickle.HIGHEST_PROTOCOL):
     """CIFAR-10 python batches: N x 3072 uint8, the R plane then G then B, row-major."""
     rng = np.random.default_rng(seed)
     folder = os.path.join(root, 'cifar-10-python', 'cifar-10-batches-py')
@@ -20,16 +27,19 @@ def write_cifar_layout(root, per_file=7, seed=0):
         x = rng.integers(0, 256, (per_file, 32, 32, 3), dtype=np.uint8)
         y = rng.integers(0, 10, per_file).tolist()
         with open(os.path.join(folder, name), 'wb') as f:
-            pickle.dump({'data': x.transpose(0, 3, 1, 2).reshape(per_file, 3072), 'labels': y}, f)
+            pickle.dump({'batch_label': 'batch %s' % name, 'labels': y,
+                         'data': x.transpose(0, 3, 1, 2).reshape(per_file, 3072)}, f, protocol=protocol)
         images[name] = (x, y)
     return images
 
 
-@pytest.mark.parametrize('where', ['', 'cifar-10-python', 'cifar-10-python/cifar-10-batches-py'])
-def test_official_cifar_layout(tmp_path, where):
+@pytest.mark.parametrize('where, protocol', [('', 2), ('cifar-10-python', 5),
+                                             ('cifar-10-python/cifar-10-batches-py', 4)])
+def test_official_cifar_layout(tmp_path, where, protocol):
     """The official download layout, the folder the python tarball unpacks to, or the batch
-    files themselves."""
-    images = write_cifar_layout(str(tmp_path))
+    files themselves; pickles of protocol 2 (bytes through _codecs.encode, as Python 3 writes
+    the Python 2 format), 4 and 5 (numpy's _frombuffer) all read by the restricted unpickler."""
+    images = write_cifar_layout(str(tmp_path), protocol=protocol)
     d = data_lib.load('cifar', os.path.join(str(tmp_path), where), class_conditional=True)
     assert d.train_x.shape == (35, 32, 32, 3) and d.test_x.shape == (7, 32, 32, 3)  # N from the files
     np.testing.assert_array_equal(d.train_x[7:14], images['data_batch_2'][0])
@@ -50,18 +60,13 @@ def test_npz_and_checks(tmp_path):
              test_x=rng.integers(0, 256, (2, 8, 12, 1), dtype=np.uint8))
     d = data_lib.load('npz', str(tmp_path / 'gray.npz'))
     assert d.train_x.shape == (5, 8, 12, 1) and d.num_labels == 0 and d.train_y is None
-    with pytest.raises(ValueError, match='--class_conditional needs labels: npz has none'):
+    with pytest.raises(DataError, match='^class_conditional needs labels: npz has none'):
         data_lib.load('npz', str(tmp_path / 'gray.npz'), class_conditional=True)
     np.savez(tmp_path / 'float.npz', train_x=np.zeros((2, 8, 8, 3)), test_x=np.zeros((2, 8, 8, 3)))
-    with pytest.raises(ValueError, match='must be uint8'):
+    with pytest.raises(DataError, match='must be uint8'):
         data_lib.load('npz', str(tmp_path / 'float.npz'))
-    with pytest.raises(ValueError, match='--data_set must be one of cifar.imagenet.npz'):
+    with pytest.raises(DataError, match='^data_set must be one of cifar.imagenet.npz'):
         data_lib.load('mnist', str(tmp_path))
-
-
-def test_scale():
-    np.testing.assert_allclose(data_lib.scale(np.array([0, 127, 255], np.uint8)),
-                               [-1., -0.5 / 127.5, 1.], rtol=1e-6)
 
 
 def test_constant_images_get_a_warning(capsys):
@@ -77,7 +82,6 @@ def test_batches_are_gathered_from_the_one_array(tmp_path):
     """Batches are the data set's images in epoch_order, served from a memory-mapped file as
     from memory; the tf.data graph holds indices only, not a copy of the images (a copy would
     double the memory of ImageNet-size data and cannot be serialised past 2 GB)."""
-    import tensorflow as tf
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)
     np.save(tmp_path / 'x.npy', x)
@@ -90,7 +94,7 @@ def test_batches_are_gathered_from_the_one_array(tmp_path):
     assert len(batches) == 4
     for k, (images, labels, weight) in enumerate(batches):
         idx = order[16 * k:16 * (k + 1)]
-        np.testing.assert_array_equal(images.numpy(), data_lib.scale(x[idx]).numpy())
+        np.testing.assert_array_equal(images.numpy(), scale(x[idx]).numpy())
         np.testing.assert_array_equal(labels.numpy(), y[idx])
         np.testing.assert_array_equal(weight.numpy(), np.ones(16))
     test = list(data_lib.test_batches(strategy, data, 4))
@@ -99,3 +103,144 @@ def test_batches_are_gathered_from_the_one_array(tmp_path):
     ds = data_lib._pipeline(big, None, np.arange(4000).reshape(-1, 16), tf.distribute.InputContext(), 16)
     graph = ds._as_serialized_graph(external_state_policy=tf.data.experimental.ExternalStatePolicy.IGNORE)
     assert len(graph.numpy()) < big.nbytes / 20
+
+
+def test_mutation_rate_measured_on_a_batch():
+    x = scale(np.full((64, 16, 16, 3), 100, np.uint8))
+    seed = tf.constant([3, 4], tf.int64)
+    mutated = data_lib.mutate(x, 0.1, seed).numpy()
+    changed = np.mean(mutated != x.numpy())
+    # 49,152 sub-pixels: 0.1 x (1 - 1/256) change value, give or take 4 standard deviations
+    expected = 0.1 * 255 / 256
+    assert abs(changed - expected) < 4 * np.sqrt(expected * (1 - expected) / x.numpy().size)
+    values = np.rint(mutated * 127.5 + 127.5)
+    np.testing.assert_allclose(mutated, (values - 127.5) / 127.5, atol=1e-6)  # on the 8-bit grid
+    assert len(np.unique(values)) > 200  # uniform over 0..255
+    np.testing.assert_array_equal(data_lib.mutate(x, 0.1, seed), mutated)  # same seed, same mutation
+    np.testing.assert_array_equal(data_lib.mutate(x, 0., seed), x)
+
+
+class CreatesAFile:
+    """What a hostile pickle holds: unpickling it opens (creates) the file `path`."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, 'w')
+
+
+def write_hostile_batch(path, marker, protocol=2):
+    """A batch whose data, if unpickled with pickle.load, creates the file marker."""
+    with open(path, 'wb') as f:
+        pickle.dump({'data': CreatesAFile(str(marker)), 'labels': [0]}, f, protocol=protocol)
+
+
+@pytest.mark.parametrize('protocol', [2, 5])
+def test_a_cifar_batch_cannot_run_code(tmp_path, protocol):
+    write_cifar_layout(str(tmp_path))
+    batch = tmp_path / 'cifar-10-python' / 'cifar-10-batches-py' / 'data_batch_3'
+    marker = tmp_path / 'created'
+    write_hostile_batch(batch, marker, protocol)
+    with pytest.raises(DataError, match='data_batch_3: refused to unpickle it .it asks for (builtins|io).open.'):
+        data_lib.load('cifar', str(tmp_path))
+    assert not marker.exists()
+    with open(batch, 'rb') as f:  # the file is a real attack: plain pickle runs it
+        pickle.load(f, encoding='latin1').get('data').close()
+    assert marker.exists()
+
+
+@pytest.mark.parametrize('content, message', [
+    (pickle.dumps({'data': np.array([{}], object)}), 'refused to unpickle it .an object array'),
+    (pickle.dumps({'data': np.zeros(3)})[:-9], 'not a readable pickle'),
+    (pickle.dumps(np.zeros((2, 3072), np.uint8)), r'expected a CIFAR-10 batch with data of uint8 \(N, 3072\), got NoneType'),
+    (pickle.dumps({'data': np.zeros((2, 3072), np.uint8), 'labels': [0, 10]}), r'expected 2 labels in 0\.\.9'),
+])
+def test_cifar_batch_errors(tmp_path, content, message):
+    (tmp_path / 'data_batch_1').write_bytes(content)
+    with pytest.raises(DataError, match='data_batch_1: ' + message):
+        data_lib._read_cifar_batch(str(tmp_path / 'data_batch_1'))
+
+
+def test_load_pickle_reads_what_the_batches_hold(tmp_path):
+    """Dicts, lists, tuples, str/bytes, numbers, arrays of any non-object dtype, any protocol."""
+    value = {'a': [1, 2.5, 'x', b'\x00\xff', (None, True)], b'k': np.arange(6, dtype=np.float32).reshape(2, 3),
+             'u8': np.arange(256, dtype=np.uint8), 'big': np.zeros((2, 2), '>i8'), 'scalar': np.int64(7)}
+    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        (tmp_path / 'p').write_bytes(pickle.dumps(value, protocol=protocol))
+        got = datafiles.load_pickle(str(tmp_path / 'p'))
+        plain = pickle.loads((tmp_path / 'p').read_bytes(), encoding='latin1')  # the reference
+        assert got['a'] == value['a'] == plain['a'] and got['scalar'] == 7
+        for k in (b'k', 'u8', 'big'):
+            assert got[k].dtype == plain[k].dtype
+            np.testing.assert_array_equal(got[k], value[k])
+
+
+def _npz(path, train_y, test_y, n_test=None):
+    n_test = len(test_y) if n_test is None else n_test
+    x = np.random.default_rng(0).integers(0, 256, (len(train_y) + n_test, 4, 4, 3), dtype=np.uint8)
+    np.savez(path, train_x=x[:len(train_y)], test_x=x[len(train_y):], train_y=np.asarray(train_y),
+             test_y=np.asarray(test_y))
+    return str(path)
+
+
+def test_labels_are_the_classes_0_to_k_minus_1(tmp_path):
+    d = data_lib.load('npz', _npz(tmp_path / 'ok.npz', [2, 0, 1, 1], [1, 0]), class_conditional=True)
+    assert d.num_labels == 3 and d.train_y.dtype == np.int32
+    np.testing.assert_array_equal(d.test_y, [1, 0])
+    with pytest.raises(DataError, match=r'the largest label of train_y is 1000000 and only 4 of the 1000001 '
+                                        r'values 0\.\.1000000 occur'):
+        data_lib.load('npz', _npz(tmp_path / 'million.npz', [0, 1, 2, 1000000], [0]))
+    with pytest.raises(DataError, match=r'the largest label of train_y is 2 and only 2 of the 3 values'):
+        data_lib.load('npz', _npz(tmp_path / 'gap.npz', [0, 2, 2], [0]))
+    with pytest.raises(DataError, match=r'^npz test labels 3, 7 are not classes of the training set \(0\.\.2\)'):
+        data_lib.load('npz', _npz(tmp_path / 'test.npz', [0, 1, 2], [7, 0, 3, 3]))
+    with pytest.raises(DataError, match=r'train_y must be 3 integer labels >= 0 .*int64 \(3,\) with negatives'):
+        data_lib.load('npz', _npz(tmp_path / 'neg.npz', [0, -1, 1], [0]))
+    with pytest.raises(DataError, match=r'test_y must be 1 integer labels >= 0 .*float64'):
+        data_lib.load('npz', _npz(tmp_path / 'float.npz', [0, 1], [0.5]))
+    labels = np.arange(10)
+    data = data_lib.Data(np.zeros((10, 4, 4, 3), np.uint8), labels, np.zeros((1, 4, 4, 3), np.uint8),
+                         np.array([10]), 10)
+    with pytest.raises(DataError, match=r'cifar test labels 10 are not classes of the training set \(0\.\.9\)'):
+        data_lib.check(data, 'cifar', True)
+
+
+def test_tfds_failures(tmp_path):
+    """A missing module is said to be one, a failed download is one, a bug is not caught."""
+    with mock.patch.object(data_lib, '_reachable', return_value=None), \
+            mock.patch.object(tfds, 'load', side_effect=[AssertionError('not prepared'),
+                                                         ModuleNotFoundError('no', name='importlib_resources')]):
+        with pytest.raises(DataError, match="^tensorflow-datasets needs the Python module 'importlib_resources', "
+                                            "which is not installed: a missing dependency"):
+            data_lib.load('cifar', str(tmp_path / 'd'))
+    with mock.patch.object(data_lib, '_reachable', return_value=None), \
+            mock.patch.object(tfds, 'load', side_effect=[AssertionError('not prepared'),
+                                                         tfds.download.DownloadError('503 Service Unavailable')]):
+        with pytest.raises(DataError, match=r'^tensorflow-datasets could not download cifar10 into data_dir=\S+ '
+                                            r'\(503 Service Unavailable\); use local data instead'):
+            data_lib.load('cifar', str(tmp_path / 'd'))
+    with mock.patch.object(tfds, 'load', side_effect=AttributeError('a bug')):
+        with pytest.raises(AttributeError, match='a bug'):
+            data_lib.load('cifar', str(tmp_path / 'd'))
+    with mock.patch.object(data_lib, '_reachable', return_value='Name or service not known'):
+        with pytest.raises(DataError, match=r'^cifar10 is not in data_dir=\S+ and cannot be downloaded .*'
+                                            r'Name or service not known\); use local data instead'):
+            data_lib.load('cifar', str(tmp_path / 'd'))
+
+
+def test_no_other_way_to_unpickle():
+    """np.load is never allowed pickles (it then refuses object arrays), and no pickle read
+    in the project's code but through datafiles.load_pickle (tests may: they show attacks)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    offenders = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith('.') and d not in ('venv', 'node_modules')]
+        for name in files:
+            if name.endswith('.py'):
+                text = open(os.path.join(folder, name)).read()
+                path = os.path.relpath(os.path.join(folder, name), root)
+                reads = re.search(r'pickle\.(loads?|Unpickler)\b', text) and path != 'pixel_cnn_pp/datafiles.py'
+                if 'allow_pickle=' + 'True' in text or (reads and not path.startswith('tests')):
+                    offenders.append(path)
+    assert offenders == []

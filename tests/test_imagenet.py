@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pixel_cnn_pp import imagenet
+from pixel_cnn_pp import datafiles, imagenet
+from pixel_cnn_pp.datafiles import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,10 +84,10 @@ def test_nothing_found(tmp_path):
     assert imagenet.find(str(tmp_path / 'absent')) is None
     (tmp_path / 'train_32x32.tar').write_bytes(b'')  # half of a form is not a form
     assert imagenet.find(str(tmp_path)) is None
-    with pytest.raises(ValueError, match='nothing in --data_dir') as e:
+    with pytest.raises(DataError, match='^data_set=imagenet: nothing in data_dir') as e:
         imagenet.load(str(tmp_path))
     for words in ('train_32x32.tar', 'valid_32x32.tar', 'train_data_batch_1', 'val_data',
-                  'Imagenet32_train_npz.zip', '--data_set=npz --data_dir=FILE.npz'):
+                  'Imagenet32_train_npz.zip', 'data_set=npz data_dir=FILE.npz'):
         assert words in imagenet.MISSING and words in str(e.value)
 
 
@@ -150,8 +151,7 @@ def test_imagenet32(tmp_path, capsys, form, train_dir, test_dir):
         with np.load(path) as f:
             row = f['data'][0]
     else:
-        with open(path, 'rb') as f:
-            row = pickle.load(f)['data'][0]
+        row = datafiles.load_pickle(path)['data'][0]
     assert got[0][0, 0, 1, 0] == row[1] and got[0][0, 1, 0, 1] == row[1024 + 32] and got[0][0, 2, 3, 2] == row[2048 + 67]
     assert '2 of the 10 training batches' in capsys.readouterr().out
 
@@ -174,7 +174,7 @@ def test_imagenet32_wrong_batches(tmp_path, bad, message):
         np.savez(tmp_path / 'val_data.npz', **dict(dict(data=np.zeros((2, 3072), np.uint8), labels=[1, 2]), **bad))
     else:
         (tmp_path / 'val_data.npz').write_bytes(b'PK\x03\x04 truncated')
-    with pytest.raises(ValueError, match='val_data.npz: ' + message):
+    with pytest.raises(DataError, match='val_data.npz: ' + message):
         imagenet.load(str(tmp_path), progress=False)
 
 
@@ -259,7 +259,8 @@ def test_cache_rebuilt_after_a_png_changes(tmp_path, capsys):
 
 KILLED = """
 import sys, time
-from pixel_cnn_pp import imagenet
+from pixel_cnn_pp import datafiles, imagenet
+from pixel_cnn_pp.datafiles import DataError
 read = imagenet._read_batch
 def slow(path):
     if 'batch_2' in path:
@@ -349,3 +350,14 @@ def test_unwritable_data_dir_reads_without_cache(tmp_path, capsys):
     assert_same(got[0], want[0])
     assert_same(got[2], want[1])
     assert not os.path.exists(tmp_path / imagenet.CACHE)
+
+
+@pytest.mark.parametrize('protocol', [2, 5])
+def test_an_imagenet32_batch_cannot_run_code(tmp_path, protocol):
+    from test_data import write_hostile_batch
+    write_imagenet32(str(tmp_path), form='pickle')
+    marker = tmp_path / 'created'
+    write_hostile_batch(tmp_path / 'train_data_batch_2', marker, protocol)
+    with pytest.raises(DataError, match='train_data_batch_2: refused to unpickle it .it asks for (builtins|io).open.'):
+        imagenet.load(str(tmp_path), progress=False)
+    assert not marker.exists() and not os.path.exists(tmp_path / imagenet.CACHE)

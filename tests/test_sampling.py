@@ -165,17 +165,6 @@ def test_sample_errors():
         pixel_cnn_pp.sample(model, 2, image_shape=(8, 8, 3), temperature=0)
 
 
-def test_tile_and_write(tmp_path):
-    images = np.arange(5 * 2 * 2 * 3, dtype=np.uint8).reshape(5, 2, 2, 3)
-    grid = sampling.tile(images)
-    assert grid.shape == (2 * 3 + 1, 3 * 3 + 1, 3)  # 5 images: 3 columns, 2 rows
-    np.testing.assert_array_equal(grid[1:3, 4:6], images[1])
-    assert (grid[0] == 255).all() and (grid[3] == 255).all()
-    sampling.write_samples(images, str(tmp_path / 's'))
-    np.testing.assert_array_equal(np.load(tmp_path / 's.npz')['samples'], images)
-    np.testing.assert_array_equal(tf.io.decode_png(tf.io.read_file(str(tmp_path / 's.png'))), grid)
-
-
 def run_sample_py(*args):
     import os
     import subprocess

@@ -1,5 +1,5 @@
-"""Out-of-distribution scoring: the metrics against hand-computed cases, image sets and how
-they are fitted, input mutation and the L2 term of background models, score.py end to end."""
+"""Out-of-distribution scoring: the metrics against hand-computed cases, the L2 term of
+background models, score.py end to end (image sets: test_images.py; mutation: test_data.py)."""
 
 import csv
 import json
@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 import pixel_cnn_pp
-from pixel_cnn_pp import data, scoring
+from pixel_cnn_pp import scoring
+from pixel_cnn_pp.images import scale
 from pixel_cnn_pp.training import Trainer
 from test_official import FIXTURES
 
@@ -46,70 +46,9 @@ def test_png_bits():
     assert bits[0] < bits[1] / 2  # a constant image compresses, noise does not
 
 
-def test_fit_images():
-    x = np.arange(2 * 6 * 2 * 1, dtype=np.uint8).reshape(2, 6, 2, 1)
-    fitted, done = data.fit_images(x, (4, 4, 3))
-    assert fitted.shape == (2, 4, 4, 3)
-    np.testing.assert_array_equal(fitted[:, :, 1:3, 0], x[:, 1:5, :, 0])  # crop rows 1..4
-    assert np.all(fitted[:, :, [0, 3]] == 0)  # zero columns either side
-    np.testing.assert_array_equal(fitted[..., 0], fitted[..., 2])
-    assert done == ['grayscale repeated to 3 channels', 'height centre-cropped from 6 to 4',
-                    'width zero-padded from 2 to 4']
-    same, done = data.fit_images(fitted, (4, 4, 3))
-    assert same is fitted and done == []
-
-
-def test_read_images(tmp_path):
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
-    np.savez(tmp_path / 'a.npz', test_x=x, test_y=np.arange(3))
-    got, labels = data.read_images(str(tmp_path / 'a.npz'))
-    np.testing.assert_array_equal(got, x)
-    np.testing.assert_array_equal(labels, [0, 1, 2])
-    (tmp_path / 'imgs').mkdir()
-    for k in range(3):
-        tf.io.write_file(str(tmp_path / 'imgs' / ('%d.png' % k)), tf.io.encode_png(x[k]))
-    (tmp_path / 'imgs' / 'notes.txt').write_text('not an image')
-    np.testing.assert_array_equal(data.read_images(str(tmp_path / 'imgs'))[0], x)
-    with tfds.testing.mock_data(num_examples=5):
-        got, labels = data.read_images('tfds:cifar10:test')
-    assert got.shape == (5, 32, 32, 3) and labels.shape == (5,)
-
-
-@pytest.mark.parametrize('make, message', [
-    (lambda d: str(d / 'missing.npz'), 'no such file or folder'),
-    (lambda d: (d / 'empty').mkdir() or str(d / 'empty'), 'a folder with no PNG or JPEG images'),
-    (lambda d: ((d / 'bad').mkdir(), (d / 'bad' / 'x.png').write_bytes(b'nope'), str(d / 'bad'))[-1],
-     'x.png: not a readable image'),
-    (lambda d: ((d / 't.npz').write_bytes(b'PK\x03\x04trunc'), str(d / 't.npz'))[-1], 'not a readable .npz'),
-    (lambda d: np.savez(d / 'k.npz', images=np.zeros((1, 4, 4, 3), np.uint8)) or str(d / 'k.npz'),
-     'neither x nor test_x'),
-    (lambda d: np.savez(d / 'f.npz', x=np.zeros((1, 4, 4, 3))) or str(d / 'f.npz'), 'expected uint8 images'),
-    (lambda d: 'tfds:cifar10', 'expected tfds:NAME:SPLIT'),
-])
-def test_read_images_errors(tmp_path, make, message):
-    with pytest.raises(ValueError, match=message):
-        data.read_images(make(tmp_path))
-
-
-def test_mutation_rate_measured_on_a_batch():
-    x = data.scale(np.full((64, 16, 16, 3), 100, np.uint8))
-    seed = tf.constant([3, 4], tf.int64)
-    mutated = data.mutate(x, 0.1, seed).numpy()
-    changed = np.mean(mutated != x.numpy())
-    # 49,152 sub-pixels: 0.1 x (1 - 1/256) change value, give or take 4 standard deviations
-    expected = 0.1 * 255 / 256
-    assert abs(changed - expected) < 4 * np.sqrt(expected * (1 - expected) / x.numpy().size)
-    values = np.rint(mutated * 127.5 + 127.5)
-    np.testing.assert_allclose(mutated, (values - 127.5) / 127.5, atol=1e-6)  # on the 8-bit grid
-    assert len(np.unique(values)) > 200  # uniform over 0..255
-    np.testing.assert_array_equal(data.mutate(x, 0.1, seed), mutated)  # same seed, same mutation
-    np.testing.assert_array_equal(data.mutate(x, 0., seed), x)
-
-
 def test_l2_weight_adds_its_gradient_and_not_to_the_loss(one_replica):
     kwargs = dict(nr_resnet=1, nr_filters=4, nr_logistic_mix=2, dropout_p=0.)
-    x = data.scale(np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)))
+    x = scale(np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)))
     y = tf.zeros([2], tf.int32)
     plain = Trainer(one_replica, kwargs, (8, 8, 3))
     plain.initialize(x)

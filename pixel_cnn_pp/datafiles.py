@@ -1,0 +1,94 @@
+"""What reading a user's data file may do: raise DataError (bad data, named by the
+argument or file), never run code from the file (load_pickle), and tell a missing
+dependency of tensorflow-datasets from a failed download (tfds_errors, missing_dependency)."""
+
+import pickle
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """A data set, file or argument that cannot be used, with a message naming it (by its
+    Python argument name; the command line says --flag)."""
+
+
+class _Refused(pickle.UnpicklingError):
+    """What the restricted unpickler says of anything it does not build."""
+
+
+def _reconstruct_functions():
+    """NumPy's own array reconstructors, as its pickles name them (taken from NumPy, so
+    that both numpy.core and numpy._core spellings map to the installed functions)."""
+    reconstruct = np.zeros(1).__reduce__()[0]  # multiarray._reconstruct
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # numeric._frombuffer (protocol 5)
+    scalar = np.int64(0).__reduce__()[0]  # multiarray.scalar (a NumPy number)
+    table = {}
+    for core in ('numpy.core', 'numpy._core'):
+        table[(core + '.multiarray', '_reconstruct')] = reconstruct
+        table[(core + '.multiarray', 'scalar')] = scalar
+        table[(core + '.numeric', '_frombuffer')] = frombuffer
+    return table
+
+
+def _dtype(*args):
+    """numpy.dtype, refusing object dtypes (an object array's items would be arbitrary
+    pickled objects)."""
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise _Refused('an object array')
+    return dtype
+
+
+def _latin1(text, encoding='utf-8'):
+    """_codecs.encode as Python 3 pickles of bytes use it (protocol 2): latin-1 only."""
+    if encoding not in ('latin1', 'latin-1'):
+        raise _Refused('_codecs.encode with encoding %r' % encoding)
+    return text.encode(encoding)
+
+
+# Everything the CIFAR-10 python batches and Imagenet32's pickle batches need: dicts, lists,
+# str/bytes and numbers are built by the pickle machine itself; these build the arrays.
+ALLOWED = {**_reconstruct_functions(), ('numpy', 'ndarray'): np.ndarray, ('numpy', 'dtype'): _dtype,
+           ('_codecs', 'encode'): _latin1}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in ALLOWED:
+            return ALLOWED[(module, name)]
+        raise _Refused('it asks for %s.%s' % (module, name))
+
+
+def load_pickle(path):
+    """The contents of the pickle file at path (a latin-1 pickle, as the CIFAR-10 and
+    Imagenet32 batches are), read so that it cannot run code: only dicts, lists, tuples,
+    str/bytes, numbers, and NumPy arrays and numbers of non-object dtypes are built;
+    anything else is a DataError naming the file."""
+    try:
+        with open(path, 'rb') as f:
+            return _Unpickler(f, encoding='latin1').load()
+    except _Refused as e:
+        raise DataError('%s: refused to unpickle it (%s): a data file may hold only arrays, '
+                        'lists, dicts, strings and numbers, and a pickle that asks for more can '
+                        'run code' % (path, e)) from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError) as e:  # truncated or not a pickle
+        raise DataError('%s: not a readable pickle (%s: %s)' % (path, type(e).__name__, e)) from None
+
+
+def missing_dependency(e):
+    """The DataError for a ModuleNotFoundError raised inside tensorflow-datasets: which module
+    is missing, and that it is a dependency (not the network, not the data)."""
+    return DataError('tensorflow-datasets needs the Python module %r, which is not installed: a '
+                     'missing dependency (pip install -r requirements.txt installs it)' % e.name)
+
+
+def tfds_errors():
+    """The exceptions by which tensorflow-datasets says a set is unknown, not there, or could
+    not be downloaded, extracted or read (a failed download, a full disk, a wrong checksum),
+    as opposed to a programming error or a missing module, which are not caught."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.download import download_manager, extractor
+    return (OSError, ValueError, AssertionError, tf.errors.OpError, tfds.download.DownloadError,
+            download_manager.NonMatchingChecksumError, extractor.ExtractError)

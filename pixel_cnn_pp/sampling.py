@@ -345,18 +345,24 @@ class _FastSampler:
                 return j + 1
             tf.while_loop(lambda j: j < self.image_shape[1], body, [tf.constant(0)])
 
+    def _output(self, i, j):
+        """The network's output at pixel (i, j): the mixture parameters l, (B, 1, 1, P)."""
+        m = self.model
+        ul = _center(self.down['ul'][0][-1], i, j)
+        return m.head[0].apply(tf.nn.elu(ul), self.w[m.head[0].name])
+
+    def _put_pixel(self, i, j, pixel):
+        """Writes pixel (B, 1, 1, C), scaled to [-1, 1], at (i, j) of x_pad."""
+        _write(self.x_pad, i, j, tf.concat([pixel, tf.ones_like(pixel[..., :1])], 3))
+
     def _pixel(self, i, j, u_mix, u_logistic, given, given_rows, temperature):
         """Pixel (i, j) from the network's output there (u_mix, u_logistic, given: row i),
-        written to x_pad."""
-        m, C = self.model, self.image_shape[2]
-
+        written to x_pad. (The codec's sampler replaces the draw with its entropy coder.)"""
         def column(x):
             return tf.gather(x, j, axis=1)[:, None, None]
-        ul = _center(self.down['ul'][0][-1], i, j)
-        l = m.head[0].apply(tf.nn.elu(ul), self.w[m.head[0].name])
-        pixel = nn.sample_with_noise(l, C, (column(u_mix), column(u_logistic)), temperature)
-        pixel = tf.where(i < given_rows, column(given), pixel)
-        _write(self.x_pad, i, j, tf.concat([pixel, tf.ones_like(pixel[..., :1])], 3))
+        pixel = nn.sample_with_noise(self._output(i, j), self.image_shape[2],
+                                     (column(u_mix), column(u_logistic)), temperature)
+        self._put_pixel(i, j, tf.where(i < given_rows, column(given), pixel))
 
     def _pixel_loop(self, n, i, slabs, *args, h=None):
         """The pixels of image row i, where levels 0 .. n - 1 run, on the caches' slabs

@@ -1,0 +1,192 @@
+"""The lossless codec: bit-exact round trips, files at the model's -log2 p(x), and an error
+(never other pixels) for every file it cannot decode exactly."""
+
+import os
+import struct
+import subprocess
+import sys
+import zlib
+
+import constriction
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import pixel_cnn_pp
+from pixel_cnn_pp import PixelCNNPP, codec, nn
+from pixel_cnn_pp.images import scale
+from test_official import FIXTURES
+
+SHAPE = (4, 8, 3)  # non-square; levels 4x8, 2x4, 1x2
+K = 4
+
+
+def small_model(channels=3, num_labels=None, seed=0, size=SHAPE[:2], sharpen=4.):
+    """A random small model, its logistics made narrower than at initialisation (the
+    head's log-scale biases - sharpen), so that its distributions are far from uniform."""
+    model = PixelCNNPP(nr_resnet=1, nr_filters=8, nr_logistic_mix=3)
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (4,) + size + (channels,)).astype(np.float32)
+    model(x, h=None if num_labels is None else tf.one_hot(np.arange(4) % num_labels, num_labels), init=True)
+    M, per = model.nr_logistic_mix, 3 if channels == 3 else 2
+    b = model.head[0].b.numpy()
+    for c in range(channels):
+        b[M + c * per * M + M:M + c * per * M + 2 * M] -= sharpen
+    model.head[0].b.assign(b)
+    return model
+
+
+@pytest.fixture(scope='module')
+def model():
+    """One conditional RGB model for the module: its coding sampler is traced once."""
+    return small_model(num_labels=K)
+
+
+def images(n, seed=1, shape=SHAPE):
+    return np.random.default_rng(seed).integers(0, 256, (n,) + shape, dtype=np.uint8)
+
+
+def model_samples(model, labels, shape=SHAPE, seed=0):
+    """Images the model finds likely: random bits decoded with it (a sample of the coder's
+    distribution, which is the model's up to its quantization)."""
+    words = np.random.default_rng(seed).integers(0, 2 ** 32, 100000, dtype=np.uint32)
+    out = np.zeros((len(labels),) + shape, np.uint8)
+    codec._decode(model, out, labels, 16, constriction.stream.queue.RangeDecoder(words))
+    return out
+
+
+def output(model, x, labels=None):
+    """The full forward pass's output l on uint8 images."""
+    return model(scale(x), h=None if labels is None else tf.one_hot(labels, model.num_labels))
+
+
+def ideal_bytes(model, x, labels):
+    """-log2 p(x | labels) - log2 (1 / K) per label, in bytes: the official loss (nats) / ln 2
+    and the labels' uniform code."""
+    nats = float(nn.discretized_mix_logistic_loss(scale(x), output(model, x, labels)))
+    return (nats / np.log(2.) + len(labels) * np.log2(model.num_labels)) / 8.
+
+
+@pytest.fixture(scope='module')
+def likely(model):
+    """12 images the module's model finds likely, and their labels."""
+    labels = np.arange(12) % K
+    return model_samples(model, labels), labels
+
+
+def check_pmfs(model, x, labels=None):
+    """pixel_pmfs from the full forward pass's output: each sums to one and -log2 of the
+    pmfs at the pixels' values, summed over the channels, is the bits of the official
+    loss's per-pixel terms on the same output (an independent check of the bins, the RGB
+    coupling and the mixture's posterior)."""
+    N, H, W, C = x.shape
+    l = output(model, x, labels)
+    pmfs = codec.pixel_pmfs(l.numpy().reshape(N * H * W, -1), x.reshape(-1, C))
+    assert pmfs.shape == (N * H * W, C, 256) and pmfs.dtype == np.float64
+    np.testing.assert_allclose(pmfs.sum(-1), 1., atol=1e-12)
+    at = np.take_along_axis(pmfs, x.reshape(-1, C, 1).astype(np.int64), -1)[..., 0]
+    bits = -np.log2(at).sum(-1).reshape(N, H, W)
+    expected = -nn.discretized_mix_logistic_log_prob(scale(x), l).numpy() / np.log(2.)
+    np.testing.assert_allclose(bits, expected, atol=1e-3 * C)
+    return pmfs, l.numpy().reshape(N * H * W, -1), -np.log2(at)
+
+
+def test_pmfs_sum_to_one_and_give_the_loss(model, likely):
+    x, labels = likely
+    pmfs, l, bits = check_pmfs(model, x, labels)
+    assert 1.5 < bits.mean() < 6  # a sharp model's, not a uniform one's 8
+    # green's and blue's pmfs depend on the values before them
+    other = x.reshape(-1, 3).copy()
+    other[:, 0] ^= 64
+    assert np.abs(codec.pixel_pmfs(l, other)[:, 1] - pmfs[:, 1]).max() > 0.1
+
+
+def test_grayscale_pmfs():
+    model = small_model(1, size=(8, 8), sharpen=1.)
+    _, _, bits = check_pmfs(model, images(3, shape=(8, 8, 1)))
+    assert bits.mean() > 4
+
+
+def test_round_trips(model):
+    """Bit-exact: 5 images in batches of 2 (the last one image), a single image (with its
+    label as one-hot h); decompress returns the labels; verify=True decodes the file."""
+    x, labels = images(5), np.array([3, 0, 1, 2, 3])
+    five = pixel_cnn_pp.compress(model, x, labels=labels, batch_size=2, verify=False)
+    assert codec.read_header(five)['batch_size'] == 2
+    back, back_labels = pixel_cnn_pp.decompress(model, five)
+    np.testing.assert_array_equal(back, x)
+    np.testing.assert_array_equal(back_labels, labels)
+    one = pixel_cnn_pp.compress(model, x[2:3], h=tf.one_hot([1], K))  # verify=True
+    assert one == pixel_cnn_pp.compress(model, x[2:3], labels=[1], verify=False)
+    back, back_labels = pixel_cnn_pp.decompress(model, one)
+    np.testing.assert_array_equal(back, x[2:3])
+    assert back_labels.tolist() == [1]
+    with pytest.raises(ValueError, match='class-conditional: pass'):
+        pixel_cnn_pp.compress(model, x)
+    with pytest.raises(ValueError, match='one-hot'):
+        pixel_cnn_pp.compress(model, x, h=np.full((5, K), .25))
+
+
+def test_file_is_at_the_ideal_length(model, likely):
+    """On images the model finds likely, the file is -log2 p(x, labels) (the official loss,
+    the labels uniform) plus at most 0.2% + 64 bytes (header, CRC, the coder's last word,
+    quantized probabilities), and not below it (which would mean that the probabilities
+    coded are not the model's)."""
+    x, labels = likely
+    ideal = ideal_bytes(model, x, labels)
+    assert 1.5 < 8 * ideal / x.size < 6  # bits/dim of a sharp model, not a uniform one
+    size = len(pixel_cnn_pp.compress(model, x, labels=labels, verify=False))
+    assert ideal - 4 <= size <= 1.002 * ideal + 64, (size, ideal)
+
+
+def reheader(data, **fields):
+    """The file with header fields replaced (by _HEADER's position) and a valid CRC."""
+    values = list(codec._HEADER.unpack_from(data))
+    for position, value in fields.items():
+        values[int(position[1:])] = value
+    body = codec._HEADER.pack(*values) + data[codec._HEADER.size:-4]
+    return body + struct.pack('<I', zlib.crc32(body))
+
+
+def test_bad_files_raise_codec_error(model):
+    """Each raises CodecError naming the cause; none returns pixels."""
+    x, labels = images(3, seed=4), np.array([1, 2, 3])
+    good = pixel_cnn_pp.compress(model, x, labels=labels, verify=False)
+    bad = {'not a PixelCNN': [b'', b'PNG\x89' + good[4:]],
+           'truncated': [good[:-1], good[:-4], good[:20], good[:codec._HEADER.size + 8], good + b'\0' * 4],
+           'damaged': [good[:k] + bytes([good[k] ^ 1]) + good[k + 1:] for k in (5, 30, 60, len(good) - 2)],
+           'version 2': [reheader(good, f1=2)],
+           'tensorflow 2.20.0': [reheader(good, f9=2, f10=20, f11=0)],
+           'does not fit the model': [reheader(good, f3=10)]}
+    for message, files in bad.items():
+        for f in files:
+            with pytest.raises(codec.CodecError, match=message):
+                pixel_cnn_pp.decompress(model, f)
+    # past the CRC (a byte of the stream changed, the CRC made to match): the decoded
+    # pixels differ, and the checksum refuses them
+    k = codec._HEADER.size + 8
+    forged = reheader(good[:k] + bytes([good[k] ^ 16]) + good[k + 1:])
+    with pytest.raises(codec.CodecError, match='checksum|does not decode'):
+        pixel_cnn_pp.decompress(model, forged)
+    with pytest.raises(codec.CodecError, match='checksum'):
+        pixel_cnn_pp.decompress(model, reheader(good, f20=b'\0' * 8))
+    # another environment's file decodes on request here (its floats are in fact ours)
+    back, _ = pixel_cnn_pp.decompress(model, reheader(good, f9=2, f10=20, f11=0), check_environment=False)
+    np.testing.assert_array_equal(back, x)
+    other = small_model(num_labels=K, seed=5)  # another model: refused before decoding
+    with pytest.raises(codec.CodecError, match='another model'):
+        pixel_cnn_pp.decompress(other, good)
+
+
+def test_fingerprint():
+    """The same checkpoint loaded twice (other Keras names) has one fingerprint; its raw
+    and averaged weights, or one weight changed by one ulp, another."""
+    ckpt = os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt')
+    ema = pixel_cnn_pp.load(ckpt, image_shape=(8, 8))
+    assert codec.fingerprint(ema) == codec.fingerprint(pixel_cnn_pp.load(ckpt, image_shape=(8, 8)))
+    raw = pixel_cnn_pp.load(ckpt, image_shape=(8, 8), use_ema=False)
+    assert codec.fingerprint(raw) != codec.fingerprint(ema)
+    before = codec.fingerprint(raw)
+    g = raw.head[0].g
+    g.assign(np.nextafter(g.numpy(), np.inf))
+    assert codec.fingerprint(raw) != before

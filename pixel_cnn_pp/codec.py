@@ -9,11 +9,11 @@ pixels; _CodingSampler hands the network's output at each pixel to the coder (a
 tf.numpy_function in the row's loop) and writes back the pixel the coder returns. XLA
 (jit_compile) is not used: its compiled loop cannot call back into Python.
 
-File layout (little-endian): a 44-byte header (_HEADER: magic, format version, flags,
+File layout (little-endian): a 45-byte header (_HEADER: magic, format version, flags,
 image shape, count, batch size, model fingerprint, the environment that fixes the floats,
 a checksum of the pixels and labels), the range coder's 32-bit words (a conditional
 model's labels first, log2 K bits each, then the sub-pixels in the passes' order), and a
-CRC-32 of all that precedes it. So a file is -log2 p(x) plus 48 bytes, the coder's last
+CRC-32 of all that precedes it. So a file is -log2 p(x) plus 49 bytes, the coder's last
 word and its quantization of the probabilities (24-bit)."""
 
 import hashlib
@@ -33,8 +33,8 @@ from pixel_cnn_pp.images import scale
 
 MAGIC = b'PC++'
 VERSION = 1
-_HEADER = struct.Struct('<4sBBHHBIH8s3B3B3BBB8s')
-_CONDITIONAL, _GPU, _ONEDNN = 1, 2, 4
+_HEADER = struct.Struct('<4sBBHHBIH8s3B3B3BBBB8s')
+_CONDITIONAL, _GPU, _ONEDNN, _TF32 = 1, 2, 4, 8
 ISAS = ('other', 'x86-64', 'avx2', 'avx512f', 'arm64')
 # the bin edges of discretized_mix_logistic_loss between values v - 1 and v, scaled to
 # [-1, 1]: x(v) - 1/255 = (v - 128) / 127.5, v = 1 .. 255
@@ -117,7 +117,9 @@ def environment():
     """What fixes the floats of the cached computation and of the pmfs, as a file
     records it: the versions of TensorFlow, NumPy and constriction, the device kind
     (GPU if TensorFlow sees one), the CPU's vector instructions, TensorFlow's intra-op
-    threads (they split reductions) and whether oneDNN's kernels are on."""
+    threads (they split reductions), whether oneDNN's kernels are on, the graph optimizer
+    (Grappler's rewrites, e.g. fused matmuls, change the round-off: 'default', 'off' or
+    'custom N', N a hash of its options) and on a GPU whether TensorFloat-32 is on."""
     threads = tf.config.threading.get_intra_op_parallelism_threads()
     if not threads:  # TensorFlow's default: the CPUs this process may run on
         threads = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
@@ -125,7 +127,23 @@ def environment():
                 constriction=_version(importlib.metadata.version('constriction')),
                 device='GPU' if tf.config.list_logical_devices('GPU') else 'CPU', isa=_isa(),
                 threads=min(int(threads), 255),
-                onednn=os.environ.get('TF_ENABLE_ONEDNN_OPTS', '1').lower() not in ('0', 'false'))
+                onednn=os.environ.get('TF_ENABLE_ONEDNN_OPTS', '1').lower() not in ('0', 'false'),
+                graph_optimizer=_graph_optimizer(),
+                tf32=bool(tf.config.list_logical_devices('GPU'))
+                and tf.config.experimental.tensor_float_32_execution_enabled())
+
+
+def _graph_optimizer():
+    """The graph optimizer's settings as a byte: 0 default, 1 off, else a hash."""
+    options = tf.config.optimizer.get_experimental_options()
+    if options.get('disable_meta_optimizer'):
+        return 1
+    custom = sorted((k, v) for k, v in options.items() if v not in (False, None))
+    return 0 if not custom else 2 + zlib.crc32(repr(custom).encode()) % 254
+
+
+def _describe_graph_optimizer(code):
+    return 'default' if code == 0 else 'off' if code == 1 else 'custom %d' % code
 
 
 def fingerprint(model):
@@ -261,7 +279,7 @@ def _uniform(K):
 
 def compress(model, images, h=None, labels=None, batch_size=16, verify=True, progress=None):
     """The bytes of a file holding uint8 images (N, H, W, C) (H and W multiples of 4, C the
-    model's channels), coded with the model: -log2 p(x) bits (log_prob) plus at most 52
+    model's channels), coded with the model: -log2 p(x) bits (log_prob) plus at most 53
     bytes and about 0.01%. A class-conditional model codes each image given its label
     (labels (N,) or one-hot h (N, K)), which the file stores (log2 K bits each).
     batch_size: images per pass (the file records it; the decoder uses the same).
@@ -300,10 +318,10 @@ def compress(model, images, h=None, labels=None, batch_size=16, verify=True, pro
     _passes(model, images, onehot, batch_size, encode, progress)
     env = environment()
     flags = (_CONDITIONAL if labels is not None else 0) | (_GPU if env['device'] == 'GPU' else 0) | \
-        (_ONEDNN if env['onednn'] else 0)
+        (_ONEDNN if env['onednn'] else 0) | (_TF32 if env['tf32'] else 0)
     body = _HEADER.pack(MAGIC, VERSION, flags, H, W, C, N, batch_size, fingerprint(model),
                         *env['tensorflow'], *env['numpy'], *env['constriction'], ISAS.index(env['isa']),
-                        env['threads'], _checksum(images, labels)) + \
+                        env['threads'], env['graph_optimizer'], _checksum(images, labels)) + \
         encoder.get_compressed().astype('<u4').tobytes()
     out = body + struct.pack('<I', zlib.crc32(body))
     if verify:
@@ -349,14 +367,17 @@ def read_header(data):
         raise CodecError('format version %d; this codec reads version %d' % (fields[1], VERSION))
     (_, _, flags, H, W, C, N, batch_size, model, *rest) = fields
     return dict(version=VERSION, conditional=bool(flags & _CONDITIONAL), image_shape=(H, W, C),
-                count=N, batch_size=batch_size, model=model, checksum=rest[11],
+                count=N, batch_size=batch_size, model=model, checksum=rest[12],
                 environment=dict(tensorflow=tuple(rest[0:3]), numpy=tuple(rest[3:6]),
                                  constriction=tuple(rest[6:9]), device='GPU' if flags & _GPU else 'CPU',
                                  isa=ISAS[rest[9]] if rest[9] < len(ISAS) else 'unknown', threads=rest[10],
-                                 onednn=bool(flags & _ONEDNN)))
+                                 onednn=bool(flags & _ONEDNN), graph_optimizer=rest[11],
+                                 tf32=bool(flags & _TF32)))
 
 
 def _describe(name, value):
+    if name == 'graph_optimizer':
+        return 'graph optimizer %s' % _describe_graph_optimizer(value)
     if isinstance(value, tuple):
         return '%s %s' % (name, '.'.join(map(str, value)))
     if isinstance(value, bool):

@@ -189,7 +189,9 @@ def test_sample_py_completes_images(tmp_path):
     out = run_sample_py('--checkpoint=' + ckpt, '--image_size=8', '--complete=%s' % (tmp_path / 'in.npz'),
                         '--num_samples=2', '--given_rows=3', '--samples_per_image=2', '--temperature=0.8',
                         '--batch_size=3', '--seed=2', '--out=%s' % (tmp_path / 'c'))
-    assert 'completing 4 images' in out.stdout and 'images/s' in out.stdout
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith('loaded %s (EMA weights): ' % ckpt)
+    assert 'completing 2 images, 2 completions each (4 samples) at temperature 0.8' in lines and 'images/s' in out.stdout
     saved = np.load(tmp_path / 'c.npz')
     np.testing.assert_array_equal(saved['given'], originals[:2])
     model = pixel_cnn_pp.load(ckpt, image_shape=(8, 8))

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 import pixel_cnn_pp
-from pixel_cnn_pp import scoring
+from pixel_cnn_pp import heatmaps, scoring
 from pixel_cnn_pp.images import scale
 from pixel_cnn_pp.training import Trainer
 from test_official import FIXTURES
@@ -80,8 +80,11 @@ def test_score_py_end_to_end(tmp_path):
          '--image_size=16', '--in=%s' % (tmp_path / 'in.npz'), '--ood=%s' % (tmp_path / 'noise.npz'),
          '--ood=%s' % (tmp_path / 'const.npz'), '--background=' + ckpt, '--report=%s' % (tmp_path / 'r.json'),
          '--csv=%s' % (tmp_path / 's.csv'), '--heatmaps=%s' % (tmp_path / 'maps'), '--noprogress'],
-        env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=600)
+        env={k: v for k, v in dict(os.environ, PYTHONPATH=ROOT).items() if k != 'TF_CPP_MIN_LOG_LEVEL'},
+        capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
+    assert out.stderr == ''  # a quiet console: nothing of TensorFlow's start-up
+    assert out.stdout.startswith('loaded %s (EMA weights): ' % ckpt)
     assert 'const.npz: 4 images (grayscale repeated to 3 channels, height centre-cropped from 20 to 16, ' \
            'width centre-cropped from 20 to 16)' in out.stdout
     report = json.load(open(tmp_path / 'r.json'))
@@ -96,10 +99,15 @@ def test_score_py_end_to_end(tmp_path):
     scores = {s: np.array([float(r['likelihood']) for r in rows if r['set'] == s]) for s in ('in.npz', 'noise.npz')}
     assert report['noise.npz']['likelihood']['auroc'] == pytest.approx(
         scoring.auroc(scores['in.npz'], scores['noise.npz']))
-    assert len(os.listdir(tmp_path / 'maps')) == 15
-    heat = tf.io.decode_png(tf.io.read_file(str(tmp_path / 'maps' / 'in.npz_00000.png'))).numpy()
-    assert heat.shape == (16, 33, 3)
-    np.testing.assert_array_equal(heat[:, :16], smooth[0])
+    # one grid per set, the maps on the one scale of bits per sub-pixel, each pixel 4 x 4
+    assert sorted(os.listdir(tmp_path / 'maps')) == ['%s.npz_heatmaps_000.png' % s for s in ('const', 'in', 'noise')]
+    grid = tf.io.decode_png(tf.io.read_file(str(tmp_path / 'maps' / 'in.npz_heatmaps_000.png'))).numpy()
+    assert grid.shape[1] == 4 * 6 * (2 * 16 + 3)
+    grid = grid[::4, ::4]
+    bits = -pixel_cnn_pp.log_prob_map(model, smooth) / np.log(2.) / 3
+    for k in range(6):
+        np.testing.assert_array_equal(grid[:16, 35 * k:35 * k + 16], smooth[k])
+        np.testing.assert_allclose(grid[:16, 35 * k + 17:35 * k + 33], heatmaps.colour(bits[k]), atol=1)
 
 
 @pytest.mark.parametrize('args, message', [

@@ -151,7 +151,7 @@ def test_a_keras_file_that_is_not_one(tmp_path):
     path = str(tmp_path / 'model.keras')
     with open(path, 'w') as f:
         f.write('not a zip')
-    with pytest.raises(ValueError, match=r'model\.keras: not a \.keras file \(a \.keras file is a zip'):
+    with pytest.raises(ValueError, match=r'model\.keras: not a readable \.keras file \(not a zip archive'):
         checkpoints.load(path)
 
 

@@ -3,7 +3,6 @@ and of the official TF1 ones (tf.train.Saver), the model config a checkpoint imp
 `load`, the one loader of a trained model (save_dir, checkpoint, .keras file, official
 checkpoint such as params_cifar.ckpt)."""
 
-import json
 import os
 import re
 import zipfile
@@ -11,11 +10,11 @@ import zipfile
 import keras
 import tensorflow as tf
 
-from pixel_cnn_pp import nn
+from pixel_cnn_pp import config, nn
+from pixel_cnn_pp.config import CONFIG_FILE, ModelConfig  # noqa: F401  (CONFIG_FILE: for callers)
 from pixel_cnn_pp.model import PixelCNNPP
 
-MODEL_KEYS = ('nr_resnet', 'nr_filters', 'nr_logistic_mix', 'resnet_nonlinearity', 'energy_distance')
-CONFIG_FILE = 'config.json'
+MODEL_KEYS = ModelConfig.ARCHITECTURE
 # The groups of our training checkpoint (training.Trainer) that hold weights.
 PARAMS, EMA = 'params', 'ema'
 OFFICIAL_EMA_SUFFIX = '/ExponentialMovingAverage'
@@ -29,46 +28,12 @@ KINDS = ('a save_dir of train.py, one of its checkpoints (save/ckpt-12), a .kera
 # ---------------------------------------------------------------------- run config
 
 def model_config(model):
-    """What config.json records of a built PixelCNNPP: the model flags, the image shape and
-    the label count (0: unconditional)."""
-    return dict({k: getattr(model, k) for k in MODEL_KEYS}, image_shape=list(model.image_shape),
-                num_labels=model.num_labels or 0)
+    """What config.json records of a built PixelCNNPP (config.ModelConfig as a dict)."""
+    return ModelConfig.of_model(model).to_dict()
 
 
-def read_config(save_dir):
-    """config.json of a run, or None where there is none."""
-    path = os.path.join(save_dir, CONFIG_FILE)
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError('%s is not readable JSON (%s)' % (path, e)) from None
-    if not isinstance(config, dict):
-        raise ValueError('%s: expected a JSON object of the model config' % path)
-    return config
-
-
-def check_config(save_dir, config):
-    """Raises if save_dir holds checkpoints of a model config other than `config`."""
-    saved = read_config(save_dir)
-    if saved is None:
-        return
-    diff = ['%s: checkpoint %r, now %r' % (k, saved[k], config[k])
-            for k in config if k in saved and saved[k] != config[k]]
-    if diff:
-        raise ValueError('the checkpoints in %s are of another model config (%s); pass the '
-                         'flags they were trained with or use another --save_dir'
-                         % (save_dir, '; '.join(diff)))
-
-
-def write_config(save_dir, config):
-    """Writes config.json atomically."""
-    tmp = os.path.join(save_dir, CONFIG_FILE + '.tmp')
-    with open(tmp, 'w') as f:
-        json.dump(config, f, indent=1)
-    os.replace(tmp, os.path.join(save_dir, CONFIG_FILE))
+read_config = config.read    # config.json of a run, or None where there is none
+write_config = config.write  # atomically
 
 
 # ---------------------------------------------------------------------- checkpoint variables

@@ -69,6 +69,8 @@ def given_model_flags():
 
 # the config fields whose flag has another name (pixel_cnn_pp.config, run.train)
 FLAG_OF_FIELD = {'replicas': 'nr_gpu', 'resume': 'load_params'}
+# the arguments an error without `fields` (datafiles.DataError) may name
+UNNAMED_FIELDS = ('data_set', 'data_dir', 'class_conditional')
 
 
 def flag_name(field):
@@ -79,9 +81,10 @@ def flag_name(field):
 def flag_message(error):
     """A library error's message with the fields it names (`error.fields`, e.g. of a
     config.ConfigError) written as the flags that set them: `batch_size=16` becomes
-    `--batch_size=16`, `resume=True` `--load_params`. The one place that knows both."""
+    `--batch_size=16`, `resume=True` `--load_params` (an error without `fields`: those of
+    UNNAMED_FIELDS). The one place that knows both."""
     text = str(error)
-    for field in getattr(error, 'fields', ()):
+    for field in getattr(error, 'fields', None) or UNNAMED_FIELDS:
         flag = flag_name(field)
         if flag not in FLAGS:
             continue

@@ -5,7 +5,7 @@ from typing import NamedTuple, Optional
 import tensorflow as tf
 import keras
 
-from pixel_cnn_pp import nn
+from pixel_cnn_pp import config, nn
 
 ENERGY_DISTANCE_SAMPLES = 10
 
@@ -64,11 +64,7 @@ class PixelCNNPP(keras.Model):
         if not 0. <= dropout_p < 1.:
             raise ValueError('dropout_p must be in [0, 1), got %r' % dropout_p)
         if image_shape is not None:
-            image_shape = tuple(int(d) for d in image_shape)
-            if len(image_shape) != 3 or image_shape[2] not in (1, 3) or image_shape[0] % 4 or \
-                    image_shape[1] % 4 or min(image_shape) < 1:
-                raise ValueError('image_shape must be (H, W, C) with H and W positive multiples '
-                                 'of 4 and C = 1 or 3, got %r' % (image_shape,))
+            image_shape = config.check_image_shape(image_shape)
         self.nr_resnet = nr_resnet
         self.nr_filters = nr_filters
         self.nr_logistic_mix = nr_logistic_mix

@@ -15,11 +15,16 @@ import time
 
 import numpy as np
 
+from pixel_cnn_pp.config import ConfigError
+
 LOCK_FILE = 'lock'
 
 
-class InUse(RuntimeError):
+class InUse(ConfigError):
     """Another run holds the save_dir."""
+
+    def __init__(self, message):
+        super().__init__(message, 'save_dir')
 
 
 class Lock:
@@ -39,8 +44,8 @@ class Lock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise InUse('--save_dir=%s is in use by another run (%s); wait for it to end or use '
-                            'another --save_dir' % (os.path.dirname(self.path), self._owner_text()))
+                raise InUse('save_dir=%s is in use by another run (%s); wait for it to end or use '
+                            'another save_dir' % (os.path.dirname(self.path), self._owner_text()))
             # the owner may have removed the file between our open and flock: lock the file
             # that is there now
             if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
@@ -52,7 +57,7 @@ class Lock:
             if owner.get('host') != socket.gethostname():
                 os.close(self.fd)  # the other host's lock file stays
                 self.fd = None
-                raise InUse('--save_dir=%s holds the lock file of a run on host %s (%s); if that run '
+                raise InUse('save_dir=%s holds the lock file of a run on host %s (%s); if that run '
                             'has ended, delete %s' % (os.path.dirname(self.path), owner.get('host'),
                                                       self._describe(owner), self.path))
             print('warning: taking over the stale lock of %s, which is no longer running'
@@ -105,10 +110,19 @@ def read_history(path, epochs):
 
 
 def write_history(path, test_bpd):
-    """Atomically, so that a kill leaves the old history or the new one."""
+    """Atomically, so that a kill or a failed write (disk full) leaves the old history or the
+    new one, never part of one."""
     tmp = path + '.tmp.npz'
-    np.savez(tmp, test_bpd=np.array(test_bpd, np.float64))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f:
+            np.savez(f, test_bpd=np.array(test_bpd, np.float64))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def remove_leftovers(save_dir):

@@ -6,9 +6,17 @@ import numpy as np
 import tensorflow as tf
 
 from pixel_cnn_pp import checkpoints, data, nn, scoring, updates
+from pixel_cnn_pp.config import PRECISIONS, ModelConfig
 from pixel_cnn_pp.model import PixelCNNPP
 
-PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
+
+class Diverged(FloatingPointError):
+    """A training step whose loss or gradients are not finite (not applied); `fields` are
+    the settings its message suggests changing."""
+
+    def __init__(self, message, *fields):
+        super().__init__(message)
+        self.fields = fields
 
 
 def _tf_variables(keras_variables):
@@ -222,12 +230,13 @@ class Trainer:
             raise FloatingPointError('the training batch of step %d holds %d NaN or inf pixel values; '
                                      'the step was not applied' % (step, bad_pixels))
         if not np.isfinite(loss) or not (bool(finite) or self.scale_loss):
-            raise FloatingPointError(
+            raise Diverged(
                 'training diverged at step %d: the loss is %s (%s), at learning rate %.3g; the step '
-                'was not applied. Try a lower --learning_rate%s.'
+                'was not applied. Try a lower learning_rate%s.'
                 % (step, loss, 'gradients not finite' if not bool(finite) else 'gradients finite',
                    float(self.optimizer.lr.numpy()) * self.optimizer.lr_decay,
-                   ', or --precision=float32' if self.model.dtype_policy.name != 'float32' else ''))
+                   ", or precision='float32'" if self.model.dtype_policy.name != 'float32' else ''),
+                'learning_rate', 'precision')
         return loss
 
     def all_finite(self):
@@ -243,5 +252,5 @@ class Trainer:
 
     def config(self):
         """What config.json records of this run."""
-        return dict(checkpoints.model_config(self.model), mutation_rate=self.mutation_rate,
+        return dict(ModelConfig.of_model(self.model).to_dict(), mutation_rate=self.mutation_rate,
                     l2_weight=self.l2_weight, accum_steps=self.accum_steps, recompute=self.recompute)

@@ -1,0 +1,246 @@
+"""What a model and a training run are, validated once: `ModelConfig` (PixelCNNPP's
+architecture, the image shape, the number of labels) and `TrainConfig` (the settings of the
+official train.py's loop), both recorded in a run's config.json, and the rule of what a
+resumed run may change (`resume`).
+
+Errors are `ConfigError`s that name the fields (Python argument names, never command-line
+flags; cli.py translates them)."""
+
+import dataclasses
+import json
+import os
+from typing import Optional, Tuple
+
+CONFIG_FILE = 'config.json'
+NONLINEARITIES = ('concat_elu', 'elu', 'relu')
+PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
+DATA_SETS = ('cifar', 'imagenet', 'npz')
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be, or cannot be combined: `fields` are the names (Python
+    arguments / config fields) its message mentions."""
+
+    def __init__(self, message, *fields):
+        super().__init__(message)
+        self.fields = fields
+
+
+def check_image_shape(shape, field='image_shape'):
+    """The one shape rule of PixelCNN++: (H, W, C) with H and W positive multiples of 4 (two
+    stride-2 downsamplings) and C = 1 or 3. Returns the shape as a tuple of ints."""
+    try:
+        shape = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise ConfigError('%s must be (H, W, C), got %r' % (field, shape), field) from None
+    if len(shape) != 3 or shape[2] not in (1, 3) or min(shape) < 1 or shape[0] % 4 or shape[1] % 4:
+        raise ConfigError('%s must be (H, W, C) with H and W positive multiples of 4 and C = 1 or 3, '
+                          'got %r' % (field, shape), field)
+    return shape
+
+
+def _positive_int(obj, *names):
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError('%s must be a positive integer, got %r' % (name, value), name)
+
+
+def _in_range(obj, name, low, high, low_open=False, high_open=False):
+    value = getattr(obj, name)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value or \
+            value < low or value > high or (low_open and value == low) or (high_open and value == high):
+        raise ConfigError('%s must be in %s%g, %g%s, got %r' % (
+            name, '(' if low_open else '[', low, high, ')' if high_open else ']', value), name)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """A PixelCNNPP's architecture (the official model flags), the image shape it is trained
+    on and its number of labels (0: unconditional)."""
+    nr_resnet: int = 5
+    nr_filters: int = 160
+    nr_logistic_mix: int = 10
+    resnet_nonlinearity: str = 'concat_elu'
+    energy_distance: bool = False
+    image_shape: Tuple[int, int, int] = (32, 32, 3)
+    num_labels: int = 0
+
+    def __post_init__(self):
+        _positive_int(self, 'nr_resnet', 'nr_filters', 'nr_logistic_mix')
+        if self.resnet_nonlinearity not in NONLINEARITIES:
+            raise ConfigError('resnet_nonlinearity must be one of %s, got %r'
+                              % (', '.join(NONLINEARITIES), self.resnet_nonlinearity), 'resnet_nonlinearity')
+        object.__setattr__(self, 'energy_distance', bool(self.energy_distance))
+        object.__setattr__(self, 'image_shape', check_image_shape(self.image_shape))
+        if isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int) or self.num_labels < 0:
+            raise ConfigError('num_labels must be an integer >= 0, got %r' % (self.num_labels,), 'num_labels')
+
+    ARCHITECTURE = ('nr_resnet', 'nr_filters', 'nr_logistic_mix', 'resnet_nonlinearity', 'energy_distance')
+
+    def model_kwargs(self):
+        """PixelCNNPP's architecture arguments."""
+        return {k: getattr(self, k) for k in self.ARCHITECTURE}
+
+    def to_dict(self):
+        return dict(dataclasses.asdict(self), image_shape=list(self.image_shape))
+
+    @classmethod
+    def from_dict(cls, d):
+        """From config.json (other keys ignored; a missing one takes its default)."""
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+    @classmethod
+    def of_model(cls, model):
+        """The config of a built PixelCNNPP."""
+        return cls(**{k: getattr(model, k) for k in cls.ARCHITECTURE},
+                   image_shape=model.image_shape, num_labels=model.num_labels or 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The settings of a training run (the official train.py's flags beyond the model's, and
+    ours). Those in FREE may change when a run is resumed; any other one would make the
+    resumed run differ from an uninterrupted one."""
+    data_set: str = 'cifar'
+    data_dir: str = 'data'
+    batch_size: int = 16           # per replica and micro-batch
+    replicas: int = 1
+    accum_steps: int = 1
+    learning_rate: float = 0.001
+    lr_decay: float = 0.999995
+    dropout_p: float = 0.5
+    polyak_decay: float = 0.9995
+    max_epochs: int = 5000
+    max_steps_per_epoch: Optional[int] = None
+    init_batch_size: int = 16
+    save_interval: int = 20
+    save_steps: int = 0
+    save_minutes: float = 30.
+    num_samples: int = 1
+    seed: int = 1
+    precision: str = 'float32'
+    mutation_rate: float = 0.
+    l2_weight: float = 0.
+    recompute: bool = False
+    xla: bool = False
+    progress: bool = True
+
+    FREE = ('data_dir', 'max_epochs', 'init_batch_size', 'save_interval', 'save_steps', 'save_minutes',
+            'num_samples', 'recompute', 'xla', 'progress')
+
+    def __post_init__(self):
+        if self.data_set not in DATA_SETS:
+            raise ConfigError('data_set must be one of %s, got %r' % (', '.join(DATA_SETS), self.data_set),
+                              'data_set')
+        if self.precision not in PRECISIONS:
+            raise ConfigError('precision must be one of %s, got %r' % (', '.join(PRECISIONS), self.precision),
+                              'precision')
+        _positive_int(self, 'batch_size', 'replicas', 'accum_steps', 'max_epochs', 'init_batch_size',
+                      'save_interval')
+        if self.max_steps_per_epoch is not None:
+            _positive_int(self, 'max_steps_per_epoch')
+        for name in ('save_steps', 'num_samples'):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or \
+                    getattr(self, name) < 0:
+                raise ConfigError('%s must be an integer >= 0, got %r' % (name, getattr(self, name)), name)
+        if not isinstance(self.seed, int):
+            raise ConfigError('seed must be an integer, got %r' % (self.seed,), 'seed')
+        _in_range(self, 'learning_rate', 0., float('inf'))
+        _in_range(self, 'lr_decay', 0., 1., low_open=True)
+        _in_range(self, 'polyak_decay', 0., 1., low_open=True)
+        _in_range(self, 'dropout_p', 0., 1., high_open=True)
+        _in_range(self, 'mutation_rate', 0., 1.)
+        _in_range(self, 'l2_weight', 0., float('inf'))
+        _in_range(self, 'save_minutes', 0., float('inf'))
+
+    @property
+    def update_images(self):
+        """The images of one update: replicas x accum_steps x batch_size."""
+        return self.replicas * self.accum_steps * self.batch_size
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
+def field_names(cls):
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
+# ---------------------------------------------------------------------- config.json
+
+def read(save_dir):
+    """config.json of a run as a dict, or None where there is none."""
+    path = os.path.join(save_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError('%s is not readable JSON (%s)' % (path, e)) from None
+    if not isinstance(config, dict):
+        raise ConfigError('%s: expected a JSON object of the run config' % path)
+    return config
+
+
+def write(save_dir, config):
+    """Writes config.json (a dict, or a model and a train config) atomically: a failed
+    write leaves the old one."""
+    if isinstance(config, tuple):
+        config = dict(config[0].to_dict(), **config[1].to_dict())
+    path = os.path.join(save_dir, CONFIG_FILE)
+    tmp = path + '.tmp'
+    try:
+        with open(tmp, 'w') as f:
+            json.dump(config, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def run_configs(saved):
+    """(ModelConfig, TrainConfig) of a run's config.json; an old one (model keys and the
+    four run keys of earlier versions) gives the defaults for what it does not record."""
+    try:
+        return ModelConfig.from_dict(saved), TrainConfig.from_dict(saved)
+    except TypeError as e:
+        raise ConfigError('config.json does not hold a run config (%s)' % e) from None
+
+
+def resume(saved, given, save_dir='.'):
+    """The configs of a resumed run: config.json's (`saved`, a dict), with `given` ({field:
+    value}, what the caller set explicitly) where allowed. Returns (ModelConfig,
+    TrainConfig, changed, unrecorded): changed = [(field, old, new)] of the FREE fields given
+    anew, unrecorded = the fields an older config.json does not hold (taken from `given` or
+    the defaults). A given value of any other field that differs from the saved one is a
+    ConfigError naming the field and both values."""
+    train_fields, model_fields = field_names(TrainConfig), field_names(ModelConfig)
+    unknown = sorted(set(given) - set(train_fields) - set(model_fields))
+    if unknown:
+        raise TypeError('resume() got unknown fields %s' % unknown)
+    merged, changed = dict(saved), []
+    for key, value in given.items():
+        old = saved.get(key)
+        if key == 'image_shape' and old is not None:
+            old, value = tuple(old), tuple(value)
+        if key not in saved or old == value:
+            merged[key] = value
+        elif key in TrainConfig.FREE:
+            changed.append((key, old, value))
+            merged[key] = value
+        else:
+            raise ConfigError('%s=%r, but the run in %s being resumed has %s=%r (%s): a resumed run '
+                              'keeps it, to be the run it would have been uninterrupted'
+                              % (key, value, save_dir, key, old, CONFIG_FILE), key)
+    unrecorded = [k for k in train_fields if k not in saved]
+    model, train = run_configs(merged)
+    return model, train, changed, unrecorded

@@ -60,10 +60,11 @@ def channel_pmfs(l, channels):
     l = np.asarray(l, np.float64)
     B, M = len(l), l.shape[-1] // nn.num_mixture_params(channels)
     rest = l[:, M:].reshape(B, channels, -1)
-    means, inv_scales = rest[..., :M], np.exp(-np.maximum(rest[..., M:2 * M], -7.))
+    means, inv_scales = rest[..., :M], np.exp(-np.maximum(rest[..., M:2 * M], -7.))[..., None]
     coeffs = np.tanh(rest[..., 2 * M:])
     w = np.exp(l[:, :M] - l[:, :M].max(axis=1, keepdims=True))
     w /= w.sum(axis=1, keepdims=True)
+    rows = np.arange(B)
     x = []
     for c in range(channels):
         mu = means[:, c]
@@ -71,14 +72,25 @@ def channel_pmfs(l, channels):
             mu = mu + coeffs[:, 0] * x[0]
         elif c == 2:
             mu = mu + coeffs[:, 1] * x[0] + coeffs[:, 2] * x[1]
+        cdf = mu[..., None] - _EDGES  # (B, M, 255): each component's CDF at the edges,
+        cdf *= inv_scales[:, c]       # 1 / (1 + exp((mu - edge) / s)), in place
         with np.errstate(over='ignore'):
-            cdf = 1. / (1. + np.exp((mu[..., None] - _EDGES) * inv_scales[:, c, :, None]))  # (B, M, 255)
-        components = np.diff(cdf, axis=2, prepend=0., append=1.)  # (B, M, 256)
-        values = yield np.einsum('bm,bmv->bv', w, components)
+            np.exp(cdf, out=cdf)
+        cdf += 1.
+        np.reciprocal(cdf, out=cdf)
+        # the mixture's CDF, then its bins (4x faster than mixing the components' bins)
+        mixed = np.matmul(w[:, None, :], cdf)[:, 0]
+        pmf = np.empty((B, 256))
+        pmf[:, 0], pmf[:, 255] = mixed[:, 0], 1. - mixed[:, -1]
+        np.subtract(mixed[:, 1:], mixed[:, :-1], out=pmf[:, 1:255])
+        values = yield np.maximum(pmf, 0., out=pmf)  # (a SIMD exp need not be monotone)
         if c + 1 < channels:
-            values = np.asarray(values)
-            x.append(((values.astype(np.float64) - 127.5) / 127.5)[:, None])
-            posterior = w * components[np.arange(B), :, values]
+            values = np.asarray(values).astype(np.int64)
+            x.append(((values - 127.5) / 127.5)[:, None])
+            # the components' posterior: the weights times each one's bin at the value
+            above = np.where((values < 255)[:, None], cdf[rows, :, np.minimum(values, 254)], 1.)
+            below = np.where((values > 0)[:, None], cdf[rows, :, np.maximum(values - 1, 0)], 0.)
+            posterior = w * np.maximum(above - below, 0.)
             total = posterior.sum(axis=1, keepdims=True)
             w = np.where(total > 0, posterior / np.where(total > 0, total, 1.), w)
 
@@ -190,7 +202,7 @@ class _CodingSampler(sampling._FastSampler):
 
     def _pixel(self, i, j, *unused):
         l = self._output(i, j)[:, 0, 0]
-        pixel = tf.numpy_function(self._call, [i, j, l], tf.uint8)
+        pixel = tf.numpy_function(self._call, [i, j, l], tf.uint8, stateful=False)
         pixel = tf.ensure_shape(pixel, [None, self.image_shape[2]])
         self._put_pixel(i, j, scale(pixel)[:, None, None])
 

@@ -47,11 +47,11 @@ def images(n, seed=1, shape=SHAPE):
 
 
 def model_samples(model, labels, shape=SHAPE, seed=0):
-    """Images the model finds likely: random bits decoded with it (a sample of the coder's
-    distribution, which is the model's up to its quantization)."""
-    words = np.random.default_rng(seed).integers(0, 2 ** 32, 100000, dtype=np.uint32)
+    """Images the model finds likely: random bits decoded with it by an ANS coder (a sample
+    of the coder's distribution, which is the model's up to its quantization)."""
+    words = np.random.default_rng(seed).integers(1, 2 ** 32, 100000, dtype=np.uint32)
     out = np.zeros((len(labels),) + shape, np.uint8)
-    codec._decode(model, out, labels, 16, constriction.stream.queue.RangeDecoder(words))
+    codec._decode(model, out, labels, 16, constriction.stream.stack.AnsCoder(words))  # any bits decode
     return out
 
 

@@ -405,7 +405,8 @@ def test_two_workers_train_to_equal_weights(tmp_path):
 
 @pytest.mark.slow
 def test_sigkills_at_random_moments_then_exact_resume(tmp_path):
-    """Killed (SIGKILL) at random moments mid-run and resumed each time, a run with dropout
+    """Stopped by SIGTERM, SIGKILL, SIGINT, SIGKILL at random moments mid-run and resumed
+    each time (SIGTERM and SIGINT: exit 143 and 130 after a checkpoint), a run with dropout
     ends with the weights, optimizer state and test bits/dim history of an uninterrupted one,
     bit for bit. Each update accumulates two micro-batches, so kills land inside
     accumulations too, and none is counted twice."""
@@ -428,8 +429,10 @@ def test_sigkills_at_random_moments_then_exact_resume(tmp_path):
                 time.sleep(0.02)
             time.sleep(rng.uniform(0., 2.))
         if kills < 4 and proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            signum = (signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGKILL)[kills]
+            proc.send_signal(signum)
+            status = proc.wait()
+            assert status in (0, -signal.SIGKILL, 128 + signum), open(log).read()
             text = open(log).read()
             kills += 1
             mid_run += 'starting training' in text and 'Iteration 2,' not in text
@@ -490,3 +493,75 @@ def test_trains_on_downsampled_imagenet_files(tmp_path, capsys, form):
         with pytest.raises(app.UsageError, match='--class_conditional needs labels: the original'):
             run_train(args + ['--class_conditional', '--save_dir=%s' % (tmp_path / 'cond')])
         assert not os.path.exists(data_dir / imagenet.CACHE) and not os.path.exists(tmp_path / 'cond')
+
+
+def wait_for(log_path, text, proc, timeout=300):
+    deadline = time.time() + timeout
+    while text not in open(log_path).read() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+
+
+def test_sigterm_checkpoints_then_plain_load_params_resumes_the_same_run(tmp_path, capsys):
+    """The issue's sequence: trained with --batch_size=8 --max_steps_per_epoch=50
+    --save_steps=20 and stopped by SIGTERM mid-epoch: exit 143, the step and how to resume in
+    the last line, a checkpoint of that step, no lock. A plain --load_params restores batch 8
+    and the position; --batch_size=16 on resume is refused naming both values."""
+    data = write_npz(tmp_path / 'data.npz', n_train=400, n_test=8, size=16)
+    save = tmp_path / 'save'
+    log = tmp_path / 'log.txt'
+    with open(log, 'w') as out:
+        proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), '--save_dir=%s' % save]
+                                + TINY + ['--data_set=npz', '--data_dir=' + data, '--batch_size=8',
+                                          '--max_steps_per_epoch=50', '--save_steps=20', '--max_epochs=1',
+                                          '--num_samples=0'],
+                                env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT)
+    wait_for(log, 'starting training', proc)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 143, open(log).read()
+    last = open(log).read().strip().splitlines()[-1]
+    match = re.fullmatch(r'train.py: stopped by SIGTERM at step (\d+); checkpoint (\S+); resume with: '
+                         r'python train.py --save_dir=(\S+) --load_params', last)
+    assert match, last
+    step = int(match.group(1))
+    assert 0 < step < 50 and match.group(2) == str(save / ('ckpt-%d' % step)) == tf.train.latest_checkpoint(str(save))
+    assert not os.path.exists(save / 'lock')
+    reader = tf.train.load_checkpoint(str(save / ('ckpt-%d' % step)))
+    assert reader.get_tensor('epoch_step/.ATTRIBUTES/VARIABLE_VALUE') == step
+    with pytest.raises(app.UsageError, match=r'--batch_size=16, but the run in .* being resumed has --batch_size=8'):
+        run_train(['--save_dir=%s' % save, '--load_params', '--batch_size=16'])
+    capsys.readouterr()
+    run_train(['--save_dir=%s' % save, '--load_params', '--max_epochs=1'])
+    out = capsys.readouterr().out
+    assert '1 replica(s) x 1 micro-batch(es) x 8 images = 8 images' in out
+    assert 'restoring parameters from %s' % (save / ('ckpt-%d' % step)) in out
+    assert tf.train.latest_checkpoint(str(save)).endswith('ckpt-50')  # 50 - step more steps, not 25
+
+
+@pytest.mark.slow
+def test_two_workers_stop_at_the_same_step_on_one_workers_sigterm(tmp_path):
+    """MultiWorkerMirroredStrategy, SIGTERM to worker 1 only: PreemptionCheckpointHandler
+    makes both save at the same step and stop (exit 143); the chief's and the worker's
+    checkpoints are equal."""
+    data = write_npz(tmp_path / 'data.npz', n_train=800, size=16)
+    cluster = {'worker': ['localhost:%d' % p for p in free_ports(2)]}
+    args = TINY + ['--data_set=npz', '--data_dir=' + data, '--save_dir=%s' % (tmp_path / 'save'),
+                   '--max_epochs=1', '--num_samples=0']
+    logs = [tmp_path / ('log%d.txt' % i) for i in range(2)]
+    procs = []
+    for i in range(2):
+        with open(logs[i], 'w') as out:
+            procs.append(subprocess.Popen(
+                [sys.executable, os.path.join(ROOT, 'train.py')] + args, stdout=out, stderr=subprocess.STDOUT,
+                env=subprocess_env(GCE_METADATA_IP='127.0.0.1:9', TF_CONFIG=json.dumps(
+                    {'cluster': cluster, 'task': {'type': 'worker', 'index': i}}))))
+    wait_for(logs[1], 'starting training', procs[1])
+    time.sleep(1.)
+    procs[1].send_signal(signal.SIGTERM)
+    statuses = [p.wait(timeout=600) for p in procs]
+    assert statuses == [143, 143], [open(f).read() for f in logs]
+    chief, other = final_params(tmp_path / 'save'), final_params(tmp_path / 'save' / 'worker1')
+    step = [k for k in chief if k.startswith('adam/step')][0]
+    assert 0 < chief[step] < 100 and chief[step] == other[step]
+    for k in chief:
+        np.testing.assert_array_equal(chief[k], other[k], err_msg=k)

@@ -122,8 +122,8 @@ def resume_configs(save_dir, given):
     ConfigError."""
     saved = config_lib.read(save_dir)
     if saved is None:
-        raise ConfigError('save_dir=%s holds no %s to resume (resume=True resumes a run that '
-                          'save_dir holds)' % (save_dir, config_lib.CONFIG_FILE), 'save_dir', 'resume')
+        raise ConfigError('save_dir=%s holds no %s: no run to continue (resume=True continues the '
+                          'run that save_dir holds)' % (save_dir, config_lib.CONFIG_FILE), 'save_dir', 'resume')
     return config_lib.resume(saved, given, save_dir)
 
 
@@ -255,7 +255,7 @@ class Run:
             found = checkpoints.run_checkpoints(self.ckpt_dir)
             if found:
                 raise ConfigError('save_dir=%s already holds checkpoints (%s): pass resume=True to '
-                                  'resume, or use another save_dir'
+                                  'continue it, or use another save_dir'
                                   % (self.save_dir, os.path.basename(found[0])), 'save_dir', 'resume')
             print('initializing the model...')
             first = data_lib.epoch_order(len(self.data.train_x), c.seed, 0)[:c.init_batch_size]

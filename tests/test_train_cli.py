@@ -135,7 +135,7 @@ def test_accumulation_trains_as_the_large_batch(trained):
         assert abs(float(test_a) - float(test_b)) <= 5e-4 and abs(float(train_a) - float(train_b)) <= 5e-4
     config = json.load(open(d / 'accum' / 'config.json'))
     assert config['accum_steps'] == 2 and config['recompute'] is False
-    resume = common + ['--save_dir=%s' % (d / 'accum'), '--load_params', '--max_epochs=3']
+    resume = common + ['--save_dir=%s' % (d / 'accum'), '--load_params', '--max_epochs=3', '--batch_size=2']
     with pytest.raises(app.UsageError, match='--accum_steps=4, but the run in .* being resumed has --accum_steps=2'):
         run_train(resume + ['--accum_steps=4'])
 
@@ -207,7 +207,7 @@ def test_checkpoint_dir_errors(trained, tmp_path):
         run_train(common + ['--save_dir=%s' % (d / 'straight')])
     with pytest.raises(app.UsageError, match=r'--nr_filters=16, but the run in .* being resumed has --nr_filters=8'):
         run_train(common + ['--save_dir=%s' % (d / 'straight'), '--load_params', '--nr_filters=16'])
-    with pytest.raises(app.UsageError, match='--save_dir=.* holds no config.json to resume .--load_params resumes'):
+    with pytest.raises(app.UsageError, match='--save_dir=.* holds no config.json: no run to continue .--load_params continues'):
         run_train(common + ['--save_dir=%s' % tmp_path, '--load_params'])
     with pytest.raises(app.UsageError, match='is a folder with no checkpoint in it'):
         run_train(common + ['--save_dir=%s' % tmp_path, '--mode=eval'])

@@ -35,8 +35,21 @@ scores = saved.signatures['log_prob'](images=tf.constant(ref['x_uint8']), **h(re
 one = saved.signatures['log_prob'](images=tf.constant(ref['x_uint8'][:1]), **h(ref['y'][:1] if K else None))
 samples = {n: saved.signatures['sample'](num=tf.constant(n), seed=tf.constant(5), **h(np.arange(n) % max(K, 1)))
            for n in (1, 3)}
+errors = {}
+for name, call in [
+        ('30x30', lambda: saved.signatures['log_prob'](images=tf.zeros((2, 30, 30, 3), tf.uint8), **h([0, 1]))),
+        ('gray', lambda: saved.signatures['log_prob'](images=tf.zeros((2, 12, 8, 1), tf.uint8), **h([0, 1]))),
+        ('float', lambda: saved.signatures['log_prob'](images=tf.zeros((2, 12, 8, 3)), **h([0, 1]))),
+        ('h rows', lambda: saved.signatures['log_prob'](images=tf.zeros((2, 12, 8, 3), tf.uint8), **h([0]))),
+        ('num', lambda: saved.signatures['sample'](num=tf.constant(-1), seed=tf.constant(5), **h([]))),
+        ('sample h', lambda: saved.signatures['sample'](num=tf.constant(3), seed=tf.constant(5), **h([0])))]:
+    try:
+        call()
+        errors[name] = None
+    except tf.errors.InvalidArgumentError as e:
+        errors[name] = e.message
 print(json.dumps({'nats': scores['nats'].numpy().tolist(), 'bits_per_dim': scores['bits_per_dim'].numpy().tolist(),
-                  'one': one['nats'].numpy().tolist(),
+                  'one': one['nats'].numpy().tolist(), 'errors': errors,
                   'samples': {n: s['images'].numpy().tolist() for n, s in samples.items()},
                   'dtype': samples[3]['images'].dtype.name}))
 '''
@@ -82,6 +95,23 @@ def test_saved_model_samples_as_the_python_sampler(exported):
         expected = pixel_cnn_pp.sample(model, int(n), h=np.eye(3, dtype=np.float32)[np.arange(int(n)) % 3], seed=5)
         assert images.shape == (int(n), 12, 8, 3)
         assert np.mean(images != expected) <= 1e-3
+
+
+def test_saved_model_says_what_its_signatures_take(exported):
+    """Wrong shapes: one assertion line saying what the signature takes and what it got
+    (not 37 lines of `Incompatible shapes`); a wrong dtype: TensorFlow's one line."""
+    errors = exported['errors']
+    takes = ('assertion failed: [log_prob takes images: uint8 [N, H, W, 3] with H and W multiples of 4 and '
+             'h: float32 [N, 3] (one-hot labels, a row per image);] [got images of shape] ')
+    assert takes + '[2 30 30 3] [and h of shape] [2 3]' in errors['30x30']
+    assert takes + '[2 12 8 1] [and h of shape] [2 3]' in errors['gray']
+    assert takes + '[2 12 8 3] [and h of shape] [1 3]' in errors['h rows']
+    assert 'was expected to be a uint8 tensor but is a float tensor' in errors['float']
+    sample = ('assertion failed: [sample takes num: int32 >= 0, seed: int32, h: float32 [num, 3] (one-hot '
+              'labels, a row per sample);] [got num] ')
+    assert sample + '[-1] [and h of shape] [0 3]' in errors['num']
+    assert sample + '[3] [and h of shape] [1 3]' in errors['sample h']
+    assert all(len(e.splitlines()) <= 6 for e in errors.values())
 
 
 def test_keras_format_and_raw_weights(tmp_path):

@@ -474,4 +474,3 @@ def sample(model, num, h=None, seed=None, method='fast', image_shape=None, given
     x = sampler(model, image_shape, h is not None, method, jit_compile).draw(
         u_mix, u_logistic, given, given_rows, float(temperature), () if h is None else (h,), progress)
     return images.to_uint8(x).numpy()
-

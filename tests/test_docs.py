@@ -8,9 +8,9 @@ import re
 import numpy as np
 import pytest
 
+from conftest import ROOT
 import pixel_cnn_pp
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, 'docs')
 PAGES = [os.path.join(ROOT, 'README.md')] + sorted(
     os.path.join(DOCS, f) for f in os.listdir(DOCS) if f.endswith('.md'))

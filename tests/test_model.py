@@ -4,17 +4,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import SMALL, images
 import pixel_cnn_pp
 from pixel_cnn_pp import PixelCNNPP
 
 
 def small_model(**kwargs):
-    return PixelCNNPP(**dict(dict(nr_resnet=1, nr_filters=8, nr_logistic_mix=2), **kwargs))
-
-
-def images(shape, seed=0):
-    rng = np.random.default_rng(seed)
-    return ((rng.integers(0, 256, shape) - 127.5) / 127.5).astype(np.float32)
+    return PixelCNNPP(**dict(SMALL, **kwargs))
 
 
 def test_paper_size_parameter_count():

@@ -4,13 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import images
 from pixel_cnn_pp import nn
 import np_reference as ref
-
-
-def random_images(rng, shape):
-    """8-bit images scaled to [-1, 1], as the model sees them."""
-    return ((rng.integers(0, 256, shape) - 127.5) / 127.5).astype(np.float32)
 
 
 def random_mixture(rng, shape, channels, nr_mix, log_scale=(-3., 0.)):
@@ -174,7 +170,7 @@ def test_gated_resnet_names_follow_official_counters():
 @pytest.mark.parametrize('channels, nr_mix', [(3, 1), (3, 5), (3, 10), (1, 1), (1, 4)])
 def test_loss_matches_numpy(channels, nr_mix):
     rng = np.random.default_rng(5)
-    x = random_images(rng, (3, 4, 5, channels))
+    x = images((3, 4, 5, channels), seed=5)
     x[0, 0, :2] = -1.  # both edge bins
     x[0, 1, :2] = 1.
     l = random_mixture(rng, (3, 4, 5), channels, nr_mix, log_scale=(-6., 1.))
@@ -200,7 +196,7 @@ def test_loss_low_probability_bin_uses_density():
 
 def test_loss_gradients_finite_at_extremes():
     rng = np.random.default_rng(6)
-    x = tf.constant(random_images(rng, (2, 4, 4, 3)))
+    x = tf.constant(images((2, 4, 4, 3), seed=6))
     x = tf.tensor_scatter_nd_update(x, [[0, 0, 0], [0, 0, 1]], [[-1.] * 3, [1.] * 3])
     l = random_mixture(rng, (2, 4, 4), 3, 3, log_scale=(-12., 6.))
     l[1] *= 40.  # far-away means and saturated coefficients

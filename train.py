@@ -142,7 +142,6 @@ def evaluate(strategy):
     if model.num_labels and model.num_labels != data.num_labels:
         raise app.UsageError('the model is conditioned on %d labels but --data_set=%s has %d'
                              % (model.num_labels, FLAGS.data_set, data.num_labels))
-    print('evaluating the EMA weights of', path)
     batches = data_lib.test_batches(strategy, data, FLAGS.batch_size)
     bpd = training.Evaluator(strategy, model).evaluate(batches, data.test_x.shape[1:])
     print('test bits_per_dim = %.4f' % bpd)

@@ -28,14 +28,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import checkpoints, config as config_lib, progress, sampling, savedir, training
+from pixel_cnn_pp import checkpoints, config as config_lib, images, progress, sampling, savedir, training
 from pixel_cnn_pp import data as data_lib
 from pixel_cnn_pp.config import ConfigError
-
-try:  # the image output's home after the split of sampling.py (issue 25)
-    from pixel_cnn_pp.images import write_samples
-except ImportError:
-    from pixel_cnn_pp.sampling import write_samples
 
 MAX_TO_KEEP = 3  # checkpoints the chief keeps (CheckpointManager deletes older ones)
 
@@ -260,7 +255,7 @@ class Run:
             print('initializing the model...')
             first = data_lib.epoch_order(len(self.data.train_x), c.seed, 0)[:c.init_batch_size]
             y = self.data.train_y[first] if trainer.num_labels else None
-            trainer.initialize(data_lib.scale(self.data.train_x[first]), y)
+            trainer.initialize(images.scale(self.data.train_x[first]), y)
             if self.chief:
                 self._write(config_lib.CONFIG_FILE, lambda: config_lib.write(self.save_dir, (m, c)))
         self.writer = tf.summary.create_file_writer(os.path.join(self.save_dir, 'tensorboard')) \
@@ -322,20 +317,20 @@ class Run:
 
     def write_samples(self, epoch):
         trainer, c = self.trainer, self.config
-        images = []
+        drawn = []
         for i in range(c.num_samples):
             y = np.arange(self.global_batch) % trainer.num_labels if trainer.num_labels else None
             h = trainer.one_hot(y) if y is not None else None
-            images.append(sampling.sample(trainer.ema_model, self.global_batch, h=h,
+            drawn.append(sampling.sample(trainer.ema_model, self.global_batch, h=h,
                                           seed=c.seed * 100003 + epoch * 101 + i,
                                           image_shape=self.model_config.image_shape,
                                           method='naive' if trainer.model.energy_distance else 'fast'))
-        images = np.concatenate(images)
+        drawn = np.concatenate(drawn)
         prefix = os.path.join(self.save_dir, '%s_sample%d' % (c.data_set, epoch))
         if self.chief:
-            self._write(prefix + '.png', lambda: write_samples(images, prefix))
+            self._write(prefix + '.png', lambda: images.write_samples(drawn, prefix))
         with self.writer.as_default():
-            tf.summary.image('samples', images[:16], step=int(trainer.optimizer.step.numpy()), max_outputs=16)
+            tf.summary.image('samples', drawn[:16], step=int(trainer.optimizer.step.numpy()), max_outputs=16)
         print('wrote %s.png and .npz' % prefix)
 
     # ------------------------------------------------------------------ stopping

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pixel_cnn_pp import data as data_lib
+from pixel_cnn_pp import data as data_lib, images
 from pixel_cnn_pp.nn import discretized_mix_logistic_loss
 from pixel_cnn_pp.model import PixelCNNPP
 from pixel_cnn_pp.training import Trainer
@@ -130,7 +130,7 @@ def test_two_replicas_accumulating_equal_one_replica_with_the_whole_batch(one_re
     data = tiny_data()
     one, two = one_replica, two_replicas
     t1 = Trainer(one, TINY, (8, 8, 3), num_labels=10, l2_weight=1e-3)
-    t1.initialize(data_lib.scale(data.train_x[:8]), data.train_y[:8])
+    t1.initialize(images.scale(data.train_x[:8]), data.train_y[:8])
     t2 = twin(t1, two, l2_weight=1e-3, accum_steps=2)
     start = {k: v.numpy() for k, v in t1.params.items()}
     for b1, b2 in zip(data_lib.train_batches(one, data, 8, seed=3, epoch=0, max_steps=2),
@@ -152,7 +152,7 @@ def test_recompute_changes_no_number(one_replica):
     data = tiny_data()
     kwargs = dict(TINY, dropout_p=0.5)
     kept = Trainer(one_replica, kwargs, (8, 8, 3), seed=5)
-    kept.initialize(data_lib.scale(data.train_x[:8]))
+    kept.initialize(images.scale(data.train_x[:8]))
     recomputed = twin(kept, one_replica, seed=5, recompute=True)
     start = {k: v.numpy() for k, v in kept.params.items()}
     for batch in data_lib.train_batches(one_replica, data, 8, seed=3, epoch=0, max_steps=2):
@@ -160,7 +160,7 @@ def test_recompute_changes_no_number(one_replica):
     assert_same_state(kept, recomputed)
     assert any(np.abs(start[k] - kept.params[k].numpy()).max() > 1e-3 for k in start)
     with pytest.raises(ValueError, match='recompute=True with dropout needs a stateless seed'):
-        kept.model(data_lib.scale(data.train_x[:2]), training=True, recompute=True)
+        kept.model(images.scale(data.train_x[:2]), training=True, recompute=True)
 
 
 def test_evaluate_counts_every_test_image_once(two_replicas):
@@ -168,8 +168,8 @@ def test_evaluate_counts_every_test_image_once(two_replicas):
     data = tiny_data()
     strategy = two_replicas
     trainer = Trainer(strategy, TINY, (8, 8, 3))
-    trainer.initialize(data_lib.scale(data.train_x[:8]))
-    x = data_lib.scale(data.test_x)
+    trainer.initialize(images.scale(data.train_x[:8]))
+    x = images.scale(data.test_x)
     nats = discretized_mix_logistic_loss(x, trainer.ema_model(x)).numpy()
     expected = nats / (np.log(2.) * 8 * 8 * 3 * 10)
     assert trainer.evaluate(data_lib.test_batches(strategy, data, 2)) == pytest.approx(expected, rel=1e-5)
@@ -183,7 +183,7 @@ def test_mixed_bfloat16_training_step(one_replica):
     batch = first_batch(one_replica, data, 8)
     full = Trainer(one_replica, TINY, (8, 8, 3))
     mixed = Trainer(one_replica, TINY, (8, 8, 3), precision='mixed_bfloat16')
-    full.initialize(data_lib.scale(data.train_x[:8]))
+    full.initialize(images.scale(data.train_x[:8]))
     for k, v in mixed.params.items():
         v.assign(full.params[k].read_value())
     start = {k: v.numpy() for k, v in full.params.items()}
@@ -204,7 +204,7 @@ def test_mixed_float16_loss_scaling(two_replicas):
     batch = first_batch(two_replicas, data, 4)
     trainer = Trainer(two_replicas, TINY, (8, 8, 3), precision='mixed_float16')
     trainer.loss_scale.growth_steps = 2
-    trainer.initialize(data_lib.scale(data.train_x[:8]))
+    trainer.initialize(images.scale(data.train_x[:8]))
     params = lambda: {k: v.numpy() for k, v in trainer.params.items()}  # noqa: E731
     start, shadows = params(), {k: v.numpy() for k, v in trainer.shadows.items()}
     trainer.loss_scale.scale.assign(2. ** 40)  # the float16 gradients overflow
@@ -227,7 +227,7 @@ def test_checkpoints_move_between_precisions(tmp_path):
     """A checkpoint resumes in another precision (train.py restores with assert_consumed)."""
     data = tiny_data()
     mixed = Trainer(tf.distribute.get_strategy(), TINY, (8, 8, 3), precision='mixed_float16')
-    mixed.initialize(data_lib.scale(data.train_x[:8]))
+    mixed.initialize(images.scale(data.train_x[:8]))
     mixed.loss_scale.scale.assign(4.)
     path = mixed.checkpoint.save(str(tmp_path / 'mixed'))
     full = Trainer(tf.distribute.get_strategy(), TINY, (8, 8, 3))
@@ -257,7 +257,7 @@ def test_divergence_stops_at_its_step_and_applies_nothing(one_replica):
     counter untouched."""
     data = tiny_data()
     trainer = Trainer(one_replica, TINY, (8, 8, 3), learning_rate=0.01, lr_decay=0.5)
-    trainer.initialize(data_lib.scale(data.train_x[:8]))
+    trainer.initialize(images.scale(data.train_x[:8]))
     batch = first_batch(one_replica, data, 4)
     trainer.train_step(batch)
     state = lambda: [v.numpy() for g in (trainer.params, trainer.shadows, trainer.optimizer.m,  # noqa: E731
@@ -266,7 +266,7 @@ def test_divergence_stops_at_its_step_and_applies_nothing(one_replica):
     trainer.params[head].assign(tf.fill([20], 1e38))  # logits beyond float32: inf loss, NaN gradients
     before = state()
     with pytest.raises(FloatingPointError, match=r'diverged at step 2: the loss is (nan|inf) \(gradients '
-                                                 r'not finite\), at learning rate 0\.0025.*lower --learning_rate'):
+                                                 r'not finite\), at learning rate 0\.0025.*lower learning_rate'):
         trainer.train_step(batch)
     assert trainer.optimizer.step.numpy() == 1
     for a, b in zip(before, state()):
@@ -305,7 +305,7 @@ def test_train_batches_resume_where_they_stopped(two_replicas):
     # the replicas' images of one global batch are the epoch's next 8, in order
     order = data_lib.epoch_order(40, 5, 2)
     first = np.concatenate([r.numpy() for r in full[0][0].values])
-    np.testing.assert_array_equal(first, data_lib.scale(data.train_x[order[:8]]).numpy())
+    np.testing.assert_array_equal(first, images.scale(data.train_x[order[:8]]).numpy())
 
 
 def test_sampling_from_mirrored_weights(two_replicas):
@@ -313,7 +313,7 @@ def test_sampling_from_mirrored_weights(two_replicas):
     import pixel_cnn_pp
     data = tiny_data()
     trainer = Trainer(two_replicas, TINY, (8, 8, 3))
-    trainer.initialize(data_lib.scale(data.train_x[:8]))
+    trainer.initialize(images.scale(data.train_x[:8]))
     mirrored = pixel_cnn_pp.sample(trainer.ema_model, 2, seed=1, image_shape=(8, 8, 3))
     plain = pixel_cnn_pp.PixelCNNPP(**TINY)
     plain(np.zeros((1, 8, 8, 3), np.float32))

@@ -184,11 +184,11 @@ def main(argv):
         return
     try:
         model, train_config, conditional, model_config = run_configs(strategy)
-        cli.note_no_gpu(model, quiet_tf.GPUS)
         data = load_data(conditional, train_config.data_set, train_config.data_dir)
         if model_config is None:
             model_config = ModelConfig(**model, image_shape=data.train_x.shape[1:],
                                        num_labels=data.num_labels if conditional else 0)
+        cli.note_no_gpu(model_config.to_dict(), quiet_tf.GPUS)
         c = train_config
         print('each update: %d replica(s) x %d micro-batch(es) x %d images = %d images'
               % (c.replicas, c.accum_steps, c.batch_size, c.update_images))

@@ -153,8 +153,8 @@ def loaded_line(model, path, use_ema=True):
 
 
 PAPER_COST = 5 * 160 ** 2  # nr_resnet x nr_filters^2 of the paper's model
-CPU_RECIPE = ('--nr_resnet=1 --nr_filters=32 --nr_logistic_mix=5 --batch_size=8 '
-              '--max_epochs=3 --max_steps_per_epoch=50 --save_interval=1 --num_samples=0')
+CPU_RECIPE = ('--nr_resnet=1 --nr_filters=32 --nr_logistic_mix=5 --max_epochs=8 --save_interval=1 '
+              '--num_samples=0')  # the README's "No GPU?" command
 
 
 def note_no_gpu(model_kwargs, gpus):

@@ -85,6 +85,9 @@ def test_no_gpu_line():
     assert '--nr_resnet=1 --nr_filters=32 --nr_logistic_mix=5' in line
     assert cli.note_no_gpu(paper, gpus=['GPU:0']) is None
     assert cli.note_no_gpu(dict(nr_resnet=1, nr_filters=32), gpus=[]) is None
+    # the line points at the README's own CPU command
+    with open(os.path.join(os.path.dirname(__file__), '..', 'README.md')) as f:
+        assert 'python train.py --data_dir=data --save_dir=save_cpu ' + cli.CPU_RECIPE in f.read()
 
 
 def run_main(main, *argv):

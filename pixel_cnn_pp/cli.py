@@ -88,8 +88,8 @@ def flag_message(error):
         flag = flag_name(field)
         if flag not in FLAGS:
             continue
-        text = re.sub(r'(?<![\w./-])%s=True\b' % re.escape(field), '--' + flag, text)
-        text = re.sub(r'(?<![\w./-])%s\b' % re.escape(field), '--' + flag, text)
+        text = re.sub(r'(?<![\w./=-])%s=True\b' % re.escape(field), '--' + flag, text)
+        text = re.sub(r'(?<![\w./=-])%s\b' % re.escape(field), '--' + flag, text)
     return text
 
 

@@ -10,35 +10,26 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import FIXTURES, SMALL_CKPT, assert_close_to_official, images, initialised, run_script
 import pixel_cnn_pp
 from pixel_cnn_pp import PixelCNNPP, checkpoints
 from pixel_cnn_pp.training import Trainer
-from test_official import FIXTURES, assert_close_to_official
 
 OFFICIAL_CONFIGS = os.path.join(FIXTURES, 'official_configs')
 
 
-def images(shape, seed=0):
-    rng = np.random.default_rng(seed)
-    return ((rng.integers(0, 256, shape) - 127.5) / 127.5).astype(np.float32)
+def weights(model):
+    return {name: var.numpy() for name, var in model.official_variables().items()}
 
 
-def initialised(channels=3, num_labels=None, **kwargs):
-    kwargs = dict(dict(nr_resnet=2, nr_filters=6, nr_logistic_mix=3), **kwargs)
-    model = PixelCNNPP(**kwargs)
-    h = None if num_labels is None else tf.one_hot(np.arange(4) % num_labels, num_labels)
-    model(images((4, 8, 8, channels)), h=h, init=True)
-    return model, h
-
-
-def write_tf1_checkpoint(model, prefix, ema_model=None):
-    """The layout the official train.py writes: model/<name>, model/<name>/ExponentialMovingAverage,
-    and Adam slots the loader must ignore."""
+def write_tf1_checkpoint(raw, prefix, ema=None):
+    """The layout the official train.py writes: model/<name> (raw: {name: array}),
+    model/<name>/ExponentialMovingAverage (ema, default raw), and Adam slots the loader must
+    ignore."""
     names, tensors = [], []
-    for name, var in model.official_variables().items():
+    for name, value in raw.items():
         names += ['model/' + name, 'model/%s/ExponentialMovingAverage' % name]
-        shadow = (ema_model or model).official_variables()[name]
-        tensors += [var.numpy(), shadow.numpy()]
+        tensors += [value, (ema or raw)[name]]
     names += ['Variable', 'Variable_1']
     tensors += [np.zeros(3, np.float32), np.zeros(3, np.float32)]
     tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[''] * len(names), tensors=tensors)
@@ -46,14 +37,19 @@ def write_tf1_checkpoint(model, prefix, ema_model=None):
 
 
 @pytest.mark.parametrize('channels, num_labels, kwargs', [
-    (3, None, dict()),
+    (3, None, dict(nr_resnet=2, nr_filters=6, nr_logistic_mix=3)),
     (3, 4, dict(nr_resnet=1, nr_filters=4, nr_logistic_mix=5)),
-    (1, 3, dict(resnet_nonlinearity='elu')),
+    (1, 3, dict(nr_resnet=1, nr_filters=6, nr_logistic_mix=3, resnet_nonlinearity='elu')),
 ])
 def test_tf1_checkpoint_of_unseen_config_round_trips(tmp_path, channels, num_labels, kwargs):
+    """Configs no fixture has: the config comes from the shapes, the EMA set gives the
+    model's logits bit for bit at another batch and image size, use_ema=False every raw
+    weight (other values than the EMA ones)."""
     model, h = initialised(channels, num_labels, **kwargs)
-    raw, _ = initialised(channels, num_labels, **kwargs)  # other weights for the raw set
-    prefix = write_tf1_checkpoint(raw, str(tmp_path / 'params.ckpt'), ema_model=model)
+    ema = weights(model)
+    rng = np.random.default_rng(1)
+    raw = {k: (v + rng.normal(0., 0.1, v.shape)).astype(np.float32) for k, v in ema.items()}
+    prefix = write_tf1_checkpoint(raw, str(tmp_path / 'params.ckpt'), ema=ema)
     overrides = {'resnet_nonlinearity': 'elu'} if 'resnet_nonlinearity' in kwargs else {}
     loaded = pixel_cnn_pp.load(prefix, **overrides)
     assert (loaded.nr_resnet, loaded.nr_filters, loaded.nr_logistic_mix) == (
@@ -63,13 +59,17 @@ def test_tf1_checkpoint_of_unseen_config_round_trips(tmp_path, channels, num_lab
     x = images((3, 12, 8, channels), seed=1)  # any batch and image size divisible by 4
     h3 = None if h is None else h[:3]
     np.testing.assert_array_equal(loaded(x, h=h3), model(x, h=h3))
-    np.testing.assert_array_equal(pixel_cnn_pp.load(prefix + '.index', use_ema=False, **overrides)(x, h=h3),
-                                  raw(x, h=h3))
+    loaded_raw = pixel_cnn_pp.load(prefix + '.index', use_ema=False, **overrides)
+    assert dict(loaded_raw.get_config(), name=None) == dict(loaded.get_config(), name=None)
+    got = weights(loaded_raw)
+    assert got.keys() == raw.keys()
+    for name, value in raw.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
 def test_nonlinearity_a_checkpoint_cannot_tell_is_asked_for(tmp_path):
     model, _ = initialised(resnet_nonlinearity='relu')
-    prefix = write_tf1_checkpoint(model, str(tmp_path / 'params.ckpt'))
+    prefix = write_tf1_checkpoint(weights(model), str(tmp_path / 'params.ckpt'))
     with pytest.raises(ValueError, match="resnet_nonlinearity 'elu' or 'relu'.*pass resnet_nonlinearity"):
         pixel_cnn_pp.load(prefix)
     x = images((2, 8, 8, 3))
@@ -78,7 +78,7 @@ def test_nonlinearity_a_checkpoint_cannot_tell_is_asked_for(tmp_path):
 
 def test_v1_single_file_checkpoint(tmp_path):
     """The released params_cifar.ckpt is one file (TF1's V1 checkpoint format)."""
-    reader = tf.train.load_checkpoint(os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt'))
+    reader = tf.train.load_checkpoint(SMALL_CKPT)
     with tf.Graph().as_default():
         names = sorted(reader.get_variable_to_shape_map())
         variables = {n: tf.compat.v1.get_variable(n, initializer=reader.get_tensor(n)) for n in names}
@@ -102,7 +102,7 @@ def test_v1_single_file_checkpoint(tmp_path):
 ])
 def test_override_that_contradicts_the_checkpoint(overrides, message):
     with pytest.raises(ValueError, match=message):
-        pixel_cnn_pp.load(os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt'), **overrides)
+        pixel_cnn_pp.load(SMALL_CKPT, **overrides)
 
 
 def test_overrides_that_agree_and_what_the_checkpoint_cannot_say():
@@ -130,26 +130,30 @@ def official_config_runs():
 
 
 @pytest.mark.parametrize('run', official_config_runs())
-@pytest.mark.parametrize('use_ema', [True, False])
-def test_official_checkpoints_of_other_configs(run, use_ema):
+def test_official_checkpoints_of_other_configs(run):
     """Checkpoints written by the official code at other depths, widths, mixtures,
     nonlinearities, conditioning and image sizes: the config is read from the shapes (the
     nonlinearity where they tell it), and the logits and per-image losses are the official
-    ones."""
+    ones, with the EMA weights (load) and the raw ones (the same model, reloaded with
+    use_ema=False: one build per config; load's use_ema=False is tested above)."""
     ref = np.load(os.path.join(OFFICIAL_CONFIGS, run, 'ref.npz'))
     config = json.loads(str(ref['config']))
     prefix = os.path.join(OFFICIAL_CONFIGS, run, 'params.ckpt')
     overrides = {} if config['resnet_nonlinearity'] == 'concat_elu' else \
         {'resnet_nonlinearity': config['resnet_nonlinearity']}
-    model = pixel_cnn_pp.load(prefix, use_ema=use_ema, **overrides)
+    model = pixel_cnn_pp.load(prefix, **overrides)
     for key in ('nr_resnet', 'nr_filters', 'nr_logistic_mix', 'resnet_nonlinearity'):
         assert getattr(model, key) == config[key], key
     assert (model.num_labels or 0) == config['num_labels']
     h = tf.one_hot(ref['y'], config['num_labels']) if config['num_labels'] else None
-    suffix = '_ema' if use_ema else ''
-    assert_close_to_official(model(ref['x'], h=h), ref['logits' + suffix])
+    assert_close_to_official(model(ref['x'], h=h), ref['logits_ema'])
     nats = pixel_cnn_pp.log_prob(model, ref['x_uint8'], h=h)
-    np.testing.assert_allclose(-nats, ref['loss_each' + suffix], rtol=1e-4)
+    np.testing.assert_allclose(-nats, ref['loss_each_ema'], rtol=1e-4)
+    pixel_cnn_pp.load_official_checkpoint(model, prefix, use_ema=False)
+    logits = model(ref['x'], h=h)
+    assert_close_to_official(logits, ref['logits'])
+    np.testing.assert_allclose(pixel_cnn_pp.nn.discretized_mix_logistic_loss(ref['x'], logits, sum_all=False),
+                               ref['loss_each'], rtol=1e-4)
 
 
 @pytest.fixture(scope='module')
@@ -158,12 +162,14 @@ def run_dir(tmp_path_factory, one_replica):
     and EMA weights differ."""
     d = str(tmp_path_factory.mktemp('run'))
     trainer = Trainer(one_replica, dict(nr_resnet=1, nr_filters=6, nr_logistic_mix=2,
-                                                         resnet_nonlinearity='elu', dropout_p=0.),
-                      (8, 12, 3), num_labels=5, polyak_decay=0.5)
-    x, y = images((4, 8, 12, 3)), np.arange(4)
-    trainer.initialize(x, y)
-    for _ in range(2):
-        trainer.train_step((x, tf.constant(y), tf.ones(4)))
+                                        resnet_nonlinearity='elu', dropout_p=0.),
+                      (8, 12, 3), num_labels=5)
+    trainer.initialize(images((4, 8, 12, 3)), np.arange(4))
+    # the raw weights move away from the EMA ones, as training moves them (a train step
+    # would cost its tracing and check nothing more here: test_training tests the steps)
+    rng = np.random.default_rng(3)
+    for var in trainer.params.values():
+        var.assign_add(rng.normal(0., 0.05, var.shape).astype(np.float32))
     checkpoints.write_config(d, trainer.config())
     path = tf.train.CheckpointManager(trainer.checkpoint, d, max_to_keep=3).save(checkpoint_number=2)
     return d, path, trainer
@@ -252,16 +258,13 @@ def test_bad_paths(tmp_path, make_path, message):
 
 
 def test_sample_py_on_a_save_dir_without_model_flags(run_dir, tmp_path):
-    """Everything comes from the run's config.json: size 8x12, 5 labels, elu."""
-    import subprocess
-    import sys
+    """Everything comes from the run's config.json: size 8x12, 5 labels, elu. The naive
+    sampler (the same images as the fast one, test_sampling checks) saves tracing the fast
+    one twice; sample.py's default method is run by test_sampling's sample.py tests."""
     d, _, _ = run_dir
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, os.path.join(root, 'sample.py'), '--checkpoint=' + d,
-                          '--num_samples=3', '--labels=4,1', '--seed=2', '--out=%s' % (tmp_path / 's')],
-                         env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
+    run_script('sample.py', '--checkpoint=' + d, '--num_samples=3', '--labels=4,1', '--seed=2', '--method=naive',
+               '--out=%s' % (tmp_path / 's'), status=0, timeout=300)
     images = np.load(tmp_path / 's.npz')['samples']
-    expected = pixel_cnn_pp.sample(pixel_cnn_pp.load(d), 3, h=tf.one_hot([4, 1, 4], 5), seed=2)
+    expected = pixel_cnn_pp.sample(pixel_cnn_pp.load(d), 3, h=tf.one_hot([4, 1, 4], 5), seed=2, method='naive')
     assert images.shape == (3, 8, 12, 3)
     np.testing.assert_array_equal(images, expected)

@@ -1,4 +1,4 @@
-"""The training procedure: the official Adam and EMA, a replay of the official reference
+"""The training procedure (the update rule itself: test_updates.py): a replay of the official reference
 run, and replicas that sum like the official multi-GPU code."""
 
 import os
@@ -11,43 +11,9 @@ from pixel_cnn_pp import data as data_lib, images
 from pixel_cnn_pp.nn import discretized_mix_logistic_loss
 from pixel_cnn_pp.model import PixelCNNPP
 from pixel_cnn_pp.training import Trainer
-from pixel_cnn_pp.updates import Adam, ExponentialMovingAverage
 from test_official import CONFIG, FIXTURES
 
 TINY = dict(nr_resnet=1, nr_filters=8, nr_logistic_mix=2, dropout_p=0.)
-
-
-def test_adam_matches_numpy_transcription():
-    rng = np.random.default_rng(0)
-    p0 = rng.normal(size=(3, 4))
-    grads = [rng.normal(size=(3, 4)) * 10. ** rng.integers(-3, 2) for _ in range(5)]
-    params = {'w': tf.Variable(p0, dtype=tf.float32)}
-    adam = Adam(params, learning_rate=0.01, lr_decay=0.9)
-    for g in grads:
-        adam.apply_gradients({'w': tf.constant(g, tf.float32)})
-    # official nn.adam_updates, mom1 = 0.95, mom2 = 0.9995, in float64
-    p, m, v, lr = p0.copy(), 0., 0., 0.01
-    for t, g in enumerate(grads, start=1):
-        lr *= 0.9
-        m = 0.95 * m + 0.05 * g
-        v = 0.9995 * v + 0.0005 * g ** 2
-        p = p - lr * (m / (1 - 0.95 ** t)) / np.sqrt(v / (1 - 0.9995 ** t) + 1e-8)
-    np.testing.assert_allclose(params['w'].numpy(), p, rtol=1e-5, atol=1e-6)
-    assert adam.step.numpy() == 5 and adam.lr.numpy() == pytest.approx(0.01 * 0.9 ** 5, rel=1e-12)
-
-
-def test_ema_matches_numpy():
-    params = {'w': tf.Variable([1., 2.])}
-    shadows = {'w': tf.Variable([0., 0.])}
-    ema = ExponentialMovingAverage(params, shadows, decay=0.9)
-    expected = np.zeros(2)
-    for value in ([1., 2.], [3., -1.], [0.5, 0.5]):
-        params['w'].assign(value)
-        ema.apply()
-        expected = 0.9 * expected + 0.1 * np.array(value)
-    np.testing.assert_allclose(shadows['w'].numpy(), expected, rtol=1e-6)
-    ema.reset()
-    np.testing.assert_array_equal(shadows['w'].numpy(), [0.5, 0.5])
 
 
 @pytest.mark.parametrize('run', ['official_small', 'official_small_cond'])

@@ -9,8 +9,9 @@ finds likely; its weights as initialised on uniform noise); a --checkpoint codes
 first --num_images of --images (an .npz, a folder or tfds:NAME:SPLIT, as compress.py
 reads them). Each is timed after a first batch that traces (reported apart): the fast
 sampler (pixel_cnn_pp.sample), encode (compress with verify=False) and decode
-(decompress), one batch each; `callback_seconds` is the time in the coder's Python
-callback (the pmfs, the range coder and the call itself) within encode and decode.
+(decompress), one batch each in --repeats rounds (medians, each round's in `rounds`);
+`callback_seconds` is the time in the coder's Python callback (the pmfs, the range coder
+and the call itself) within encode and decode.
 """
 
 import json
@@ -34,6 +35,7 @@ flags.DEFINE_string('checkpoint', None, 'Also a trained model (anything pixel_cn
 flags.DEFINE_string('images', None, 'With --checkpoint: the images to code')
 flags.DEFINE_integer('num_images', 16, 'With --checkpoint: how many of --images')
 flags.DEFINE_integer('batch_size', 16, 'Images per batch')
+flags.DEFINE_integer('repeats', 3, 'Rounds of sampler, encode and decode timed (medians)')
 flags.DEFINE_integer('image_size', 32, 'Height and width (random-weight models)')
 FLAGS = flags.FLAGS
 
@@ -60,24 +62,36 @@ def timed(fn):
 
 
 def bench(model, x, labels, sample_shape):
-    """Times one batch (after a first one) of the sampler, encode and decode; sizes."""
+    """Times a batch of the sampler, encode and decode, after a first one of each, in
+    --repeats rounds of the three (medians: the load of a shared machine moves them all);
+    the sizes."""
     B = FLAGS.batch_size
     h = None if labels is None else tf.one_hot(labels[:B], model.num_labels)
     result = {}
     _, result['sampler_first_seconds'], _ = timed(lambda: pixel_cnn_pp.sample(model, B, h=h, seed=0,
                                                                             image_shape=sample_shape))
-    samples, result['sampler_seconds'], _ = timed(lambda: pixel_cnn_pp.sample(model, B, h=h, seed=1,
-                                                                            image_shape=sample_shape))
-    if x is None:
-        x = samples
+    samples = pixel_cnn_pp.sample(model, B, h=h, seed=1, image_shape=sample_shape) if x is None else None
+    x = samples if x is None else x
     kw = dict(labels=labels, batch_size=B, verify=False)
-    _, result['encode_first_seconds'], _ = timed(lambda: codec.compress(model, x, **kw))
-    data, result['encode_seconds'], result['encode_callback_seconds'] = timed(lambda: codec.compress(model, x, **kw))
-    back, result['decode_seconds'], result['decode_callback_seconds'] = timed(lambda: codec.decompress(model, data))
-    back = back if labels is None else back[0]
-    assert np.array_equal(back, x)
+    data, result['encode_first_seconds'], _ = timed(lambda: codec.compress(model, x, **kw))
+    rounds = {k: [] for k in ('sampler', 'encode', 'encode_callback', 'decode', 'decode_callback')}
+    for r in range(FLAGS.repeats):
+        rounds['sampler'].append(timed(lambda: pixel_cnn_pp.sample(model, B, h=h, seed=2 + r,
+                                                                   image_shape=sample_shape))[1])
+        again, seconds, callback = timed(lambda: codec.compress(model, x, **kw))
+        assert again == data
+        rounds['encode'].append(seconds)
+        rounds['encode_callback'].append(callback)
+        back, seconds, callback = timed(lambda: codec.decompress(model, data))
+        assert np.array_equal(back if labels is None else back[0], x)
+        rounds['decode'].append(seconds)
+        rounds['decode_callback'].append(callback)
+    for k, v in rounds.items():
+        result[k + '_seconds'] = round(float(np.median(v)), 2)
+    result['rounds'] = rounds
     for name in ('encode', 'decode'):
-        result[name + '_vs_sampler'] = round(result[name + '_seconds'] / result['sampler_seconds'], 3)
+        result[name + '_vs_sampler'] = round(float(np.median(  # round by round
+            np.divide(rounds[name], rounds['sampler']))), 3)
         result[name + '_images_per_second'] = round(len(x) / result[name + '_seconds'], 3)
     hx = None if labels is None else tf.one_hot(labels, model.num_labels)
     ideal = -float(np.sum(scoring.log_prob(model, x, h=hx), dtype=np.float64)) / np.log(2.) / 8.

@@ -229,3 +229,16 @@ def test_compress_py_round_trip_in_fresh_processes(tmp_path):
                           status=2).stderr
     assert 'this model codes 1-channel images' in err and 'Traceback' not in err
     assert sorted(os.listdir(tmp_path)) == ['back.npz', 'in', 'm.keras', 'rgb.npz', 'x.pcpp']
+
+
+@pytest.mark.slow
+def test_round_trip_of_an_official_checkpoint():
+    """Unconditional RGB, an official checkpoint's averaged weights: bit-exact, and the
+    raw weights refuse the file."""
+    ckpt = os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt')
+    model = pixel_cnn_pp.load(ckpt, image_shape=(8, 8))
+    x = images(3, shape=(8, 8, 3))
+    data = pixel_cnn_pp.compress(model, x, batch_size=2)
+    np.testing.assert_array_equal(pixel_cnn_pp.decompress(model, data), x)
+    with pytest.raises(codec.CodecError, match='another model'):
+        pixel_cnn_pp.decompress(pixel_cnn_pp.load(ckpt, image_shape=(8, 8), use_ema=False), data)

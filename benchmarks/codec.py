@@ -33,6 +33,7 @@ SIZES = {'paper': dict(nr_resnet=5, nr_filters=160, nr_logistic_mix=10),
 flags.DEFINE_list('sizes', ['small', 'paper'], 'Random-weight model sizes to time: %s' % ', '.join(SIZES))
 flags.DEFINE_string('checkpoint', None, 'Also a trained model (anything pixel_cnn_pp.load reads)')
 flags.DEFINE_string('images', None, 'With --checkpoint: the images to code')
+flags.DEFINE_boolean('ema', True, 'With --checkpoint: its Polyak-averaged weights (--noema: the raw ones)')
 flags.DEFINE_integer('num_images', 16, 'With --checkpoint: how many of --images')
 flags.DEFINE_integer('batch_size', 16, 'Images per batch')
 flags.DEFINE_integer('repeats', 3, 'Rounds of sampler, encode and decode timed (medians)')
@@ -119,7 +120,7 @@ def main(argv):
                              **bench(model, None, None, shape))
         print(json.dumps({size: results[size]}), file=sys.stderr)
     if FLAGS.checkpoint:
-        model = pixel_cnn_pp.load(FLAGS.checkpoint)
+        model = pixel_cnn_pp.load(FLAGS.checkpoint, use_ema=FLAGS.ema)
         x, y = images.read_images(FLAGS.images)
         x = x[:FLAGS.num_images]
         labels = None if not model.num_labels else y[:FLAGS.num_images].astype(np.int64)

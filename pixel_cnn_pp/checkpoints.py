@@ -249,7 +249,7 @@ def _resolve(path, inferred, saved, overrides):
 def _load_keras(path, use_ema, overrides):
     if not use_ema:
         raise ValueError('%s: a .keras file holds one set of weights (export.py writes the EMA '
-                         'ones unless --noema); use_ema=False does not apply' % path)
+                         'ones unless told otherwise); use_ema=False does not apply' % path)
     if not zipfile.is_zipfile(path):  # Keras would say "File not found" of an existing file
         raise ValueError('%s: not a readable .keras file (not a zip archive, as .keras files are)'
                          % path)

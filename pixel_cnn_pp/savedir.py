@@ -1,4 +1,4 @@
-"""A training run's --save_dir, kept consistent whatever moment the run is killed at: one
+"""A training run's save_dir, kept consistent whatever moment the run is killed at: one
 run at a time (a lock file naming its owner), the test bits/dim history written before the
 checkpoint that counts it, and what a failed first run created removed again.
 

@@ -19,6 +19,7 @@ module holds the run's lifecycle around them (save_dir, lock, cadence, signals, 
 import errno
 import glob
 import os
+import re
 import signal
 import sys
 import threading
@@ -51,10 +52,21 @@ class WriteError(OSError):
     latest = None
 
 
+# The errors of a write a machine can give (TensorFlow's savers report them as text).
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+
+
 def _write_error(path, e):
+    """The WriteError of path for an OSError or a TensorFlow OpError (whose message holds the
+    system's error text among op names: the text alone is kept)."""
     if isinstance(e, OSError):
         return WriteError(e.errno or errno.EIO, e.strerror or str(e), path)
-    return WriteError(errno.EIO, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, path)
+    text = getattr(e, 'message', None) or str(e)
+    for code in WRITE_ERRNOS:
+        if os.strerror(code) in text:
+            return WriteError(code, os.strerror(code), path)
+    text = re.sub(r'\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]', '', text).strip()
+    return WriteError(errno.EIO, text.splitlines()[0] if text else type(e).__name__, path)
 
 
 def _remove_partial_checkpoint(prefix):
@@ -153,13 +165,14 @@ def train(model_config, train_config, save_dir, data, strategy=None, resume=Fals
                           % (train_config.replicas, strategy.num_replicas_in_sync), 'replicas')
     check_data(data, model_config, train_config)
     run = Run(model_config, train_config, save_dir, data, strategy, resume, clock)
-    run.open()
     try:
+        run.open()
         run.start()
         run.train()
     except BaseException as e:
         if isinstance(e, WriteError):
-            e.latest = run.manager.latest_checkpoint if run.manager else None
+            found = checkpoints.run_checkpoints(run.ckpt_dir) if os.path.isdir(run.ckpt_dir) else []
+            e.latest = run.manager.latest_checkpoint if run.manager else found[0] if found else None
         run.close(failed=True)
         raise
     run.close()
@@ -204,6 +217,8 @@ class Run:
                 self.lock = savedir.Lock(self.save_dir)
                 self.lock.acquire()
         except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):  # the machine's, not the user's
+                raise _write_error(e.filename or (self.lock.path if self.lock else self.save_dir), e) from None
             raise ConfigError('save_dir=%s cannot be written (%s)' % (self.save_dir, e.strerror or e),
                               'save_dir') from None
         if self.chief:

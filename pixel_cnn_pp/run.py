@@ -108,6 +108,62 @@ class _StopRequest:
                   % signal.Signals(signum).name, flush=True)
 
 
+class _AgreedSaves:
+    """Time-based checkpoints that every worker of a cluster takes at the same step: the
+    chief's clock decides at a step boundary, and the chief names the next step in the
+    coordination service (the key-value store PreemptionCheckpointHandler agrees through);
+    each other worker's watcher thread reads it and acknowledges before the chief trains that
+    step, so no worker can have passed it. Between saves a step costs a set lookup; a save
+    costs one round trip through the coordination service."""
+
+    KEY = 'pixel_cnn_pp_save_at_%d'
+    STOP = 'stop'
+
+    def __init__(self, chief, workers):
+        from tensorflow.python.eager import context  # the coordination service's client
+        self.context, self.chief, self.workers = context.context(), chief, workers
+        self.steps, self.announced = set(), 0
+        if not chief:
+            threading.Thread(target=self._watch, daemon=True, name='AgreedSavesWatcher').start()
+
+    def _watch(self):
+        n = 0
+        try:
+            while True:
+                value = self.context.get_config_key_value(self.KEY % n)
+                if value == self.STOP:
+                    return
+                self.steps.add(int(value))  # before the acknowledgement: seen at that boundary
+                self.context.set_config_key_value('%s_ack_%d' % (self.KEY % n, self.worker_id), '1')
+                n += 1
+        except Exception:  # noqa: BLE001 - the service ends with the chief: nothing left to agree
+            return
+
+    worker_id = 0
+
+    def announce(self, step):
+        """On the chief: every worker saves at `step` (the next step boundary)."""
+        key = self.KEY % self.announced
+        self.context.set_config_key_value(key, str(step))
+        for i in range(1, self.workers):
+            self.context.get_config_key_value('%s_ack_%d' % (key, i))
+        self.announced += 1
+        self.steps.add(step)
+
+    def due(self, step):
+        if step in self.steps:
+            self.steps.discard(step)
+            return True
+        return False
+
+    def close(self):
+        if self.chief:
+            try:
+                self.context.set_config_key_value(self.KEY % self.announced, self.STOP)
+            except Exception:  # noqa: BLE001
+                pass
+
+
 def is_chief(strategy):
     """Whether this process writes the run's files (the chief of a cluster, else worker 0)."""
     resolver = getattr(strategy, 'cluster_resolver', None)
@@ -117,6 +173,12 @@ def is_chief(strategy):
         return True
     return resolver.task_type == 'worker' and resolver.task_id == 0 and \
         'chief' not in resolver.cluster_spec().as_dict()
+
+
+def _worker_index(resolver):
+    """The index of this task among the chief (0, if there is one) and the workers."""
+    has_chief = 'chief' in resolver.cluster_spec().as_dict()
+    return 0 if resolver.task_type == 'chief' else resolver.task_id + has_chief
 
 
 def default_strategy():
@@ -198,8 +260,11 @@ class Run:
         self.ckpt_dir = save_dir if self.chief else os.path.join(save_dir, 'worker%d' % task_id)
         self.history_path = os.path.join(save_dir, 'test_bpd_%s.npz' % train_config.data_set)
         self.trainer = self.manager = self.writer = self.lock = self.created = None
-        self.handler = None
+        self.handler = self.agreed = None
         self.test_bpd = []
+        # the train bits/dim of each step of epoch `train_epoch_of` so far (the history file
+        # keeps them, so that a resumed epoch's line averages all its steps)
+        self.train_bpd, self.train_epoch_of = [], 0
         self.saved = None  # the last checkpoint this run wrote
         self.saved_step = None
         self.last_save_time = None
@@ -227,6 +292,9 @@ class Run:
     def close(self, failed=False):
         """Closes TensorBoard and releases the lock; a first run that failed before its first
         checkpoint leaves nothing behind."""
+        if self.agreed is not None:
+            self.agreed.close()
+            self.agreed = None
         if self.writer is not None:
             try:
                 self.writer.close()
@@ -258,6 +326,8 @@ class Run:
                 self.ckpt_dir, lambda p: trainer.checkpoint.restore(p).assert_consumed())
             print('restoring parameters from', path)
             self.test_bpd = savedir.read_history(self.history_path, int(trainer.epoch.numpy()))
+            self.train_epoch_of = int(trainer.epoch.numpy())
+            self.train_bpd = self._read_train_bpd(self.train_epoch_of, int(trainer.epoch_step.numpy()))
             self.saved_step = int(trainer.optimizer.step.numpy())
             if self.chief:
                 self._write(config_lib.CONFIG_FILE, lambda: config_lib.write(self.save_dir, (m, c)))
@@ -277,9 +347,27 @@ class Run:
             if self.chief else tf.summary.create_noop_writer()
         if self.multi_worker:
             self.handler = self._preemption_handler()
+            resolver = self.strategy.cluster_resolver
+            self.agreed = _AgreedSaves(self.chief, sum(len(resolver.cluster_spec().as_dict().get(job, []))
+                                                       for job in ('chief', 'worker')))
+            self.agreed.worker_id = _worker_index(resolver)
         self.last_save_time = self.clock()
         print('starting training')
         sys.stdout.flush()
+
+    def _read_train_bpd(self, epoch, done):
+        """The train bits/dim of the first `done` steps of `epoch`, from the history file (which
+        may be ahead of the checkpoint: a kill between the two writes)."""
+        if done:
+            try:
+                with np.load(self.history_path) as f:
+                    if 'train_bpd' in f and int(f['train_bpd_epoch']) == epoch and len(f['train_bpd']) >= done:
+                        return [float(v) for v in f['train_bpd'][:done]]
+            except (OSError, ValueError, KeyError):
+                pass
+            print('note: %s does not hold the train bits/dim of the %d steps of epoch %d before this '
+                  'resume; the epoch\'s line averages the steps after it' % (self.history_path, done, epoch))
+        return []
 
     def _preemption_handler(self):
         """tf.distribute's PreemptionCheckpointHandler, for the cluster to agree on the step
@@ -320,7 +408,9 @@ class Run:
             raise FloatingPointError('the weights at step %d are not all finite; no checkpoint of them '
                                      'is written' % step)
         if self.chief:
-            self._write(self.history_path, lambda: savedir.write_history(self.history_path, self.test_bpd))
+            self._write(self.history_path, lambda: savedir.write_history(
+                self.history_path, self.test_bpd, train_bpd=np.array(self.train_bpd, np.float64),
+                train_bpd_epoch=np.int64(self.train_epoch_of)))
         prefix = os.path.join(self.ckpt_dir, 'ckpt-%d' % step)
         try:
             self.saved = self.manager.save(checkpoint_number=step)
@@ -331,9 +421,13 @@ class Run:
         return self.saved
 
     def write_samples(self, epoch):
+        """The epoch's num_samples batches of samples (PNG, .npz, TensorBoard); False when a
+        stop request abandoned them (asked before each batch), nothing written."""
         trainer, c = self.trainer, self.config
         drawn = []
         for i in range(c.num_samples):
+            if self._stop_requested():
+                return False
             y = np.arange(self.global_batch) % trainer.num_labels if trainer.num_labels else None
             h = trainer.one_hot(y) if y is not None else None
             drawn.append(sampling.sample(trainer.ema_model, self.global_batch, h=h,
@@ -347,8 +441,25 @@ class Run:
         with self.writer.as_default():
             tf.summary.image('samples', drawn[:16], step=int(trainer.optimizer.step.numpy()), max_outputs=16)
         print('wrote %s.png and .npz' % prefix)
+        return True
 
     # ------------------------------------------------------------------ stopping
+
+    def _stop_requested(self):
+        """Whether to abandon the epoch's end (evaluation, samples) for a stop: a signal here;
+        under a cluster, the PreemptionCheckpointHandler (asked alike by every worker) saves and
+        raises Preempted itself."""
+        if self.handler is not None:
+            self.handler.save_checkpoint_if_preempted()
+            return False
+        return self.stop.signum is not None
+
+    def _stop_now(self):
+        """The checkpoint of the last completed step (unless it has one), then Preempted."""
+        step = int(self.trainer.optimizer.step.numpy())
+        if self.saved_step != step:
+            self.save()
+        raise Preempted(self.stop.signum, step, self.saved or self.manager.latest_checkpoint)
 
     def _after_step(self, epoch_end=False):
         """At a step boundary: the time-based checkpoint, and the stop a signal asked for
@@ -357,14 +468,24 @@ class Run:
         if self.handler is not None:
             if not epoch_end:
                 self.handler.save_checkpoint_if_preempted()
+                if self.agreed.due(step) and self.saved_step != step:
+                    self._time_save(step)
+                elif self.chief and self._time_is_up(step):
+                    self.agreed.announce(step + 1)
             return
         if self.stop.signum is not None:
-            if self.saved_step != step:
-                self.save()
-            raise Preempted(self.stop.signum, step, self.saved)
-        if self.config.save_minutes and self.saved_step != step and \
-                self.clock() - self.last_save_time >= 60. * self.config.save_minutes:
-            self.save()
+            self._stop_now()
+        if self._time_is_up(step):
+            self._time_save(step)
+
+    def _time_is_up(self, step):
+        return bool(self.config.save_minutes) and self.saved_step != step and \
+            self.clock() - self.last_save_time >= 60. * self.config.save_minutes
+
+    def _time_save(self, step):
+        minutes = (self.clock() - self.last_save_time) / 60.
+        self.save()
+        print('step %d: checkpoint %s, %.1f minutes after the last' % (step, self.saved, minutes), flush=True)
 
     # ------------------------------------------------------------------ the loop
 
@@ -372,13 +493,17 @@ class Run:
         """The epoch's training steps (from where a resumed run stopped): (its mean train
         bits/dim, its images/s). images/s counts the wall time of the steps and of waiting
         for their batches, not evaluation, sampling or checkpoints: the progress bar shows
-        the epoch's value so far, TensorBoard the whole epoch's."""
+        the epoch's value so far, TensorBoard the whole epoch's. The mean counts the steps that
+        ran before a resume too; images/s is None when none ran in this process."""
         trainer, c = self.trainer, self.config
         skip = int(trainer.epoch_step.numpy())
+        if skip == 0 or self.train_epoch_of != epoch:
+            self.train_bpd, self.train_epoch_of = [], epoch
+        train_losses, ran = self.train_bpd, 0
         batches = data_lib.train_batches(self.strategy, self.data, c.batch_size * c.accum_steps, c.seed,
                                          epoch, skip=skip, max_steps=steps)
         bar = progress.bar(steps, enabled=c.progress, stateful_metrics=['bits_per_dim', 'images/s'])
-        train_losses, seconds = [], 0.
+        seconds = 0.
         t0 = time.time()
         for k, batch in enumerate(batches, start=skip + 1):
             try:
@@ -388,8 +513,8 @@ class Run:
                                         % (e, self.manager.latest_checkpoint), *getattr(e, 'fields', ())) from None
             seconds += time.time() - t0
             train_losses.append(trainer.bits_per_dim(nats, self.update_images))
-            bar.update(k, [('bits_per_dim', train_losses[-1]),
-                           ('images/s', len(train_losses) * self.update_images / seconds)])
+            ran += 1
+            bar.update(k, [('bits_per_dim', train_losses[-1]), ('images/s', ran * self.update_images / seconds)])
             step = int(trainer.optimizer.step.numpy())
             if c.save_steps and step % c.save_steps == 0 and k < steps:
                 self.save()
@@ -397,7 +522,7 @@ class Run:
                 self._after_step()
             t0 = time.time()
         mean = float(np.mean(train_losses)) if train_losses else float('nan')
-        return mean, len(train_losses) * self.update_images / max(seconds, 1e-9)
+        return mean, ran * self.update_images / max(seconds, 1e-9) if ran else None
 
     def train(self):
         """The official train.py's loop from the current epoch to max_epochs, stopping early
@@ -415,11 +540,17 @@ class Run:
         for epoch in range(int(trainer.epoch.numpy()), c.max_epochs):
             begin = time.time()
             train_bpd, images_per_second = self.train_epoch(epoch, steps)
-            test_loss = trainer.evaluate(test_batches)
-            self.test_bpd.append(test_loss)
+            # Until the epoch is counted done below, a checkpoint is of its last step: a stop
+            # abandons the evaluation or the samples, and the resumed run does them again.
+            test_loss = trainer.evaluate(test_batches, stop=self._stop_requested)
+            if test_loss is None:
+                self._stop_now()
             print('Iteration %d, time = %ds, train bits_per_dim = %.4f, test bits_per_dim = %.4f'
                   % (epoch, time.time() - begin, train_bpd, test_loss))
             sys.stdout.flush()
+            if epoch % c.save_interval == 0 and c.num_samples and not self.write_samples(epoch):
+                self._stop_now()
+            self.test_bpd.append(test_loss)
             trainer.epoch.assign(epoch + 1)
             trainer.epoch_step.assign(0)
             step = int(trainer.optimizer.step.numpy())
@@ -427,10 +558,9 @@ class Run:
                 tf.summary.scalar('train/bits_per_dim', train_bpd, step=step)
                 tf.summary.scalar('test/bits_per_dim', test_loss, step=step)
                 tf.summary.scalar('lr', float(trainer.optimizer.lr.numpy()), step=step)
-                tf.summary.scalar('images_per_second', images_per_second, step=step)
+                if images_per_second is not None:
+                    tf.summary.scalar('images_per_second', images_per_second, step=step)
             if epoch % c.save_interval == 0:
-                if c.num_samples:
-                    self.write_samples(epoch)
                 self.save()
                 saved_epoch = epoch
             self._after_step(epoch_end=True)

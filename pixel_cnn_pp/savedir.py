@@ -109,13 +109,13 @@ def read_history(path, epochs):
     return list(history[:epochs])
 
 
-def write_history(path, test_bpd):
+def write_history(path, test_bpd, **more):
     """Atomically, so that a kill or a failed write (disk full) leaves the old history or the
-    new one, never part of one."""
+    new one, never part of one. more: other arrays of the run's progress, kept alongside."""
     tmp = path + '.tmp.npz'
     try:
         with open(tmp, 'wb') as f:
-            np.savez(f, test_bpd=np.array(test_bpd, np.float64))
+            np.savez(f, test_bpd=np.array(test_bpd, np.float64), **more)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

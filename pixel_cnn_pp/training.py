@@ -53,9 +53,13 @@ class Evaluator:
         sum_ = tf.distribute.ReduceOp.SUM
         return self.strategy.reduce(sum_, nats, axis=None), self.strategy.reduce(sum_, count, axis=None)
 
-    def evaluate(self, batches, image_shape):
+    def evaluate(self, batches, image_shape, stop=None):
+        """The test bits/dim; stop: a callable asked before each batch, whose true answer
+        abandons the evaluation (evaluate returns None)."""
         nats = count = 0.
         for batch in batches:
+            if stop is not None and stop():
+                return None
             n, c = self._step(batch)
             nats, count = nats + float(n), count + float(c)
         return float(scoring.bits_per_dim(-nats / count, image_shape))
@@ -244,9 +248,10 @@ class Trainer:
         return all(bool(tf.reduce_all(tf.math.is_finite(v))) for group in (
             self.params, self.shadows, self.optimizer.m, self.optimizer.v) for v in group.values())
 
-    def evaluate(self, batches):
-        """Test bits/dim of the EMA weights over the batches (every image counted once)."""
-        return self.evaluator.evaluate(batches, self.image_shape)
+    def evaluate(self, batches, stop=None):
+        """Test bits/dim of the EMA weights over the batches (every image counted once); stop:
+        see Evaluator.evaluate."""
+        return self.evaluator.evaluate(batches, self.image_shape, stop)
 
     # ------------------------------------------------------------------ checkpoints
 

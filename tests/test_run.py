@@ -2,6 +2,7 @@
 epoch's end (evaluation, samples), time-based checkpoints agreed by two workers."""
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -52,6 +53,121 @@ def tmpfs(size):
         os.rmdir(where)
 
 
+# ---------------------------------------------------------------------- a stop at the epoch's end
+
+from pixel_cnn_pp import data as data_lib, run as run_lib  # noqa: E402
+from pixel_cnn_pp.config import ModelConfig, TrainConfig  # noqa: E402
+
+END_MODEL = ModelConfig(nr_resnet=1, nr_filters=8, nr_logistic_mix=2, image_shape=(8, 8, 3))
+END_RUN = TrainConfig(data_set='npz', batch_size=4, init_batch_size=4, max_epochs=1, max_steps_per_epoch=4,
+                      save_interval=1, num_samples=0, seed=7, dropout_p=0.5, progress=False)
+# with samples: two epochs, two batches of samples each
+SAMPLES_RUN = dataclasses.replace(END_RUN, max_epochs=2, num_samples=2)
+EPOCH_LINE = re.compile(r'^Iteration (\d+), time = \d+s, train bits_per_dim = (\S+), test bits_per_dim = (\S+)$', re.M)
+
+
+def end_data():
+    rng = np.random.default_rng(0)  # 6 test images: two evaluation batches of 4
+    return data_lib.Data(rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), None,
+                         rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8), None, 0)
+
+
+def run_state(save_dir):
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(save_dir)))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if k.startswith(('params/', 'ema/', 'adam/', 'epoch'))}
+
+
+def uninterrupted(config, save_dir):
+    """The run of config straight, with dropout: (save_dir, final state, its epoch lines)."""
+    import io
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        run_lib.train(END_MODEL, config, str(save_dir), end_data())
+    return save_dir, run_state(save_dir), EPOCH_LINE.findall(out.getvalue())
+
+
+def signal_at(monkeypatch, n):
+    """SIGTERM to this process at the n-th stop check of the epoch's end (the evaluation asks
+    before each of its batches, then the samples before each of theirs)."""
+    asked = []
+    stop_requested = run_lib.Run._stop_requested
+
+    def signal_midway(self):
+        asked.append(1)
+        if len(asked) == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return stop_requested(self)
+
+    monkeypatch.setattr(run_lib.Run, '_stop_requested', signal_midway)
+
+
+def assert_stopped_at_the_epoch_end(e, save):
+    """Preempted with a checkpoint of step 4, the end of epoch 0 (position 4 of 4), no samples,
+    no test bits/dim of epoch 0 in the history but the train bits/dim of its 4 steps, no lock."""
+    assert (e.value.signum, e.value.step) == (signal.SIGTERM, 4) and e.value.checkpoint == str(save / 'ckpt-4')
+    state = run_state(save)
+    assert state['epoch/.ATTRIBUTES/VARIABLE_VALUE'] == 0 and state['epoch_step/.ATTRIBUTES/VARIABLE_VALUE'] == 4
+    history = np.load(save / 'test_bpd_npz.npz')
+    assert len(history['test_bpd']) == 0 and history['train_bpd_epoch'] == 0 and len(history['train_bpd']) == 4
+    assert not list(save.glob('npz_sample*')) and not (save / 'lock').exists()
+    return history['train_bpd']
+
+
+def test_a_signal_during_the_evaluation_abandons_it_and_resume_evaluates(tmp_path, monkeypatch, capsys):
+    """SIGTERM after the first of the epoch's two evaluation batches: the second is not run, a
+    checkpoint of the epoch's last step. Resumed, the run trains nothing, evaluates the epoch
+    and prints its line: the train bits/dim the mean of the 4 steps trained before the signal
+    (kept in the history file), the test bits/dim that of the checkpoint's EMA weights (an
+    Evaluator of the loaded model)."""
+    import pixel_cnn_pp
+    from pixel_cnn_pp import training
+    save = tmp_path / 'save'
+    signal_at(monkeypatch, 2)
+    with pytest.raises(run_lib.Preempted) as e:
+        run_lib.train(END_MODEL, END_RUN, str(save), end_data())
+    train_bpd = assert_stopped_at_the_epoch_end(e, save)
+    assert not EPOCH_LINE.findall(capsys.readouterr().out)
+    monkeypatch.undo()
+    run_lib.train(END_MODEL, END_RUN, str(save), end_data(), resume=True)
+    out = capsys.readouterr().out
+    assert 'note:' not in out and tf.train.latest_checkpoint(str(save)) == str(save / 'ckpt-4')
+    model = pixel_cnn_pp.load(save)
+    strategy = tf.distribute.get_strategy()
+    test_bpd = training.Evaluator(strategy, model).evaluate(
+        data_lib.test_batches(strategy, end_data(), 4), (8, 8, 3))
+    assert EPOCH_LINE.findall(out) == [('0', '%.4f' % np.mean(train_bpd), '%.4f' % test_bpd)]
+    np.testing.assert_allclose(np.load(save / 'test_bpd_npz.npz')['test_bpd'], [test_bpd], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_signal_during_the_samples_abandons_them_and_resume_is_exact(tmp_path, monkeypatch, capsys):
+    """SIGTERM after the first of epoch 0's two sample batches (its evaluation done, its line
+    printed): the rest abandoned, nothing of the samples written, a checkpoint of the epoch's
+    last step. Resumed, the run evaluates epoch 0 again and writes its samples: its epoch lines
+    are the uninterrupted run's (train bits/dim of all of epoch 0's steps), and it ends with its
+    weights, Adam state, history and samples, bit for bit (dropout on)."""
+    straight_dir, straight_state, straight_lines = uninterrupted(SAMPLES_RUN, tmp_path / 'straight')
+    save = tmp_path / 'save'
+    signal_at(monkeypatch, 4)  # 2 evaluation batches, then the samples
+    with pytest.raises(run_lib.Preempted) as e:
+        run_lib.train(END_MODEL, SAMPLES_RUN, str(save), end_data())
+    assert_stopped_at_the_epoch_end(e, save)
+    assert EPOCH_LINE.findall(capsys.readouterr().out) == straight_lines[:1]
+    monkeypatch.undo()
+    run_lib.train(END_MODEL, SAMPLES_RUN, str(save), end_data(), resume=True)
+    out = capsys.readouterr().out
+    assert 'note:' not in out and EPOCH_LINE.findall(out) == straight_lines
+    resumed = run_state(save)
+    assert resumed.keys() == straight_state.keys()
+    for k in straight_state:
+        np.testing.assert_array_equal(resumed[k], straight_state[k], err_msg=k)
+    for name in ('test_bpd_npz.npz', 'npz_sample0.npz', 'npz_sample1.npz'):
+        a, b = np.load(save / name), np.load(straight_dir / name)
+        assert a.files == b.files
+        for k in a.files:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=name + ' ' + k)
+
+
 @pytest.mark.slow
 def test_a_real_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
     """train.py with its save_dir on a 1.6 MB tmpfs, a checkpoint every step: config.json and
@@ -98,3 +214,47 @@ def test_a_real_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
         assert out.returncode == 0, out.stderr
         assert 'restoring parameters from %s/ckpt-2' % save in out.stdout
         assert tf.train.latest_checkpoint(save) == os.path.join(save, 'ckpt-12')
+
+
+# ---------------------------------------------------------------------- two workers, save_minutes
+
+def free_ports(n):
+    import socket
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(('localhost', 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+SAVED_LINE = re.compile(r'^step (\d+): checkpoint \S+, [\d.]+ minutes after the last$', re.M)
+
+
+@pytest.mark.slow
+def test_two_workers_take_time_based_checkpoints_at_the_same_steps(tmp_path):
+    """MultiWorkerMirroredStrategy, --save_minutes=0.01 (0.6 s of real time on each worker's own
+    clock): the chief's clock decides, both workers save at the same steps (their lines), the
+    chief's checkpoints are those steps, and the worker's last checkpoint equals the chief's."""
+    data = write_npz(tmp_path / 'data.npz', n_train=800, size=16)
+    cluster = {'worker': ['localhost:%d' % p for p in free_ports(2)]}
+    save = tmp_path / 'save'
+    args = TINY + ['--data_set=npz', '--data_dir=' + data, '--save_dir=%s' % save, '--max_epochs=1',
+                   '--num_samples=0', '--save_minutes=0.01']
+    procs = [subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py')] + args, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env=script_env(
+                                  GCE_METADATA_IP='127.0.0.1:9', TF_CONFIG=json.dumps(
+                                      {'cluster': cluster, 'task': {'type': 'worker', 'index': i}})))
+             for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    steps = [[int(s) for s in SAVED_LINE.findall(out)] for out in outs]
+    assert len(steps[0]) >= 2 and steps[0] == steps[1], outs
+    kept = sorted(int(p.name[5:-6]) for p in save.glob('ckpt-*.index'))
+    assert kept == sorted(set(steps[0] + [100]))[-3:]  # 100 steps: the epoch's end saves too
+    reader = tf.train.load_checkpoint(str(save / 'worker1' / 'ckpt-100'))
+    chief = tf.train.load_checkpoint(str(save / 'ckpt-100'))
+    for k in reader.get_variable_to_shape_map():
+        if k.startswith(('params/', 'ema/', 'adam/')):
+            np.testing.assert_array_equal(reader.get_tensor(k), chief.get_tensor(k), err_msg=k)

@@ -8,8 +8,11 @@ in a save_dir that survives real machines:
   the step, and config.json records every setting that decides them (config.resume);
 - SIGTERM or SIGINT stops at the next step boundary with a checkpoint of the last completed
   step (`Preempted`); under MultiWorkerMirroredStrategy every worker stops at the same step
-  (tf.distribute's PreemptionCheckpointHandler agrees on it);
-- a checkpoint at the first step boundary once save_minutes have passed since the last one;
+  (tf.distribute's PreemptionCheckpointHandler agrees on it); at the epoch's end the
+  evaluation and the samples are abandoned at their next batch (the checkpoint is of the
+  epoch's last step; the resumed run evaluates and samples that epoch);
+- a checkpoint at the first step boundary once save_minutes have passed since the last one
+  (under a cluster: by the chief's clock, at a step every worker agrees on);
 - a write that fails (disk full, I/O error, permission lost) stops the run with a
   `WriteError` naming the path; the previous checkpoint stays the latest.
 

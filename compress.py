@@ -25,7 +25,7 @@ from absl import app, flags
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import cli, codec, images, scoring
+from pixel_cnn_pp import cli, codec, config, files, images, scoring
 
 FLAGS = flags.FLAGS
 cli.define_load_flags()
@@ -47,30 +47,6 @@ flags.DEFINE_boolean('check_environment', True, 'Refuse a file written with anot
 flags.DEFINE_string('data_dir', None, 'Where tensorflow-datasets finds a tfds: set')
 
 
-def write_atomically(path, write):
-    """write(temporary path) then a rename onto path: a kill or a full disk leaves no
-    half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.')
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_bytes(path, data):
-    def write(tmp):
-        with open(tmp, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    write_atomically(path, write)
-
-
 def progress_bar():
     """codec's progress callback as a bar over image rows, made at its first call (the
     codec gives the total)."""
@@ -84,13 +60,14 @@ def progress_bar():
 
 
 def read_set(spec, model):
-    """The images and labels of --in, as they are: refused unless the model codes them."""
+    """The images and labels of --in, as they are (refused unless the model codes them), and
+    the .npz keys they come from."""
     try:
-        x, y = images.read_images(spec, FLAGS.data_dir)
+        x, y, keys = images.read_images(spec, FLAGS.data_dir)
     except ValueError as e:
         raise app.UsageError('--in: %s' % e) from None
     C = model.channels
-    if x.shape[-1] != C or x.shape[1] % 4 or x.shape[2] % 4:
+    if not config.fits(x.shape[1:], (C,)):
         raise app.UsageError('--in=%s: images %s; this model codes %d-channel images whose height '
                              'and width are multiples of 4 (a codec does not crop, pad or convert)'
                              % (spec, 'x'.join(map(str, x.shape[1:])), C))
@@ -99,7 +76,9 @@ def read_set(spec, model):
                              'given its label (an .npz with y, or a tfds set with labels)' % spec)
     if model.num_labels and (y.min() < 0 or y.max() >= model.num_labels):
         raise app.UsageError('--in=%s: labels %d..%d, the model has %d' % (spec, y.min(), y.max(), model.num_labels))
-    return x, y.astype(np.int64) if model.num_labels else None
+    if not model.num_labels:
+        return x, None, keys[:1]
+    return x, y.astype(np.int64), keys
 
 
 def bits_per_dim(num_bytes, x):
@@ -107,14 +86,14 @@ def bits_per_dim(num_bytes, x):
 
 
 def compress(model):
-    x, labels = read_set(FLAGS['in'].value, model)
+    x, labels, keys = read_set(FLAGS['in'].value, model)
     out = FLAGS.out
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
         raise app.UsageError('--out=%s: its folder does not exist' % out)
     if os.path.isdir(out):
         raise app.UsageError('--out=%s is a folder; give the file to write' % out)
-    print('compressing %d images of %s%s' % (len(x), 'x'.join(map(str, x.shape[1:])),
-                                            ' with their labels' if labels is not None else ''))
+    print('compressing %d images of %s%s%s' % (len(x), 'x'.join(map(str, x.shape[1:])),
+                                              ' with their labels' if labels is not None else '', cli.npz_keys(keys)))
     began = time.time()
     data = codec.compress(model, x, labels=labels, batch_size=FLAGS.batch_size, verify=False,
                           progress=progress_bar())
@@ -126,7 +105,7 @@ def compress(model):
         decoding = time.time() - began
         if not np.array_equal(back[0] if labels is not None else back, x):  # the checksum's job
             raise codec.CodecError('the file did not decode to the images')
-    write_bytes(out, data)
+    files.write_bytes(out, data)
     h = None if labels is None else tf.one_hot(labels, model.num_labels)
     ideal = -float(np.sum(scoring.log_prob(model, x, h=h), dtype=np.float64)) / np.log(2.) / 8.
     if labels is not None:  # the labels' own bits (uniform), which the file holds too
@@ -161,10 +140,7 @@ def decompress(model):
     seconds = time.time() - began
     x, labels = x if model.num_labels else (x, None)
     if to_npz:
-        def write(tmp):
-            with open(tmp, 'wb') as f:
-                np.savez(f, x=x, **({} if labels is None else {'y': labels}))
-        write_atomically(out, write)
+        files.write_atomically(out, lambda f: np.savez(f, x=x, **({} if labels is None else {'y': labels})))
     else:
         out = out.rstrip('/')
         tmp = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(out)), prefix='.' + os.path.basename(out) + '.')

@@ -33,7 +33,7 @@ flags.DEFINE_integer('batch_size', 16, 'Images drawn at once', lower_bound=1)
 flags.DEFINE_integer('seed', 1, 'Random seed: the same seed gives the same images')
 flags.DEFINE_list('labels', None, 'For a class-conditional model: the labels to draw, cycled '
                   '(default: every label, one grid row per label)')
-flags.DEFINE_enum('method', 'fast', ['fast', 'naive'], 'fast: cached generation; naive: the '
+flags.DEFINE_enum('method', 'fast', list(sampling.METHODS), 'fast: cached generation; naive: the '
                   'official loop, one forward pass of the whole network per pixel')
 flags.DEFINE_boolean('jit_compile', False, 'Compile the fast sampler\'s per-pixel loop with XLA: '
                      'batches about 1.7x faster at the paper\'s size, after a first batch that '
@@ -119,8 +119,7 @@ def main(argv):
         if labels is not None:
             labels = np.resize(labels, len(given))
     total = len(given) if given is not None else len(labels) if labels is not None else FLAGS.num_samples
-    folder = FLAGS.checkpoint if os.path.isdir(FLAGS.checkpoint) else os.path.dirname(FLAGS.checkpoint)
-    out = FLAGS.out or os.path.join(folder, 'completions' if FLAGS.complete else 'samples')
+    out = FLAGS.out or os.path.join(model.folder, 'completions' if FLAGS.complete else 'samples')
     os.makedirs(os.path.dirname(out) or '.', exist_ok=True)
     what = 'sampling %d images' % total
     if FLAGS.complete:

@@ -121,7 +121,7 @@ def main(argv):
         print(json.dumps({size: results[size]}), file=sys.stderr)
     if FLAGS.checkpoint:
         model = pixel_cnn_pp.load(FLAGS.checkpoint, use_ema=FLAGS.ema)
-        x, y = images.read_images(FLAGS.images)
+        x, y, _ = images.read_images(FLAGS.images)
         x = x[:FLAGS.num_images]
         labels = None if not model.num_labels else y[:FLAGS.num_images].astype(np.int64)
         results['checkpoint'] = dict(path=getattr(model, 'checkpoint_path', FLAGS.checkpoint),

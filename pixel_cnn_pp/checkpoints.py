@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from pixel_cnn_pp import config, nn
-from pixel_cnn_pp.config import CONFIG_FILE, ModelConfig  # noqa: F401  (CONFIG_FILE: for callers)
+from pixel_cnn_pp.config import CHANNELS, CONFIG_FILE, ModelConfig  # noqa: F401  (CONFIG_FILE: for callers)
 from pixel_cnn_pp.model import PixelCNNPP
 
 MODEL_KEYS = ModelConfig.ARCHITECTURE
@@ -89,7 +89,7 @@ def infer_config(shapes, path):
     # 3 input convs, 4 downsamplings, 2 per block, 12 n + 4 blocks; 9 n + 4 short-cut nins
     nr_resnet, rest = divmod(count('conv2d') - 15, 24)
     head = count('dense') - (9 * nr_resnet + 4)
-    if channels not in (1, 3) or rest or nr_resnet < 1 or head not in (1, 4):
+    if channels not in CHANNELS or rest or nr_resnet < 1 or head not in (1, 4):
         raise ValueError('%s: its variables are not those of a PixelCNN++ of any config '
                          '(%d conv2d, %d dense layers, conv2d_0/V of shape %s)'
                          % (path, count('conv2d'), count('dense'), tuple(first)))
@@ -289,7 +289,8 @@ def load(path, *, use_ema=True, **overrides):
     image size, by default config.json's or 32x32) and must agree with what it does say: a
     contradiction is a ValueError naming both values. The model takes any batch and image
     size divisible by 4; `model.image_shape` is the training size, `model.num_labels` None
-    for an unconditional model."""
+    for an unconditional model; `model.folder` the save_dir, or the folder of the file, it
+    was loaded from (and `model.checkpoint_path`, for a save_dir, which checkpoint)."""
     unknown = sorted(set(overrides) - set(OVERRIDES))
     if unknown:
         raise TypeError('load() got unknown overrides %s; known: %s' % (unknown, ', '.join(OVERRIDES)))
@@ -298,16 +299,20 @@ def load(path, *, use_ema=True, **overrides):
     if path.endswith('.keras'):
         if not os.path.isfile(path):
             raise ValueError('%s: no such .keras file' % path)
-        return _load_keras(path, use_ema, overrides)
-    if os.path.isdir(path):  # the newest checkpoint that can be read
+        model = _load_keras(path, use_ema, overrides)
+        model.folder = os.path.dirname(path)
+    elif os.path.isdir(path):  # the newest checkpoint that can be read
         prefix, model = newest_readable(path, lambda prefix: _load_checkpoint(prefix, path, use_ema, overrides))
         model.checkpoint_path = prefix  # which one was read (the scripts say it)
-        return model
-    prefix = _checkpoint_prefix(path)
-    try:
-        return _load_checkpoint(prefix, os.path.dirname(prefix) or '.', use_ema, overrides)
-    except READ_ERRORS as e:
-        raise ValueError('%s: not a readable checkpoint (%s)' % (prefix, str(e).strip().splitlines()[0])) from None
+        model.folder = path
+    else:
+        prefix = _checkpoint_prefix(path)
+        try:
+            model = _load_checkpoint(prefix, os.path.dirname(prefix) or '.', use_ema, overrides)
+        except READ_ERRORS as e:
+            raise ValueError('%s: not a readable checkpoint (%s)' % (prefix, str(e).strip().splitlines()[0])) from None
+        model.folder = os.path.dirname(prefix)
+    return model
 
 
 def _load_checkpoint(prefix, run_dir, use_ema, overrides):

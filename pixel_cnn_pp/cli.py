@@ -23,10 +23,9 @@ import sys
 
 from absl import app, flags, logging
 
-from pixel_cnn_pp import checkpoints, images, progress
+from pixel_cnn_pp import checkpoints, config, images, progress
 
 FLAGS = flags.FLAGS
-NONLINEARITIES = ['concat_elu', 'elu', 'relu']
 USAGE, FAILED, SYSTEM, INTERRUPTED = 2, 1, 3, 130  # exit statuses (see above)
 
 # the common flags of every script
@@ -43,7 +42,7 @@ def _define_model_flags(defaults, note=''):
                          'Higher = larger model.' + note, lower_bound=1)
     flags.DEFINE_integer('nr_logistic_mix', defaults[2], 'Number of logistic components in the '
                          'mixture.' + note, lower_bound=1)
-    flags.DEFINE_enum('resnet_nonlinearity', defaults[3], NONLINEARITIES,
+    flags.DEFINE_enum('resnet_nonlinearity', defaults[3], list(config.NONLINEARITIES),
                       'Which nonlinearity to use in the ResNet layers' + note)
     flags.DEFINE_boolean('energy_distance', defaults[4], 'Use energy distance in place of '
                          'likelihood' + note)
@@ -118,7 +117,7 @@ def load_overrides():
             size = [int(s) for s in FLAGS.image_size]
         except ValueError:
             size = []
-        if len(size) not in (1, 2) or min(size) < 4 or any(s % 4 for s in size):
+        if len(size) not in (1, 2) or not config.fits(size * (3 - len(size))):
             raise app.UsageError('--image_size must be H,W or one number, multiples of 4, got %s'
                                  % ','.join(FLAGS.image_size))
         overrides['image_shape'] = tuple(size * (3 - len(size)))
@@ -170,17 +169,22 @@ def note_no_gpu(model_kwargs, gpus):
     return line
 
 
+def npz_keys(keys):
+    """What the scripts add to the line of a set read from an .npz: which keys it read."""
+    return ', read from the .npz key%s %s' % ('s' if len(keys) > 1 else '', ' and '.join(keys)) if keys else ''
+
+
 def read_image_set(spec, shape, data_dir=None, limit=None, flag=None):
     """images.read_images and fit_images: (the set's name, its first `limit` images fitted
     to a model's shape); prints what was read and done to it. A bad SPEC is a UsageError
     (naming --flag when given)."""
     try:
-        found, _ = images.read_images(spec, data_dir)
+        found, _, keys = images.read_images(spec, data_dir)
         fitted, done = images.fit_images(found[:limit], shape)
     except ValueError as e:
         raise app.UsageError('--%s: %s' % (flag, e) if flag else str(e)) from None  # e names SPEC
     name = spec[len('tfds:'):] if spec.startswith('tfds:') else os.path.basename(spec.rstrip('/'))
-    print('%s: %d images%s' % (name, len(found), ' (%s)' % ', '.join(done) if done else ''))
+    print('%s: %d images%s%s' % (name, len(found), ' (%s)' % ', '.join(done) if done else '', npz_keys(keys)))
     return name, fitted
 
 

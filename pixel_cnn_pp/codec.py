@@ -28,7 +28,7 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import nn, sampling
+from pixel_cnn_pp import config, nn, sampling
 from pixel_cnn_pp.images import scale
 
 MAGIC = b'PC++'
@@ -303,9 +303,9 @@ def compress(model, images, h=None, labels=None, batch_size=16, verify=True, pro
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise TypeError('images must be uint8 (N, H, W, C) pixel values 0..255, got %s' % images.dtype)
-    if images.ndim != 4 or images.shape[-1] != model.channels or images.shape[1] % 4 or \
-            images.shape[2] % 4 or not 0 < len(images) < 2 ** 32 or max(images.shape[1:3]) >= 2 ** 16:
-        raise ValueError('images must be (N, H, W, %d), N >= 1, H and W multiples of 4, got shape %s'
+    config.check_images(images.shape, 'images', (model.channels,), error=ValueError)
+    if not 0 < len(images) < 2 ** 32 or max(images.shape[1:3]) >= 2 ** 16:  # the header's fields
+        raise ValueError('images must be (N, H, W, %d) with 1 <= N < 2^32 and H, W < 65536, got shape %s'
                          % (model.channels, images.shape))
     if not 1 <= batch_size < 2 ** 16:
         raise ValueError('batch_size must be in [1, 65535], got %r' % batch_size)
@@ -414,7 +414,7 @@ def decompress(model, data, check_environment=True, progress=None):
     if header['model'] != fingerprint(model):
         raise CodecError('made with another model (other weights or architecture; the raw and '
                          'the averaged weights of a run differ): decode with the model that wrote it')
-    if C != model.channels or H % 4 or W % 4 or not N or not header['batch_size'] or \
+    if not config.fits((H, W, C), (model.channels,)) or not N or not header['batch_size'] or \
             header['conditional'] != bool(model.num_labels):
         raise CodecError('a header that does not fit the model: images %s, count %d, batch %d%s'
                          % (header['image_shape'], N, header['batch_size'],

@@ -11,10 +11,14 @@ import json
 import os
 from typing import Optional, Tuple
 
+from pixel_cnn_pp import files
+
 CONFIG_FILE = 'config.json'
 NONLINEARITIES = ('concat_elu', 'elu', 'relu')
 PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
 DATA_SETS = ('cifar', 'imagenet', 'npz')
+CHANNELS = (1, 3)  # grayscale, RGB
+MULTIPLE = 4       # of H and W: the network halves them twice
 
 
 class ConfigError(ValueError):
@@ -26,16 +30,52 @@ class ConfigError(ValueError):
         self.fields = fields
 
 
-def check_image_shape(shape, field='image_shape'):
-    """The one shape rule of PixelCNN++: (H, W, C) with H and W positive multiples of 4 (two
-    stride-2 downsamplings) and C = 1 or 3. Returns the shape as a tuple of ints."""
+def fits(shape, channels=CHANNELS):
+    """The one shape rule of PixelCNN++: whether an image shape (H, W, C), or (H, W), has H
+    and W positive multiples of 4 (two stride-2 downsamplings) and C in `channels` (1 or 3;
+    a built model: its own). A dimension None (not known yet) fits."""
+    sizes_fit = all(d is None or (d >= 1 and d % MULTIPLE == 0) for d in shape[:2])
+    return sizes_fit and (len(shape) < 3 or shape[2] in channels)
+
+
+def _raise(error, message, field):
+    raise error(message, field) if issubclass(error, ConfigError) else error(message)
+
+
+def check_image_shape(shape, field='image_shape', error=ConfigError):
+    """The shape rule (`fits`) of an image shape (H, W, C), named `field` in the error
+    (`error`, a ConfigError unless told). Returns the shape as a tuple of ints."""
     try:
         shape = tuple(int(d) for d in shape)
     except (TypeError, ValueError):
-        raise ConfigError('%s must be (H, W, C), got %r' % (field, shape), field) from None
-    if len(shape) != 3 or shape[2] not in (1, 3) or min(shape) < 1 or shape[0] % 4 or shape[1] % 4:
-        raise ConfigError('%s must be (H, W, C) with H and W positive multiples of 4 and C = 1 or 3, '
-                          'got %r' % (field, shape), field)
+        _raise(error, '%s must be (H, W, C), got %r' % (field, shape), field)
+    if len(shape) != 3 or not fits(shape):
+        _raise(error, '%s must be (H, W, C) with H and W positive multiples of 4 and C = 1 or 3, '
+               'got %r' % (field, shape), field)
+    return shape
+
+
+def check_channels(channels, field, shape=None, error=ConfigError):
+    """The shape rule's C: 1 (grayscale) or 3 (RGB), of `field` (of that shape)."""
+    if channels not in CHANNELS:
+        _raise(error, '%s must have 1 (grayscale) or 3 (RGB) channels, got %s'
+               % (field, 'shape %s' % (tuple(shape),) if shape is not None else channels), field)
+
+
+def check_images(shape, field='images', channels=CHANNELS, error=ConfigError):
+    """The shape rule of a batch of images (N, H, W, C), named `field` in the error;
+    `channels`: the C allowed (a built model's own). Returns the shape as a tuple."""
+    shape = tuple(shape)
+    if len(shape) != 4:
+        _raise(error, '%s must be a 4-D batch of images (N, H, W, C), got shape %s' % (field, shape), field)
+    if shape[3] not in channels:
+        if channels == CHANNELS:
+            check_channels(shape[3], field, shape, error)
+        _raise(error, "%s must have %s channels (the model's), got shape %s"
+               % (field, ' or '.join(map(str, channels)), shape), field)
+    if not fits(shape[1:]):
+        _raise(error, '%s must have a height and width that are positive multiples of 4 (two stride-2 '
+               'downsamplings), got shape %s' % (field, shape), field)
     return shape
 
 
@@ -193,18 +233,7 @@ def write(save_dir, config):
     write leaves the old one."""
     if isinstance(config, tuple):
         config = dict(config[0].to_dict(), **config[1].to_dict())
-    path = os.path.join(save_dir, CONFIG_FILE)
-    tmp = path + '.tmp'
-    try:
-        with open(tmp, 'w') as f:
-            json.dump(config, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    files.write_atomically(os.path.join(save_dir, CONFIG_FILE), lambda f: json.dump(config, f, indent=1), 'w')
 
 
 def run_configs(saved):

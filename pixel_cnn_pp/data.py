@@ -11,11 +11,10 @@ from typing import NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import imagenet
+from pixel_cnn_pp import config, imagenet
 from pixel_cnn_pp.datafiles import DataError, load_pickle, missing_dependency, tfds_errors
 from pixel_cnn_pp.images import scale
 
-DATA_SETS = ('cifar', 'imagenet', 'npz')
 CIFAR_DIR = os.path.join('cifar-10-python', 'cifar-10-batches-py')
 
 
@@ -191,8 +190,8 @@ def load(data_set, data_dir, class_conditional=False):
     first use); imagenet reads downsampled ImageNet 32x32 from the files in data_dir
     (load_imagenet); npz reads your own arrays (data_dir is the .npz file). A data problem
     is a DataError naming the argument (data_set, data_dir, class_conditional) or file."""
-    if data_set not in DATA_SETS:
-        raise DataError('data_set must be one of %s, got %r' % ('|'.join(DATA_SETS), data_set))
+    if data_set not in config.DATA_SETS:
+        raise DataError('data_set must be one of %s, got %r' % ('|'.join(config.DATA_SETS), data_set))
     if data_set == 'npz':
         if not os.path.isfile(data_dir):
             raise DataError('data_set=npz needs data_dir to be an .npz file; %r is not a file'
@@ -212,12 +211,9 @@ def check(data, data_set, class_conditional):
     """Refuses (DataError) images PixelCNN++ cannot model, and labels outside the classes
     0..num_labels-1 (a test label the training set does not have, a negative one)."""
     for name, x in (('train', data.train_x), ('test', data.test_x)):
-        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
-            raise DataError('%s %s images must be uint8 (N, H, W, C) with C = 1 or 3, got %s %s'
-                            % (data_set, name, x.dtype, x.shape))
-        if x.shape[1] % 4 or x.shape[2] % 4:
-            raise DataError('%s %s images are %dx%d; PixelCNN++ needs height and width divisible '
-                            'by 4' % (data_set, name, x.shape[1], x.shape[2]))
+        if x.dtype != np.uint8:
+            raise DataError('%s %s images must be uint8, got %s %s' % (data_set, name, x.dtype, x.shape))
+        config.check_images(x.shape, '%s %s images' % (data_set, name), error=DataError)
         if len(x) == 0:
             raise DataError('%s has no %s images' % (data_set, name))
     if data.train_x.shape[1:] != data.test_x.shape[1:]:

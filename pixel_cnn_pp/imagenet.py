@@ -14,12 +14,12 @@ import time
 import zipfile
 from typing import NamedTuple
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from pixel_cnn_pp import images
 from pixel_cnn_pp.datafiles import DataError, load_pickle
+from pixel_cnn_pp.progress import bar as progress_bar
 
 ORIGINAL, IMAGENET32 = 'original', 'imagenet32'
 SPLITS = ('train_32x32', 'valid_32x32')
@@ -220,15 +220,14 @@ def _convert(src, alloc, progress):
     arrays = {}
     if src.form == ORIGINAL:
         index = {'train': _png_index(src.train[0]), 'test': _png_index(src.test[0])}
-        bar = keras.utils.Progbar(sum(len(names) for names, _ in index.values()),
-                                  verbose=int(progress), unit_name='image')
+        bar = progress_bar(sum(len(names) for names, _ in index.values()), progress, 'image')
         for split, (path,) in (('train', src.train), ('test', src.test)):
             names, where = index[split]
             arrays[split + '_x'] = alloc(split + '_x', (len(names), 32, 32, 3), np.uint8)
             _read_pngs(path, names, where, arrays[split + '_x'], bar)
     else:
         counts = {'train': [_count(p) for p in src.train], 'test': [_count(p) for p in src.test]}
-        bar = keras.utils.Progbar(sum(map(sum, counts.values())), verbose=int(progress), unit_name='image')
+        bar = progress_bar(sum(map(sum, counts.values())), progress, 'image')
         for split, paths in (('train', src.train), ('test', src.test)):
             n = sum(counts[split])
             x, y = alloc(split + '_x', (n, 32, 32, 3), np.uint8), alloc(split + '_y', (n,), np.int32)

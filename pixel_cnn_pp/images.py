@@ -17,6 +17,8 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from pixel_cnn_pp import files
+from pixel_cnn_pp.config import check_channels
 from pixel_cnn_pp.datafiles import DataError, missing_dependency, tfds_errors
 
 
@@ -47,14 +49,14 @@ def tile(images, border=255, cols=None):
 
 
 def write_png(path, image):
-    """One uint8 (H, W, C) image as a PNG file."""
-    tf.io.write_file(path, tf.io.encode_png(image))
+    """One uint8 (H, W, C) image as a PNG file (atomically)."""
+    files.write_bytes(path, tf.io.encode_png(image).numpy())
 
 
 def write_samples(images, prefix):
     """prefix.png (a tiled grid) and prefix.npz (`samples`: uint8 NHWC)."""
     write_png(prefix + '.png', tile(images))
-    np.savez(prefix + '.npz', samples=np.asarray(images))
+    files.write_atomically(prefix + '.npz', lambda f: np.savez(f, samples=np.asarray(images)))
 
 
 IMAGE_FILES = ('.png', '.jpg', '.jpeg')
@@ -178,10 +180,12 @@ def _read_tfds(spec, data_dir):
 
 
 def read_images(spec, data_dir=None):
-    """A set of uint8 images (N, H, W, C) and its labels (or None) from a SPEC: an .npz (key
+    """A set of uint8 images (N, H, W, C), its labels (or None) and the .npz keys it was read
+    from (('x', 'y'), ('test_x',), ...; () for a folder or tfds) from a SPEC: an .npz (key
     x, else test_x; labels y, else test_y), a folder of PNG/JPEG files (sorted by name, read
     as the module docstring says), or tfds:NAME:SPLIT (tensorflow-datasets, prepared in
     data_dir). Errors (DataError) name the SPEC or the file."""
+    keys = ()
     if spec.startswith('tfds:'):
         x, y = _read_tfds(spec, data_dir)
     elif os.path.isdir(spec):
@@ -195,7 +199,9 @@ def read_images(spec, data_dir=None):
         key = 'x' if 'x' in arrays else 'test_x'
         if key not in arrays:
             raise DataError('%s: the .npz has neither x nor test_x' % spec)
-        x, y = arrays[key], arrays.get('y' if key == 'x' else 'test_y')
+        label_key = 'y' if key == 'x' else 'test_y'
+        x, y = arrays[key], arrays.get(label_key)
+        keys = (key,) if y is None else (key, label_key)
     else:
         raise DataError('%s: no such file or folder (expected an .npz, a folder of images or '
                         'tfds:NAME:SPLIT)' % spec)
@@ -203,11 +209,10 @@ def read_images(spec, data_dir=None):
         raise DataError('%s: expected uint8 images (N, H, W, C), got %s %s' % (spec, x.dtype, x.shape))
     if x.ndim == 3:
         x = x[..., None]
-    if x.shape[-1] not in (1, 3):
-        raise DataError('%s: images must have 1 or 3 channels, got shape %s' % (spec, x.shape))
+    check_channels(x.shape[-1], '%s: images' % spec, x.shape, error=DataError)
     if y is not None and len(y) != len(x):
         raise DataError('%s: %d labels for %d images' % (spec, len(y), len(x)))
-    return x, y
+    return x, y, keys
 
 
 def fit_images(images, shape):

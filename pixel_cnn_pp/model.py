@@ -54,17 +54,13 @@ class PixelCNNPP(keras.Model):
                  resnet_nonlinearity='concat_elu', dropout_p=0.5, energy_distance=False,
                  image_shape=None, **kwargs):
         super().__init__(**kwargs)
-        if resnet_nonlinearity not in nn.NONLINEARITIES:
-            raise ValueError('resnet_nonlinearity must be one of %s, got %r'
-                             % (sorted(nn.NONLINEARITIES), resnet_nonlinearity))
-        for arg, value in (('nr_resnet', nr_resnet), ('nr_filters', nr_filters),
-                           ('nr_logistic_mix', nr_logistic_mix)):
-            if int(value) != value or value < 1:
-                raise ValueError('%s must be a positive integer, got %r' % (arg, value))
+        # the architecture's rules are ModelConfig's (a ConfigError naming the argument)
+        checked = config.ModelConfig(nr_resnet, nr_filters, nr_logistic_mix, resnet_nonlinearity,
+                                     energy_distance, image_shape or config.ModelConfig.image_shape)
         if not 0. <= dropout_p < 1.:
             raise ValueError('dropout_p must be in [0, 1), got %r' % dropout_p)
         if image_shape is not None:
-            image_shape = config.check_image_shape(image_shape)
+            image_shape = checked.image_shape
         self.nr_resnet = nr_resnet
         self.nr_filters = nr_filters
         self.nr_logistic_mix = nr_logistic_mix
@@ -144,9 +140,7 @@ class PixelCNNPP(keras.Model):
         """Creates every weight: the channels of x and the size of h fix their shapes (a
         pass over a 4x4 zero image creates the sub-layers' weights in the official order)."""
         channels = x_shape[-1]
-        if channels not in (1, 3):
-            raise ValueError('x must have 1 (grayscale) or 3 (RGB) channels, got shape %s'
-                             % (tuple(x_shape),))
+        config.check_channels(channels, 'x', x_shape, error=ValueError)
         if self._image_shape is not None and self._image_shape[2] != channels:
             raise ValueError('x has %d channels but image_shape is %s'
                              % (channels, self._image_shape))
@@ -167,15 +161,7 @@ class PixelCNNPP(keras.Model):
         self.call(tf.zeros([1, 4, 4, channels]), h=h)
 
     def _check_inputs(self, x, h):
-        if x.shape.rank != 4:
-            raise ValueError('x must be a 4-D batch of images (B, H, W, C), got shape %s' % x.shape)
-        if x.shape[-1] != self.channels:
-            raise ValueError('x must have %s channels (this model was built for them), got shape %s'
-                             % (self.channels, x.shape))
-        for axis, size in (('height', x.shape[1]), ('width', x.shape[2])):
-            if size is not None and size % 4:
-                raise ValueError('image %s must be divisible by 4 (two stride-2 downsamplings), '
-                                 'got shape %s' % (axis, x.shape))
+        config.check_images(x.shape, 'x', (self.channels,), error=ValueError)
         if self.conditional and h is None:
             raise ValueError('this model was built with conditioning: pass h (B, K)')
         if not self.conditional and h is not None:

@@ -10,6 +10,9 @@ initialisation on that batch.
 import numpy as np
 import tensorflow as tf
 import keras
+
+from pixel_cnn_pp import config
+
 INIT_EPS = 1e-10  # the official variance epsilon of the data-dependent init
 # Every layer is registered, so `keras.models.load_model` finds it after `import pixel_cnn_pp`.
 serializable = keras.saving.register_keras_serializable(package='pixel_cnn_pp')
@@ -23,7 +26,9 @@ def concat_elu(x):
     """ELU of [x, -x] along the channels (official concat_elu)."""
     return tf.nn.elu(tf.concat([x, -x], axis=-1))
 
-NONLINEARITIES = {'concat_elu': concat_elu, 'elu': tf.nn.elu, 'relu': tf.nn.relu}
+# the function of each resnet_nonlinearity of config.NONLINEARITIES: concat_elu, else tf.nn's
+NONLINEARITIES = {name: concat_elu if name == 'concat_elu' else getattr(tf.nn, name)
+                  for name in config.NONLINEARITIES}
 
 
 def log_sum_exp(x):
@@ -42,8 +47,7 @@ def log_prob_from_logits(x):
 def num_mixture_params(channels):
     """Outputs per mixture component: 1 logit, then per channel a mean and a log-scale,
     plus one coupling coefficient per earlier channel (10 for RGB, 3 for grayscale)."""
-    if channels not in (1, 3):
-        raise ValueError('images must have 1 or 3 channels, got %d' % channels)
+    config.check_channels(channels, 'images', error=ValueError)
     return 10 if channels == 3 else 3
 
 

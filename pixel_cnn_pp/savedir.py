@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from pixel_cnn_pp import files
 from pixel_cnn_pp.config import ConfigError
 
 LOCK_FILE = 'lock'
@@ -112,17 +113,7 @@ def read_history(path, epochs):
 def write_history(path, test_bpd, **more):
     """Atomically, so that a kill or a failed write (disk full) leaves the old history or the
     new one, never part of one. more: other arrays of the run's progress, kept alongside."""
-    tmp = path + '.tmp.npz'
-    try:
-        with open(tmp, 'wb') as f:
-            np.savez(f, test_bpd=np.array(test_bpd, np.float64), **more)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    files.write_atomically(path, lambda f: np.savez(f, test_bpd=np.array(test_bpd, np.float64), **more))
 
 
 def remove_leftovers(save_dir):

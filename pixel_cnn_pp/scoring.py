@@ -7,7 +7,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import nn
+from pixel_cnn_pp import config, nn
 from pixel_cnn_pp.images import scale
 
 
@@ -60,9 +60,7 @@ def _check(model, images, h):
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise TypeError('images must be uint8 (N, H, W, C) pixel values 0..255, got %s' % images.dtype)
-    if images.ndim != 4 or images.shape[-1] != model.channels or images.shape[1] % 4 or images.shape[2] % 4:
-        raise ValueError('images must be (N, H, W, %d) with H and W divisible by 4, got shape %s'
-                         % (model.channels, images.shape))
+    config.check_images(images.shape, 'images', (model.channels,), error=ValueError)
     if h is not None:
         if not model.num_labels:
             raise ValueError('this model is unconditional: h must be None')

@@ -4,7 +4,7 @@ without this package: signatures `log_prob` and `sample`."""
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import sampling, scoring
+from pixel_cnn_pp import config, sampling, scoring
 from pixel_cnn_pp.images import to_uint8
 
 
@@ -45,7 +45,8 @@ class Serving(tf.Module):
 
     def _log_prob(self, images, h=None):
         shape = tf.shape(images)
-        ok = (shape[1] > 0) & (shape[2] > 0) & (shape[1] % 4 == 0) & (shape[2] % 4 == 0)
+        m = config.MULTIPLE  # config.fits, in the graph
+        ok = (shape[1] > 0) & (shape[2] > 0) & (shape[1] % m == 0) & (shape[2] % m == 0)
         ok &= shape[3] == self.model.image_shape[2]
         got = ['got images of shape', shape]
         if h is not None:

@@ -56,7 +56,8 @@ def test_read_images(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
     np.savez(tmp_path / 'a.npz', test_x=x, test_y=np.arange(3))
-    got, labels = images.read_images(str(tmp_path / 'a.npz'))
+    got, labels, keys = images.read_images(str(tmp_path / 'a.npz'))
+    assert keys == ('test_x', 'test_y')
     np.testing.assert_array_equal(got, x)
     np.testing.assert_array_equal(labels, [0, 1, 2])
     (tmp_path / 'imgs').mkdir()
@@ -65,7 +66,7 @@ def test_read_images(tmp_path):
     (tmp_path / 'imgs' / 'notes.txt').write_text('not an image')  # other extensions: ignored
     np.testing.assert_array_equal(images.read_images(str(tmp_path / 'imgs'))[0], x)
     with tfds.testing.mock_data(num_examples=5):
-        got, labels = images.read_images('tfds:cifar10:test')
+        got, labels, _ = images.read_images('tfds:cifar10:test')
     assert got.shape == (5, 32, 32, 3) and labels.shape == (5,)
 
 
@@ -133,7 +134,7 @@ def test_a_folder_of_broken_and_hostile_files(tmp_path, capsys):
     decoded = []
     real_decode = tf.io.decode_png
     with mock.patch.object(tf.io, 'decode_png', lambda data, **kw: decoded.append(len(data)) or real_decode(data, **kw)):
-        got, labels = images.read_images(str(folder))
+        got, labels, _ = images.read_images(str(folder))
     assert len(bomb_png()) not in decoded  # refused from its header, never decoded
     assert labels is None and got.shape == (4, 8, 8, 3) and got.dtype == np.uint8
     np.testing.assert_array_equal(got[0], x[0])
@@ -159,7 +160,7 @@ def test_a_grayscale_folder_stays_grayscale(tmp_path):
     x = np.random.default_rng(3).integers(0, 256, (2, 8, 4, 1), dtype=np.uint8)
     for k in range(2):
         (tmp_path / ('%d.png' % k)).write_bytes(tf.io.encode_png(x[k]).numpy())
-    got, _ = images.read_images(str(tmp_path))
+    got, _, _ = images.read_images(str(tmp_path))
     np.testing.assert_array_equal(got, x)  # fit_images repeats it for a color model
 
 
@@ -213,3 +214,16 @@ def test_sampling_and_scoring_do_not_import_the_data_sets():
     imported = set().union(*(_module_imports(m + '.__init__' if os.path.isdir(os.path.join(ROOT, *m.split('.')))
                                              else m) for m in seen))
     assert not {m for m in imported if m.split('.')[0] == 'tensorflow_datasets'}
+
+
+def test_the_line_of_what_was_read_names_the_npz_keys(tmp_path, capsys):
+    from pixel_cnn_pp import cli
+    x = np.zeros((3, 6, 8, 1), np.uint8)
+    np.savez(tmp_path / 'a.npz', x=x, test_x=x[:1])
+    name, fitted = cli.read_image_set(str(tmp_path / 'a.npz'), (8, 8, 3))
+    assert name == 'a.npz' and fitted.shape == (3, 8, 8, 3)
+    assert capsys.readouterr().out == ('a.npz: 3 images (grayscale repeated to 3 channels, height '
+                                       'zero-padded from 6 to 8), read from the .npz key x\n')
+    np.savez(tmp_path / 'b.npz', test_x=x, test_y=np.arange(3))
+    cli.read_image_set(str(tmp_path / 'b.npz'), (8, 8, 1))
+    assert capsys.readouterr().out.endswith(', read from the .npz keys test_x and test_y\n')

@@ -152,8 +152,8 @@ def test_mixed_precision_computes_in_low_precision_with_float32_weights_and_outp
     (np.zeros((8, 8, 3)), None, '4-D'),
     (np.zeros((1, 8, 8, 2)), None, '1 .grayscale. or 3 .RGB. channels'),
     (np.zeros((1, 8, 8, 4)), None, '1 .grayscale. or 3 .RGB. channels'),
-    (np.zeros((1, 10, 8, 3)), None, 'height must be divisible by 4'),
-    (np.zeros((1, 8, 6, 3)), None, 'width must be divisible by 4'),
+    (np.zeros((1, 10, 8, 3)), None, 'height and width that are positive multiples of 4'),
+    (np.zeros((1, 8, 6, 3)), None, 'height and width that are positive multiples of 4'),
     (np.zeros((2, 8, 8, 3)), np.zeros((3, 10)), 'h has batch size 3 but x has 2'),
     (np.zeros((2, 8, 8, 3)), np.zeros((2, 10, 1)), r'h must be a \(B, K\) matrix'),
 ])

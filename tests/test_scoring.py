@@ -65,9 +65,9 @@ def test_bad_inputs():
     model, images, _, _ = model_and_images()
     with pytest.raises(TypeError, match='images must be uint8'):
         pixel_cnn_pp.log_prob(model, images.astype(np.float32))
-    with pytest.raises(ValueError, match=r'images must be \(N, H, W, 3\)'):
+    with pytest.raises(ValueError, match=r'images must have 3 channels'):
         pixel_cnn_pp.log_prob(model, images[..., :1])
-    with pytest.raises(ValueError, match='divisible by 4'):
+    with pytest.raises(ValueError, match='positive multiples of 4'):
         pixel_cnn_pp.log_prob(model, images[:, :6])
     with pytest.raises(ValueError, match='unconditional: h must be None'):
         pixel_cnn_pp.log_prob(model, images, h=np.zeros((5, 2)))

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 import pixel_cnn_pp
-from test_official import FIXTURES
+from conftest import FIXTURES, run_script
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFFICIAL = os.path.join(FIXTURES, 'official_configs', 'concat_elu_r3_f12_m4_cond3')
 
 # Run with -I (isolated: no PYTHONPATH, no current folder on sys.path) from another folder,
@@ -55,10 +54,7 @@ print(json.dumps({'nats': scores['nats'].numpy().tolist(), 'bits_per_dim': score
 '''
 
 
-def run_script(script, *args):
-    return subprocess.run([sys.executable, os.path.join(ROOT, script)] + list(args),
-                          env=dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='2'),
-                          capture_output=True, text=True, timeout=600)
+ONE_WORKER = pytest.mark.xdist_group('export_exported')  # the tests of one export, built once
 
 
 @pytest.fixture(scope='module')
@@ -75,6 +71,7 @@ def exported(tmp_path_factory):
     return json.loads(consumer.stdout.strip().splitlines()[-1])
 
 
+@ONE_WORKER
 def test_saved_model_log_prob_is_the_official_per_image_loss(exported):
     ref = np.load(os.path.join(OFFICIAL, 'ref.npz'))
     nats = np.array(exported['nats'])
@@ -85,6 +82,7 @@ def test_saved_model_log_prob_is_the_official_per_image_loss(exported):
     np.testing.assert_allclose(exported['one'], nats[:1], rtol=1e-6)  # any batch size
 
 
+@ONE_WORKER
 def test_saved_model_samples_as_the_python_sampler(exported):
     """Any batch size; the same images as pixel_cnn_pp.sample with the same seed (up to float
     round-off: the SavedModel runs the rows in one graph)."""
@@ -97,6 +95,7 @@ def test_saved_model_samples_as_the_python_sampler(exported):
         assert np.mean(images != expected) <= 1e-3
 
 
+@ONE_WORKER
 def test_saved_model_says_what_its_signatures_take(exported):
     """Wrong shapes: one assertion line saying what the signature takes and what it got
     (not 37 lines of `Incompatible shapes`); a wrong dtype: TensorFlow's one line."""

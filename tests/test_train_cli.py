@@ -1,5 +1,7 @@
 """train.py end to end on tiny configs and data the tests write (no network)."""
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -18,9 +20,7 @@ import tensorflow as tf
 import train
 from pixel_cnn_pp import checkpoints, savedir
 from pixel_cnn_pp.training import Trainer
-from test_official import FIXTURES
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import FIXTURES, ROOT, script_env
 TINY = ['--nr_resnet=1', '--nr_filters=8', '--nr_logistic_mix=2', '--batch_size=4',
         '--init_batch_size=4', '--noprogress', '--seed=7']
 LINE = re.compile(r'^Iteration (\d+), time = \d+s, train bits_per_dim = (\d+\.\d{4}), '
@@ -44,13 +44,6 @@ def run_train(args):
         train.main([])
 
 
-def subprocess_env(**extra):
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='2')
-    env.pop('TF_CONFIG', None)
-    env.update(extra)
-    return env
-
-
 def final_params(save_dir):
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(save_dir))
     return {k: reader.get_tensor(k) for k, _ in tf.train.list_variables(tf.train.latest_checkpoint(save_dir))
@@ -59,7 +52,7 @@ def final_params(save_dir):
 
 def train_process(args, **env):
     return subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py')] + args,
-                            env=subprocess_env(**env), stdout=subprocess.PIPE,
+                            env=script_env(**env), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
@@ -71,22 +64,31 @@ def finish(proc):
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
-    """Two epochs of 6 steps then a resumed third epoch, and three epochs straight, each
-    run its own process, as users run them."""
+    """Two epochs of 6 steps then a resumed third epoch, three epochs straight, and three
+    accumulating two micro-batches, each through train.py's main in this process (its console
+    output kept; the command line itself: the subprocess tests below)."""
     d = tmp_path_factory.mktemp('train')
     data = write_npz(d / 'data.npz')
     common = TINY + ['--data_set=npz', '--data_dir=' + data, '--dropout_p=0', '--save_interval=1']
-    first = train_process(common + ['--save_dir=%s' % (d / 'resumed'), '--max_epochs=2'])
-    straight = train_process(common + ['--save_dir=%s' % (d / 'straight'), '--max_epochs=3',
-                                       '--num_samples=0'])
-    accum = train_process(common + ['--save_dir=%s' % (d / 'accum'), '--max_epochs=3', '--num_samples=0',
-                                    '--batch_size=2', '--accum_steps=2'])
-    logs = {'resumed': finish(first), 'straight': finish(straight), 'accum': finish(accum)}
-    logs['resumed_part2'] = finish(train_process(
-        common + ['--save_dir=%s' % (d / 'resumed'), '--max_epochs=3', '--load_params']))
+
+    def logged(args):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            run_train(args)
+        return out.getvalue()
+
+    logs = {'resumed': logged(common + ['--save_dir=%s' % (d / 'resumed'), '--max_epochs=2']),
+            'straight': logged(common + ['--save_dir=%s' % (d / 'straight'), '--max_epochs=3', '--num_samples=0']),
+            'accum': logged(common + ['--save_dir=%s' % (d / 'accum'), '--max_epochs=3', '--num_samples=0',
+                                      '--batch_size=2', '--accum_steps=2'])}
+    logs['resumed_part2'] = logged(common + ['--save_dir=%s' % (d / 'resumed'), '--max_epochs=3', '--load_params'])
     return d, logs, common
 
 
+ONE_WORKER = pytest.mark.xdist_group('train_cli_trained')  # the tests of `trained`: trained once
+
+
+@ONE_WORKER
 def test_official_console_lines_and_outputs(trained):
     d, logs, _ = trained
     lines = LINE.findall(logs['resumed'])
@@ -104,6 +106,7 @@ def test_official_console_lines_and_outputs(trained):
     assert any(f.startswith('events.out.tfevents') for f in os.listdir(save / 'tensorboard'))
 
 
+@ONE_WORKER
 def test_resume_continues_exactly(trained):
     d, logs, _ = trained
     assert 'restoring parameters from' in logs['resumed_part2']
@@ -118,6 +121,7 @@ def test_resume_continues_exactly(trained):
         np.testing.assert_array_equal(resumed[k], straight[k], err_msg=k)
 
 
+@ONE_WORKER
 def test_accumulation_trains_as_the_large_batch(trained):
     """--batch_size=2 --accum_steps=2 trains as --batch_size=4 (dropout 0): the same updates
     (step counter, learning rate), weights to float round-off, test bits/dim to 5e-4;
@@ -140,6 +144,7 @@ def test_accumulation_trains_as_the_large_batch(trained):
         run_train(resume + ['--accum_steps=4'])
 
 
+@ONE_WORKER
 def test_eval_mode_prints_test_bits_per_dim(trained, capsys):
     d, logs, common = trained
     run_train(common + ['--save_dir=%s' % (d / 'straight'), '--mode=eval'])
@@ -148,6 +153,7 @@ def test_eval_mode_prints_test_bits_per_dim(trained, capsys):
     assert printed.group(1) == last_epoch
 
 
+@ONE_WORKER
 def test_eval_without_model_flags(trained, capsys):
     """The model flags come from the run's config.json."""
     d, logs, common = trained
@@ -197,10 +203,11 @@ def test_unknown_data_set():
 
 def test_image_size_not_divisible_by_4(tmp_path):
     data = write_npz(tmp_path / 'odd.npz', size=10)
-    with pytest.raises(app.UsageError, match='10x10; PixelCNN.. needs height and width divisible by 4'):
+    with pytest.raises(app.UsageError, match=r'npz train images must have a height and width that are positive multiples of 4.*\(\d+, 10, 10, 3\)'):
         run_train(TINY + ['--data_set=npz', '--data_dir=' + data, '--save_dir=%s' % tmp_path])
 
 
+@ONE_WORKER
 def test_checkpoint_dir_errors(trained, tmp_path):
     d, _, common = trained
     with pytest.raises(app.UsageError, match=r'already holds checkpoints \(ckpt-18\): pass --load_params'):
@@ -268,7 +275,7 @@ def test_offline_first_run_fails_fast_naming_the_local_routes(tmp_path):
     began = time.time()
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--data_dir=%s' % (tmp_path / 'data'),
                            '--save_dir=%s' % (tmp_path / 'save')], capture_output=True, text=True,
-                          env=subprocess_env(HTTPS_PROXY='http://127.0.0.1:9', HTTP_PROXY='http://127.0.0.1:9',
+                          env=script_env(HTTPS_PROXY='http://127.0.0.1:9', HTTP_PROXY='http://127.0.0.1:9',
                                              https_proxy='http://127.0.0.1:9', http_proxy='http://127.0.0.1:9',
                                              NO_PROXY='', no_proxy=''), timeout=300)
     assert time.time() - began < 90
@@ -280,16 +287,27 @@ def test_offline_first_run_fails_fast_naming_the_local_routes(tmp_path):
 
 
 def test_short_usage_errors_from_the_command_line(tmp_path):
+    """The process: an absl flag error is a short stderr and a non-zero exit, nothing written.
+    (The library's usage errors, the same path in this process: test_short_usage_errors.)"""
     data = write_npz(tmp_path / 'data.npz', n_train=8)
-    for args, message in ((['--batch_size=0'], 'flag --batch_size=0'),
-                          (['--init_batch_size=9', '--batch_size=4'], '--init_batch_size=9 is more than the 8 training images'),
-                          (['--batch_size=9'], '8 training images make no update of 9')):
-        proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--data_set=npz',
-                               '--data_dir=' + data, '--save_dir=%s' % (tmp_path / 'save')] + args,
-                              capture_output=True, text=True, env=subprocess_env())
-        lines = [line for line in proc.stderr.splitlines() if not re.match(r'^[IWE]\d{4}|^WARNING: All log', line)]
-        assert proc.returncode != 0 and len(lines) <= 3 and message in lines[0], proc.stderr
-        assert not os.path.exists(tmp_path / 'save')
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--data_set=npz',
+                           '--data_dir=' + data, '--save_dir=%s' % (tmp_path / 'save'), '--batch_size=0'],
+                          capture_output=True, text=True, env=script_env())
+    lines = [line for line in proc.stderr.splitlines() if not re.match(r'^[IWE]\d{4}|^WARNING: All log', line)]
+    assert proc.returncode != 0 and len(lines) <= 3 and 'flag --batch_size=0' in lines[0], proc.stderr
+    assert not os.path.exists(tmp_path / 'save')
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--init_batch_size=9', '--batch_size=4'], '--init_batch_size=9 is more than the 8 training images'),
+    (['--batch_size=9'], '8 training images make no update of 9')])
+def test_short_usage_errors(tmp_path, args, message):
+    """Too few images for a batch: a message of at most two lines, before anything is written."""
+    data = write_npz(tmp_path / 'data.npz', n_train=8)
+    with pytest.raises(app.UsageError, match=re.escape(message)) as e:
+        run_train(['--data_set=npz', '--data_dir=' + data, '--save_dir=%s' % (tmp_path / 'save')] + args)
+    assert len(str(e.value).splitlines()) <= 2
+    assert not os.path.exists(tmp_path / 'save')
 
 
 @pytest.mark.parametrize('problem', ['truncated', 'negative labels', 'label count'])
@@ -422,7 +440,7 @@ def test_sigkills_at_random_moments_then_exact_resume(tmp_path):
         resume = ['--load_params'] if checkpoints.run_checkpoints(str(save)) else []
         with open(log, 'w') as out:
             proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train.py'), '--save_dir=%s' % save]
-                                    + args + resume, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT)
+                                    + args + resume, env=script_env(), stdout=out, stderr=subprocess.STDOUT)
         if kills < 4:
             deadline = time.time() + 300
             while 'starting training' not in open(log).read() and proc.poll() is None and time.time() < deadline:
@@ -506,7 +524,7 @@ def test_sigterm_checkpoints_then_plain_load_params_resumes_the_same_run(tmp_pat
     --save_steps=20 and stopped by SIGTERM mid-epoch: exit 143, the step and how to resume in
     the last line, a checkpoint of that step, no lock. A plain --load_params restores batch 8
     and the position; --batch_size=16 on resume is refused naming both values."""
-    data = write_npz(tmp_path / 'data.npz', n_train=400, n_test=8, size=16)
+    data = write_npz(tmp_path / 'data.npz', n_train=400, n_test=4, size=8)
     save = tmp_path / 'save'
     log = tmp_path / 'log.txt'
     with open(log, 'w') as out:
@@ -514,7 +532,7 @@ def test_sigterm_checkpoints_then_plain_load_params_resumes_the_same_run(tmp_pat
                                 + TINY + ['--data_set=npz', '--data_dir=' + data, '--batch_size=8',
                                           '--max_steps_per_epoch=50', '--save_steps=20', '--max_epochs=1',
                                           '--num_samples=0'],
-                                env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT)
+                                env=script_env(), stdout=out, stderr=subprocess.STDOUT)
     wait_for(log, 'starting training', proc)
     time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
@@ -553,7 +571,7 @@ def test_two_workers_stop_at_the_same_step_on_one_workers_sigterm(tmp_path):
         with open(logs[i], 'w') as out:
             procs.append(subprocess.Popen(
                 [sys.executable, os.path.join(ROOT, 'train.py')] + args, stdout=out, stderr=subprocess.STDOUT,
-                env=subprocess_env(GCE_METADATA_IP='127.0.0.1:9', TF_CONFIG=json.dumps(
+                env=script_env(GCE_METADATA_IP='127.0.0.1:9', TF_CONFIG=json.dumps(
                     {'cluster': cluster, 'task': {'type': 'worker', 'index': i}}))))
     wait_for(logs[1], 'starting training', procs[1])
     time.sleep(1.)

@@ -17,7 +17,7 @@ import quiet_tf
 from pixel_cnn_pp import checkpoints, cli, progress
 from pixel_cnn_pp.training import Trainer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT  # noqa: E402
 FLAGS = flags.FLAGS
 
 

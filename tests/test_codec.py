@@ -15,7 +15,7 @@ import tensorflow as tf
 import pixel_cnn_pp
 from pixel_cnn_pp import PixelCNNPP, codec, nn
 from pixel_cnn_pp.images import scale
-from test_official import FIXTURES
+from conftest import FIXTURES
 
 SHAPE = (4, 8, 3)  # non-square; levels 4x8, 2x4, 1x2
 K = 4

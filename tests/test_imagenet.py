@@ -21,7 +21,7 @@ import tensorflow as tf
 from pixel_cnn_pp import datafiles, imagenet
 from pixel_cnn_pp.datafiles import DataError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT  # noqa: E402
 
 
 def write_original(root, n_train=24, n_test=8, form='tar', seed=0):

@@ -16,9 +16,8 @@ import pixel_cnn_pp
 from pixel_cnn_pp import heatmaps, scoring
 from pixel_cnn_pp.images import scale
 from pixel_cnn_pp.training import Trainer
-from test_official import FIXTURES
+from conftest import FIXTURES, ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize('in_scores, ood_scores, auroc, auprc, fpr95', [

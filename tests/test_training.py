@@ -11,7 +11,8 @@ from pixel_cnn_pp import data as data_lib, images
 from pixel_cnn_pp.nn import discretized_mix_logistic_loss
 from pixel_cnn_pp.model import PixelCNNPP
 from pixel_cnn_pp.training import Trainer
-from test_official import CONFIG, FIXTURES
+from conftest import FIXTURES
+from test_official import CONFIG
 
 TINY = dict(nr_resnet=1, nr_filters=8, nr_logistic_mix=2, dropout_p=0.)
 

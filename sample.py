@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import cli, sampling
+from pixel_cnn_pp import cli, files, sampling
 from pixel_cnn_pp import images as image_lib
 
 FLAGS = flags.FLAGS
@@ -142,10 +142,11 @@ def main(argv):
     images = np.concatenate(images)
     if FLAGS.complete:
         image_lib.write_png(out + '.png', completion_grid(originals, images, rows))
-        np.savez(out + '.npz', samples=images, given=originals, given_rows=rows)
+        files.write_atomically(out + '.npz', lambda f: np.savez(f, samples=images, given=originals, given_rows=rows))
     else:
         image_lib.write_png(out + '.png', image_lib.tile(images, cols=per_row))
-        np.savez(out + '.npz', samples=images, **({} if labels is None else {'labels': labels}))
+        files.write_atomically(out + '.npz', lambda f: np.savez(
+            f, samples=images, **({} if labels is None else {'labels': labels})))
     print('wrote %d images to %s.png and %s.npz (%.2f images/s)' % (len(images), out, out, len(images) / seconds))
 
 

@@ -29,7 +29,7 @@ import time
 from absl import app, flags
 import numpy as np
 
-from pixel_cnn_pp import cli, heatmaps, scoring
+from pixel_cnn_pp import cli, files, heatmaps, scoring
 from pixel_cnn_pp import images as image_lib
 
 FLAGS = flags.FLAGS
@@ -134,13 +134,13 @@ def main(argv):
         for score, m in by_score.items():
             print('%-24s %-17s %7.4f %7.4f %7.4f' % (ood[:24], score, m['auroc'], m['auprc'], m['fpr95']))
     if FLAGS.report:
-        with open(FLAGS.report, 'w') as f:
-            json.dump(report, f, indent=1)
+        files.write_atomically(FLAGS.report, lambda f: json.dump(report, f, indent=1), 'w')
     if FLAGS.csv:
-        with open(FLAGS.csv, 'w', newline='') as f:
+        def write_csv(f):
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
+        files.write_atomically(FLAGS.csv, write_csv, 'w', newline='')
 
 
 if __name__ == '__main__':

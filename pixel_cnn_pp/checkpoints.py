@@ -1,5 +1,5 @@
 """Checkpoints and loading: the run config (config.json), the variables of our checkpoints
-and of the official TF1 ones (tf.train.Saver), the model config a checkpoint implies, and
+and of the official TF1 ones (tf.train.Saver), and
 `load`, the one loader of a trained model (save_dir, checkpoint, .keras file, official
 checkpoint such as params_cifar.ckpt)."""
 
@@ -10,8 +10,8 @@ import zipfile
 import keras
 import tensorflow as tf
 
-from pixel_cnn_pp import config, nn
-from pixel_cnn_pp.config import CHANNELS, CONFIG_FILE, ModelConfig  # noqa: F401  (CONFIG_FILE: for callers)
+from pixel_cnn_pp import config
+from pixel_cnn_pp.config import CONFIG_FILE, ModelConfig  # noqa: F401  (CONFIG_FILE: for callers)
 from pixel_cnn_pp.model import PixelCNNPP
 
 MODEL_KEYS = ModelConfig.ARCHITECTURE
@@ -74,34 +74,6 @@ def checkpoint_variables(reader, kind, use_ema=True):
             name = match.group(1)
             out[name.replace('.S', '/').replace('..', '.') if kind == 'ours' else name] = k
     return out
-
-
-def infer_config(shapes, path):
-    """The model config that variables of these shapes ({official name: shape}) imply:
-    nr_resnet, nr_filters, nr_logistic_mix, energy_distance, channels, num_labels (None when
-    unconditional), and the resnet nonlinearities they allow (concat_elu doubles a block's
-    input channels; elu and relu cannot be told apart)."""
-    def count(kind):
-        return sum(bool(re.fullmatch(r'%s_\d+/V' % kind, k)) for k in shapes)
-
-    first = shapes['conv2d_0/V']
-    channels, nr_filters = first[2] - 1, first[3]
-    # 3 input convs, 4 downsamplings, 2 per block, 12 n + 4 blocks; 9 n + 4 short-cut nins
-    nr_resnet, rest = divmod(count('conv2d') - 15, 24)
-    head = count('dense') - (9 * nr_resnet + 4)
-    if channels not in CHANNELS or rest or nr_resnet < 1 or head not in (1, 4):
-        raise ValueError('%s: its variables are not those of a PixelCNN++ of any config '
-                         '(%d conv2d, %d dense layers, conv2d_0/V of shape %s)'
-                         % (path, count('conv2d'), count('dense'), tuple(first)))
-    widen = shapes['conv2d_3/V'][2] // nr_filters  # the first gated resnet's conv1
-    hw = shapes.get('conditional_weights_0/hw')
-    config = dict(nr_resnet=nr_resnet, nr_filters=nr_filters, energy_distance=head == 4,
-                  channels=channels, num_labels=None if hw is None else hw[0],
-                  nonlinearities=('concat_elu',) if widen == 2 else ('elu', 'relu'))
-    if head == 1:
-        out = shapes['dense_%d/V' % (count('dense') - 1)][1]
-        config['nr_logistic_mix'] = out // nn.num_mixture_params(channels)
-    return config
 
 
 def assign_weights(model, reader, kind, use_ema, path):
@@ -200,52 +172,6 @@ def _checkpoint_prefix(path):
     return path
 
 
-def _resolve(path, inferred, saved, overrides):
-    """PixelCNNPP's arguments, the image shape and the label count, from the checkpoint's
-    shapes (inferred), config.json (saved, or None) and the caller's overrides; a
-    contradiction is a ValueError that names both values."""
-    saved = dict(saved or {})
-    given = dict(overrides)
-    for d in (saved, given):  # config.json records 0 labels for an unconditional model
-        if 'num_labels' in d:
-            d['num_labels'] = d['num_labels'] or None
-    kwargs = {}
-    for key in ('nr_resnet', 'nr_filters', 'nr_logistic_mix', 'energy_distance', 'num_labels'):
-        found = inferred.get(key, saved.get(key))  # energy distance: no nr_logistic_mix in the shapes
-        if key in inferred and key in saved and saved[key] != found:
-            raise ValueError('%s: its config.json says %s=%r but the checkpoint has %s=%r'
-                             % (path, key, saved[key], key, found))
-        if key in given and key in inferred and given[key] != found:
-            raise ValueError('%s=%r was given, but the checkpoint %s has %s'
-                             % (key, given[key], path, 'no labels (unconditional)'
-                                if key == 'num_labels' and found is None else '%s=%r' % (key, found)))
-        kwargs[key] = given.get(key, found)
-    allowed = inferred['nonlinearities']
-    nonlinearity = given.get('resnet_nonlinearity', saved.get('resnet_nonlinearity'))
-    if nonlinearity is None and len(allowed) > 1:
-        raise ValueError("%s: the checkpoint's resnet blocks take resnet_nonlinearity %s, which "
-                         'its shapes cannot tell apart: pass resnet_nonlinearity'
-                         % (path, ' or '.join(map(repr, allowed))))
-    if nonlinearity is not None and nonlinearity not in allowed:
-        raise ValueError('resnet_nonlinearity=%r was given, but the checkpoint %s has resnet '
-                         'blocks of %s' % (nonlinearity, path, ' or '.join(map(repr, allowed))))
-    kwargs['resnet_nonlinearity'] = nonlinearity or allowed[0]
-    channels = inferred['channels']
-    image_shape = tuple(given.get('image_shape') or saved.get('image_shape') or (32, 32))
-    if len(image_shape) == 2:
-        image_shape += (channels,)
-    elif image_shape[2] != channels:
-        raise ValueError('image_shape=%r was given, but the checkpoint %s is of %d-channel images'
-                         % (image_shape, path, channels))
-    num_labels = kwargs.pop('num_labels')
-    if kwargs['nr_logistic_mix'] is None:
-        kwargs.pop('nr_logistic_mix')
-    for key in ('dropout_p', 'dtype'):
-        if key in given:
-            kwargs[key] = given[key]
-    return kwargs, image_shape, num_labels
-
-
 def _load_keras(path, use_ema, overrides):
     if not use_ema:
         raise ValueError('%s: a .keras file holds one set of weights (export.py writes the EMA '
@@ -263,13 +189,12 @@ def _load_keras(path, use_ema, overrides):
     inferred = dict({k: getattr(model, k) for k in MODEL_KEYS if k != 'resnet_nonlinearity'},
                     channels=model.channels, num_labels=model.num_labels,
                     nonlinearities=(model.resnet_nonlinearity,))
-    kwargs, image_shape, num_labels = _resolve(path, inferred, {'image_shape': model.image_shape},
-                                               overrides)
-    if image_shape == model.image_shape and all(
-            kwargs[k] == getattr(model, k) for k in kwargs if k != 'dtype') and 'dtype' not in kwargs:
+    wanted, extras = ModelConfig.from_checkpoint(path, inferred, {'image_shape': model.image_shape}, overrides)
+    if wanted == ModelConfig.of_model(model) and extras.get('dropout_p', model.dropout_p) == model.dropout_p \
+            and 'dtype' not in extras:
         return model
-    rebuilt = PixelCNNPP(**kwargs, image_shape=image_shape)
-    _build(rebuilt, model.channels, num_labels)
+    rebuilt = PixelCNNPP(**wanted.model_kwargs(), image_shape=wanted.image_shape, **extras)
+    _build(rebuilt, model.channels, wanted.num_labels or None)
     for name, var in rebuilt.official_variables().items():
         var.assign(model.official_variables()[name])
     return rebuilt
@@ -327,10 +252,10 @@ def _load_checkpoint(prefix, run_dir, use_ema, overrides):
     names = checkpoint_variables(reader, kind, use_ema)
     if 'conv2d_0/V' not in names:
         raise ValueError('%s has no %s weights' % (prefix, 'EMA' if use_ema else 'raw'))
-    inferred = infer_config({name: shapes[key] for name, key in names.items()}, prefix)
+    inferred = config.checkpoint_architecture({name: shapes[key] for name, key in names.items()}, prefix)
     saved = read_config(run_dir) if kind == 'ours' else None
-    kwargs, image_shape, num_labels = _resolve(prefix, inferred, saved, overrides)
-    model = PixelCNNPP(**kwargs, image_shape=image_shape)
-    _build(model, inferred['channels'], num_labels)
+    wanted, extras = ModelConfig.from_checkpoint(prefix, inferred, saved, overrides)
+    model = PixelCNNPP(**wanted.model_kwargs(), image_shape=wanted.image_shape, **extras)
+    _build(model, inferred['channels'], wanted.num_labels or None)
     assign_weights(model, reader, kind, use_ema, prefix)
     return model

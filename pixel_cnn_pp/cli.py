@@ -55,7 +55,7 @@ def define_model_flags():
 
 def model_kwargs():
     """PixelCNNPP's arguments from the model flags (and --dropout_p where defined)."""
-    kwargs = {k: FLAGS[k].value for k in checkpoints.MODEL_KEYS}
+    kwargs = {k: FLAGS[k].value for k in config.ModelConfig.ARCHITECTURE}
     if 'dropout_p' in FLAGS:
         kwargs['dropout_p'] = FLAGS.dropout_p
     return kwargs
@@ -63,7 +63,7 @@ def model_kwargs():
 
 def given_model_flags():
     """The model flags given on the command line: {name: value}."""
-    return {k: FLAGS[k].value for k in checkpoints.MODEL_KEYS if FLAGS[k].present}
+    return {k: FLAGS[k].value for k in config.ModelConfig.ARCHITECTURE if FLAGS[k].present}
 
 
 # the config fields whose flag has another name (pixel_cnn_pp.config, run.train)

@@ -9,6 +9,7 @@ flags; cli.py translates them)."""
 import dataclasses
 import json
 import os
+import re
 from typing import Optional, Tuple
 
 from pixel_cnn_pp import files
@@ -19,6 +20,7 @@ PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
 DATA_SETS = ('cifar', 'imagenet', 'npz')
 CHANNELS = (1, 3)  # grayscale, RGB
 MULTIPLE = 4       # of H and W: the network halves them twice
+MIXTURE_PARAMS = {1: 3, 3: 10}  # outputs per logistic of the mixture, by channels (nn.num_mixture_params)
 
 
 class ConfigError(ValueError):
@@ -135,6 +137,79 @@ class ModelConfig:
         """The config of a built PixelCNNPP."""
         return cls(**{k: getattr(model, k) for k in cls.ARCHITECTURE},
                    image_shape=model.image_shape, num_labels=model.num_labels or 0)
+
+    @classmethod
+    def from_checkpoint(cls, path, inferred, saved, overrides):
+        """The config of the model a checkpoint at `path` holds: from what its shapes imply
+        (`inferred`, checkpoint_architecture's), its run's config.json (`saved`, or None) and
+        the caller's overrides (pixel_cnn_pp.load's); a contradiction is a ValueError that
+        names both values. Returns (ModelConfig, {dropout_p, dtype: the overrides of them})."""
+        saved = dict(saved or {})
+        given = dict(overrides)
+        for d in (saved, given):  # config.json records 0 labels for an unconditional model
+            if 'num_labels' in d:
+                d['num_labels'] = d['num_labels'] or None
+        kwargs = {}
+        for key in ('nr_resnet', 'nr_filters', 'nr_logistic_mix', 'energy_distance', 'num_labels'):
+            found = inferred.get(key, saved.get(key))  # energy distance: no nr_logistic_mix in the shapes
+            if key in inferred and key in saved and saved[key] != found:
+                raise ValueError('%s: its config.json says %s=%r but the checkpoint has %s=%r'
+                                 % (path, key, saved[key], key, found))
+            if key in given and key in inferred and given[key] != found:
+                raise ValueError('%s=%r was given, but the checkpoint %s has %s'
+                                 % (key, given[key], path, 'no labels (unconditional)'
+                                    if key == 'num_labels' and found is None else '%s=%r' % (key, found)))
+            kwargs[key] = given.get(key, found)
+        allowed = inferred['nonlinearities']
+        nonlinearity = given.get('resnet_nonlinearity', saved.get('resnet_nonlinearity'))
+        if nonlinearity is None and len(allowed) > 1:
+            raise ValueError("%s: the checkpoint's resnet blocks take resnet_nonlinearity %s, which "
+                             'its shapes cannot tell apart: pass resnet_nonlinearity'
+                             % (path, ' or '.join(map(repr, allowed))))
+        if nonlinearity is not None and nonlinearity not in allowed:
+            raise ValueError('resnet_nonlinearity=%r was given, but the checkpoint %s has resnet '
+                             'blocks of %s' % (nonlinearity, path, ' or '.join(map(repr, allowed))))
+        kwargs['resnet_nonlinearity'] = nonlinearity or allowed[0]
+        channels = inferred['channels']
+        image_shape = tuple(given.get('image_shape') or saved.get('image_shape') or (32, 32))
+        if len(image_shape) == 2:
+            image_shape += (channels,)
+        elif image_shape[2] != channels:
+            raise ValueError('image_shape=%r was given, but the checkpoint %s is of %d-channel images'
+                             % (image_shape, path, channels))
+        num_labels = kwargs.pop('num_labels') or 0
+        if kwargs['nr_logistic_mix'] is None:
+            kwargs.pop('nr_logistic_mix')
+        return (cls(**kwargs, image_shape=image_shape, num_labels=num_labels),
+                {key: given[key] for key in ('dropout_p', 'dtype') if key in given})
+
+
+def checkpoint_architecture(shapes, path):
+    """The model config that variables of these shapes ({official name: shape}) imply:
+    nr_resnet, nr_filters, nr_logistic_mix, energy_distance, channels, num_labels (None when
+    unconditional), and the resnet nonlinearities they allow (concat_elu doubles a block's
+    input channels; elu and relu cannot be told apart)."""
+    def count(kind):
+        return sum(bool(re.fullmatch(r'%s_\d+/V' % kind, k)) for k in shapes)
+
+    first = shapes['conv2d_0/V']
+    channels, nr_filters = first[2] - 1, first[3]
+    # 3 input convs, 4 downsamplings, 2 per block, 12 n + 4 blocks; 9 n + 4 short-cut nins
+    nr_resnet, rest = divmod(count('conv2d') - 15, 24)
+    head = count('dense') - (9 * nr_resnet + 4)
+    if channels not in CHANNELS or rest or nr_resnet < 1 or head not in (1, 4):
+        raise ValueError('%s: its variables are not those of a PixelCNN++ of any config '
+                         '(%d conv2d, %d dense layers, conv2d_0/V of shape %s)'
+                         % (path, count('conv2d'), count('dense'), tuple(first)))
+    widen = shapes['conv2d_3/V'][2] // nr_filters  # the first gated resnet's conv1
+    hw = shapes.get('conditional_weights_0/hw')
+    config = dict(nr_resnet=nr_resnet, nr_filters=nr_filters, energy_distance=head == 4,
+                  channels=channels, num_labels=None if hw is None else hw[0],
+                  nonlinearities=('concat_elu',) if widen == 2 else ('elu', 'relu'))
+    if head == 1:
+        out = shapes['dense_%d/V' % (count('dense') - 1)][1]
+        config['nr_logistic_mix'] = out // MIXTURE_PARAMS[channels]
+    return config
 
 
 @dataclasses.dataclass(frozen=True)

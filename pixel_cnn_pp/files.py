@@ -5,14 +5,14 @@ compressed files, samples)."""
 import os
 
 
-def write_atomically(path, write, mode='wb'):
+def write_atomically(path, write, mode='wb', **open_args):
     """write(f) on a temporary file beside `path` (path + '.tmp', which a run's clean-up
     removes after a kill), flushed to the disk, then renamed onto path. Whatever fails or
     interrupts it (BaseException: a signal's exception, a full disk) removes the temporary
-    file and leaves an old file at path as it was."""
+    file and leaves an old file at path as it was. mode, open_args: those of open()."""
     tmp = path + '.tmp'
     try:
-        with open(tmp, mode) as f:
+        with open(tmp, mode, **open_args) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())

@@ -48,7 +48,7 @@ def num_mixture_params(channels):
     """Outputs per mixture component: 1 logit, then per channel a mean and a log-scale,
     plus one coupling coefficient per earlier channel (10 for RGB, 3 for grayscale)."""
     config.check_channels(channels, 'images', error=ValueError)
-    return 10 if channels == 3 else 3
+    return config.MIXTURE_PARAMS[channels]
 
 
 def _unpack_mixture(l, channels):

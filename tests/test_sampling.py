@@ -182,7 +182,7 @@ def test_sample_py_completes_images(tmp_path):
     each, at --temperature, batch by batch as pixel_cnn_pp.sample draws them; the grid has
     one row per image: original, kept rows, completions."""
     import os
-    from test_official import FIXTURES
+    from conftest import FIXTURES
     ckpt = os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt')
     originals = np.random.default_rng(3).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
     np.savez(tmp_path / 'in.npz', x=originals)
@@ -216,7 +216,7 @@ def test_sample_py_compiles_each_kind_of_row_once(tmp_path):
     import os
     import subprocess
     import sys
-    from test_official import FIXTURES
+    from conftest import FIXTURES
     ckpt = os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt')
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root,
@@ -233,7 +233,7 @@ def test_sample_py_compiles_each_kind_of_row_once(tmp_path):
 def test_sample_py_class_grid(tmp_path):
     """A class-conditional model without --labels: one grid row per class."""
     import os
-    from test_official import FIXTURES
+    from conftest import FIXTURES
     ckpt = os.path.join(FIXTURES, 'official_configs', 'relu_r1_f8_m2_cond4', 'params.ckpt')
     run_sample_py('--checkpoint=' + ckpt, '--resnet_nonlinearity=relu', '--image_size=8,12',
                   '--num_samples=7', '--out=%s' % (tmp_path / 's'))

@@ -100,3 +100,15 @@ def run_script(name, *args, status=None, env=None, timeout=600):
     if status is not None:
         assert out.returncode == status, out.stderr
     return out
+
+
+def free_ports(n):
+    """n TCP ports of localhost free now, for a local cluster of n workers (TF_CONFIG)."""
+    import socket
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(('localhost', 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports

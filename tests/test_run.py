@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, script_env
+from conftest import ROOT, free_ports, script_env
 
 TINY = ['--nr_resnet=1', '--nr_filters=8', '--nr_logistic_mix=2', '--batch_size=4',
         '--init_batch_size=4', '--noprogress', '--seed=7']
@@ -218,15 +218,6 @@ def test_a_real_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
 
 # ---------------------------------------------------------------------- two workers, save_minutes
 
-def free_ports(n):
-    import socket
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(('localhost', 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 SAVED_LINE = re.compile(r'^step (\d+): checkpoint \S+, [\d.]+ minutes after the last$', re.M)

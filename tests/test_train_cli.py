@@ -20,7 +20,7 @@ import tensorflow as tf
 import train
 from pixel_cnn_pp import checkpoints, savedir
 from pixel_cnn_pp.training import Trainer
-from conftest import FIXTURES, ROOT, script_env
+from conftest import FIXTURES, ROOT, free_ports, script_env
 TINY = ['--nr_resnet=1', '--nr_filters=8', '--nr_logistic_mix=2', '--batch_size=4',
         '--init_batch_size=4', '--noprogress', '--seed=7']
 LINE = re.compile(r'^Iteration (\d+), time = \d+s, train bits_per_dim = (\d+\.\d{4}), '
@@ -394,14 +394,6 @@ def test_unreadable_checkpoints_are_skipped(tmp_path, capsys):
     with pytest.raises(app.UsageError, match='is a folder with no checkpoint in it'):
         run_train(args + ['--mode=eval'])
 
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(('localhost', 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.mark.slow

@@ -112,3 +112,20 @@ def free_ports(n):
     for s in socks:
         s.close()
     return ports
+
+
+
+def pytest_configure(config):
+    """Under --dist loadgroup (pyproject.toml) pytest-xdist sends one xdist_group's tests to one
+    worker by writing '@group' into each item's _nodeid; pytest 9.2 no longer reads _nodeid
+    (pytest-xdist#1386), and each heavy module fixture would silently be built once per worker."""
+    if getattr(config.option, 'dist', None) == 'loadgroup' and not hasattr(config, 'workerinput'):
+        import _pytest.nodes
+
+        class Probe:
+            nodeid = _pytest.nodes.Node.nodeid
+        probe = Probe()
+        probe._id, probe._nodeid = 'test_x', 'test_x@group'  # the one attribute this pytest reads
+        if probe.nodeid != 'test_x@group':
+            raise pytest.UsageError('pytest %s ignores xdist_group under --dist loadgroup (pytest-xdist#1386): '
+                                    'install the pytest of requirements.txt' % pytest.__version__)

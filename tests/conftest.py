@@ -114,12 +114,12 @@ def free_ports(n):
     return ports
 
 
-
 def pytest_configure(config):
     """Under --dist loadgroup (pyproject.toml) pytest-xdist sends one xdist_group's tests to one
     worker by writing '@group' into each item's _nodeid; pytest 9.2 no longer reads _nodeid
     (pytest-xdist#1386), and each heavy module fixture would silently be built once per worker."""
-    if getattr(config.option, 'dist', None) == 'loadgroup' and not hasattr(config, 'workerinput'):
+    if (getattr(config.option, 'dist', None) == 'loadgroup' and getattr(config.option, 'numprocesses', None)
+            and not hasattr(config, 'workerinput')):
         import _pytest.nodes
 
         class Probe:

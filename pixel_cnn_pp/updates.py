@@ -43,13 +43,16 @@ class Adam(tf.Module):
         lr = tf.cast(self.lr.read_value(), tf.float32) * on
         mom1, mom2 = tf.where(apply, self.mom1, 1.), tf.where(apply, self.mom2, 1.)
         rate1, rate2 = (1. - self.mom1) * on, (1. - self.mom2) * on
+        # the bias corrections, the same for every variable: computed once (each op of this
+        # loop is repeated for each of the model's variables, and tracing costs per op)
+        correction1, correction2 = 1. - tf.pow(self.mom1, t), 1. - tf.pow(self.mom2, t)
 
         def update(p, g, m, v):
-            m_t = m.assign(mom1 * m + tf.math.multiply_no_nan(g, rate1))
-            v_t = v.assign(mom2 * v + tf.math.multiply_no_nan(tf.square(g), rate2))
-            m_hat = m_t / (1. - tf.pow(self.mom1, t))
-            v_hat = v_t / (1. - tf.pow(self.mom2, t))
-            return p.assign(p - lr * m_hat / tf.sqrt(v_hat + 1e-8))
+            m_t = mom1 * m + tf.math.multiply_no_nan(g, rate1)
+            v_t = mom2 * v + tf.math.multiply_no_nan(tf.square(g), rate2)
+            m.assign(m_t, read_value=False)
+            v.assign(v_t, read_value=False)
+            return p.assign(p - lr * (m_t / correction1) / tf.sqrt(v_t / correction2 + 1e-8), read_value=False)
 
         for k, p in self.params.items():
             on_every_replica(p, update, grads[k], self.m[k], self.v[k])

@@ -15,7 +15,7 @@ import tensorflow as tf
 import pixel_cnn_pp
 from pixel_cnn_pp import PixelCNNPP, codec, nn
 from pixel_cnn_pp.images import scale
-from conftest import FIXTURES
+from conftest import FIXTURES, uint8_images
 
 SHAPE = (4, 8, 3)  # non-square; levels 4x8, 2x4, 1x2
 K = 4
@@ -40,10 +40,6 @@ def small_model(channels=3, num_labels=None, seed=0, size=SHAPE[:2], sharpen=4.)
 def model():
     """One conditional RGB model for the module: its coding sampler is traced once."""
     return small_model(num_labels=K)
-
-
-def images(n, seed=1, shape=SHAPE):
-    return np.random.default_rng(seed).integers(0, 256, (n,) + shape, dtype=np.uint8)
 
 
 def model_samples(model, labels, shape=SHAPE, seed=0):
@@ -103,14 +99,14 @@ def test_pmfs_sum_to_one_and_give_the_loss(model, likely):
 
 def test_grayscale_pmfs():
     model = small_model(1, size=(8, 8), sharpen=1.)
-    _, _, bits = check_pmfs(model, images(3, shape=(8, 8, 1)))
+    _, _, bits = check_pmfs(model, uint8_images((3, 8, 8, 1), seed=1))
     assert bits.mean() > 4
 
 
 def test_round_trips(model):
     """Bit-exact: 5 images in batches of 2 (the last one image), a single image (with its
     label as one-hot h); decompress returns the labels; verify=True decodes the file."""
-    x, labels = images(5), np.array([3, 0, 1, 2, 3])
+    x, labels = uint8_images((5,) + SHAPE, seed=1), np.array([3, 0, 1, 2, 3])
     five = pixel_cnn_pp.compress(model, x, labels=labels, batch_size=2, verify=False)
     assert codec.read_header(five)['batch_size'] == 2
     back, back_labels = pixel_cnn_pp.decompress(model, five)
@@ -150,7 +146,7 @@ def reheader(data, **fields):
 
 def test_bad_files_raise_codec_error(model):
     """Each raises CodecError naming the cause; none returns pixels."""
-    x, labels = images(3, seed=4), np.array([1, 2, 3])
+    x, labels = uint8_images((3,) + SHAPE, seed=4), np.array([1, 2, 3])
     good = pixel_cnn_pp.compress(model, x, labels=labels, verify=False)
     bad = {'not a PixelCNN': [b'', b'PNG\x89' + good[4:]],
            'truncated': [good[:-1], good[:-4], good[:20], good[:codec._HEADER.size + 8], good + b'\0' * 4],
@@ -207,7 +203,7 @@ def test_compress_py_round_trip_in_fresh_processes(tmp_path):
     does not code refused with nothing written."""
     model = small_model(1, size=(8, 8), sharpen=2.)
     model.save(tmp_path / 'm.keras')
-    x = images(5, shape=(8, 8, 1))
+    x = uint8_images((5, 8, 8, 1), seed=1)
     (tmp_path / 'in').mkdir()
     for k, image in enumerate(x):
         pixel_cnn_pp.images.write_png(str(tmp_path / 'in' / ('%d.png' % k)), image)
@@ -224,7 +220,7 @@ def test_compress_py_round_trip_in_fresh_processes(tmp_path):
         pixel_cnn_pp.decompress(model, f.read_bytes())
     with pytest.raises(codec.CodecError, match='checksum|does not decode'):
         pixel_cnn_pp.decompress(model, f.read_bytes(), check_environment=False)
-    np.savez(tmp_path / 'rgb.npz', x=images(2, shape=(8, 8, 3)))
+    np.savez(tmp_path / 'rgb.npz', x=uint8_images((2, 8, 8, 3), seed=1))
     err = run_compress_py(ckpt, '--in=%s' % (tmp_path / 'rgb.npz'), '--out=%s' % (tmp_path / 'no.pcpp'),
                           status=2).stderr
     assert 'this model codes 1-channel images' in err and 'Traceback' not in err
@@ -237,7 +233,7 @@ def test_round_trip_of_an_official_checkpoint():
     raw weights refuse the file."""
     ckpt = os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt')
     model = pixel_cnn_pp.load(ckpt, image_shape=(8, 8))
-    x = images(3, shape=(8, 8, 3))
+    x = uint8_images((3, 8, 8, 3), seed=1)
     data = pixel_cnn_pp.compress(model, x, batch_size=2)
     np.testing.assert_array_equal(pixel_cnn_pp.decompress(model, data), x)
     with pytest.raises(codec.CodecError, match='another model'):

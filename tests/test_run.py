@@ -1,8 +1,11 @@
-"""The run's lifecycle (pixel_cnn_pp.run) on real machines: a real full disk, a signal at the
-epoch's end (evaluation, samples), time-based checkpoints agreed by two workers."""
+"""The run's lifecycle (pixel_cnn_pp.run) on real machines: a signal at the epoch's end
+(evaluation, samples) or mid-epoch, a real full disk and other failed writes, time-based
+checkpoints (one clock; agreed by two workers). (The run folder itself: test_savedir.py;
+train.py's flags and messages: test_train_cli.py.)"""
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -55,8 +58,9 @@ def tmpfs(size):
 
 # ---------------------------------------------------------------------- a stop at the epoch's end
 
-from pixel_cnn_pp import data as data_lib, run as run_lib  # noqa: E402
+from pixel_cnn_pp import config as config_lib, data as data_lib, run as run_lib  # noqa: E402
 from pixel_cnn_pp.config import ModelConfig, TrainConfig  # noqa: E402
+from pixel_cnn_pp.training import Trainer  # noqa: E402
 
 END_MODEL = ModelConfig(nr_resnet=1, nr_filters=8, nr_logistic_mix=2, image_shape=(8, 8, 3))
 END_RUN = TrainConfig(data_set='npz', batch_size=4, init_batch_size=4, max_epochs=1, max_steps_per_epoch=4,
@@ -66,9 +70,9 @@ SAMPLES_RUN = dataclasses.replace(END_RUN, max_epochs=2, num_samples=2)
 EPOCH_LINE = re.compile(r'^Iteration (\d+), time = \d+s, train bits_per_dim = (\S+), test bits_per_dim = (\S+)$', re.M)
 
 
-def end_data():
+def end_data(n_train=16):
     rng = np.random.default_rng(0)  # 6 test images: two evaluation batches of 4
-    return data_lib.Data(rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), None,
+    return data_lib.Data(rng.integers(0, 256, (n_train, 8, 8, 3), dtype=np.uint8), None,
                          rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8), None, 0)
 
 
@@ -214,6 +218,128 @@ def test_a_real_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
         assert out.returncode == 0, out.stderr
         assert 'restoring parameters from %s/ckpt-2' % save in out.stdout
         assert tf.train.latest_checkpoint(save) == os.path.join(save, 'ckpt-12')
+
+
+# ---------------------------------------------------------------------- a signal mid-epoch, the clock, a failed write
+
+# two epochs of 5 steps, with dropout
+STEPS_RUN = dataclasses.replace(END_RUN, max_epochs=2, max_steps_per_epoch=5)
+
+
+def step_hook(monkeypatch, at_step):
+    """Calls at_step(step) after every training step, as the signal or the clock would act."""
+    train_step = Trainer.train_step
+
+    def hooked(self, batch):
+        nats = train_step(self, batch)
+        at_step(int(self.optimizer.step.numpy()))
+        return nats
+
+    monkeypatch.setattr(Trainer, 'train_step', hooked)
+
+
+@pytest.fixture(scope='module')
+def straight_run(tmp_path_factory):
+    """Two epochs of 5 steps, uninterrupted, with dropout."""
+    d = tmp_path_factory.mktemp('straight')
+    run_lib.train(END_MODEL, STEPS_RUN, str(d), end_data(24))
+    return run_state(d), np.load(d / 'test_bpd_npz.npz')['test_bpd']
+
+
+def test_signal_checkpoints_the_step_and_resume_is_exact(tmp_path, monkeypatch, straight_run, signum=signal.SIGTERM):
+    """A signal mid-epoch (step 3 of 5): the step in flight completes, a checkpoint of step 3
+    (position 3 in epoch 0) is written, the lock released, Preempted raised; a second signal
+    during that save changes nothing. Resumed, the run ends with the uninterrupted run's
+    weights, Adam state and history, bit for bit (dropout on)."""
+    save = str(tmp_path / 'save')
+    data = end_data(24)
+    save_method = run_lib.Run.save
+
+    def save_with_second_signal(self):
+        os.kill(os.getpid(), signum)  # arrives while stopping: ignored
+        return save_method(self)
+
+    step_hook(monkeypatch, lambda step: step == 3 and os.kill(os.getpid(), signum))
+    monkeypatch.setattr(run_lib.Run, 'save', save_with_second_signal)
+    with pytest.raises(run_lib.Preempted) as e:
+        run_lib.train(END_MODEL, STEPS_RUN, save, data)
+    assert (e.value.signum, e.value.step) == (signum, 3) and e.value.checkpoint.endswith('ckpt-3')
+    assert tf.train.latest_checkpoint(save).endswith('ckpt-3')
+    assert run_state(save)['epoch_step/.ATTRIBUTES/VARIABLE_VALUE'] == 3
+    assert not os.path.exists(os.path.join(save, 'lock'))
+    assert signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL)  # restored
+    monkeypatch.undo()
+    model, train, changed, _ = run_lib.resume_configs(save, {})
+    assert (model, train, changed) == (END_MODEL, STEPS_RUN, [])
+    run_lib.train(model, train, save, data, resume=True)
+    state, history = straight_run
+    resumed = run_state(save)
+    assert resumed.keys() == state.keys()
+    for k in state:
+        np.testing.assert_array_equal(resumed[k], state[k], err_msg=k)
+    np.testing.assert_array_equal(np.load(os.path.join(save, 'test_bpd_npz.npz'))['test_bpd'], history)
+
+
+def test_time_based_checkpoints(tmp_path, monkeypatch):
+    """save_minutes=1 with a clock that advances 20 s a step: a checkpoint every 3 steps
+    (3, 6), at the epoch's end (7), never twice at one step."""
+    now = [0.]
+    step_hook(monkeypatch, lambda step: now.__setitem__(0, now[0] + 20.))
+    saved = []
+    save_method = run_lib.Run.save
+    monkeypatch.setattr(run_lib.Run, 'save', lambda self: saved.append(
+        int(self.trainer.optimizer.step.numpy())) or save_method(self))
+    train = dataclasses.replace(STEPS_RUN, max_epochs=1, max_steps_per_epoch=7, save_minutes=1., dropout_p=0.)
+    run_lib.train(END_MODEL, train, str(tmp_path), end_data(28), clock=lambda: now[0])
+    assert saved == [3, 6, 7]
+    assert sorted(p.name for p in tmp_path.glob('ckpt-*.index')) == ['ckpt-3.index', 'ckpt-6.index',
+                                                                      'ckpt-7.index']
+
+
+@pytest.mark.parametrize('what', ['checkpoint', 'history', 'config'])
+def test_a_failed_write_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, what):
+    """ENOSPC at a checkpoint (its files half written), the history or config.json: a
+    WriteError naming the file; the previous checkpoint stays the latest and loads; nothing
+    half-written is left to be taken for a checkpoint."""
+    save = str(tmp_path / 'save')
+    data = end_data(24)
+    train = dataclasses.replace(STEPS_RUN, max_epochs=1, save_steps=2, dropout_p=0.)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    if what == 'checkpoint':
+        manager_save = tf.train.CheckpointManager.save
+
+        def failing_save(self, checkpoint_number=None):
+            if checkpoint_number == 4:
+                with open(os.path.join(save, 'ckpt-4.index'), 'wb') as f:
+                    f.write(b'half')  # as a write cut short
+                raise tf.errors.ResourceExhaustedError(None, None, 'ckpt-4.index; No space left on device')
+            return manager_save(self, checkpoint_number=checkpoint_number)
+
+        monkeypatch.setattr(tf.train.CheckpointManager, 'save', failing_save)
+        path = os.path.join(save, 'ckpt-4')
+    elif what == 'history':
+        step_hook(monkeypatch, lambda step: step == 3 and monkeypatch.setattr(run_lib.savedir.np, 'savez', full))
+        path = os.path.join(save, 'test_bpd_npz.npz')
+    else:
+        monkeypatch.setattr(config_lib.json, 'dump', full)
+        path = os.path.join(save, 'config.json')
+    with pytest.raises(run_lib.WriteError) as e:
+        run_lib.train(END_MODEL, train, save, data)
+    assert e.value.filename == path and e.value.errno in (errno.ENOSPC, errno.EIO)
+    assert 'No space left on device' in e.value.strerror
+    monkeypatch.undo()
+    if what == 'config':  # before the first checkpoint: the run leaves nothing
+        assert not os.path.exists(save)
+        return
+    assert tf.train.latest_checkpoint(save).endswith('ckpt-2') and e.value.latest.endswith('ckpt-2')
+    assert not [p for p in os.listdir(save) if p.startswith('ckpt-4') or 'tmp' in p or p == 'lock']
+    from pixel_cnn_pp import checkpoints
+    assert checkpoints.load(save).checkpoint_path.endswith('ckpt-2')
+    run_lib.train(*run_lib.resume_configs(save, {})[:2], save, data, resume=True)
+    assert tf.train.latest_checkpoint(save).endswith('ckpt-5')
 
 
 # ---------------------------------------------------------------------- two workers, save_minutes

@@ -6,15 +6,14 @@ import tensorflow as tf
 
 import pixel_cnn_pp
 from pixel_cnn_pp import PixelCNNPP, sampling
+import conftest
 import np_reference
 
 
 def initialised(channels, conditional, nonlinearity='concat_elu', size=8):
-    model = PixelCNNPP(nr_resnet=1, nr_filters=8, nr_logistic_mix=3, resnet_nonlinearity=nonlinearity)
-    x = np.random.default_rng(0).uniform(-1, 1, (4, size, size, channels)).astype(np.float32)
-    h = tf.one_hot([1, 2, 3, 4], 10) if conditional else None
-    model(x, h=h, init=True)
-    return model, h
+    """conftest.initialised with 3 logistics, 10 labels if conditional."""
+    return conftest.initialised(channels, 10 if conditional else None, size=(size, size), nr_logistic_mix=3,
+                                resnet_nonlinearity=nonlinearity)
 
 
 @pytest.mark.parametrize('channels, conditional, nonlinearity', [
@@ -38,7 +37,7 @@ def test_fast_equals_naive_on_a_wide_image():
     for layer in model.weight_norm_layers():
         layer.g.assign(layer.g * 1.5)
     naive2 = pixel_cnn_pp.sample(model, 2, seed=1, method='naive', image_shape=(12, 16, 3))
-    assert (naive2 != naive).mean() > 0.5
+    assert (naive2 != naive).mean() > 0.3  # (values clipped at 0 or 255 stay)
     np.testing.assert_array_equal(pixel_cnn_pp.sample(model, 2, seed=1, image_shape=(12, 16, 3)), naive2)
 
 

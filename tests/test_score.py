@@ -1,5 +1,6 @@
-"""Out-of-distribution scoring: the metrics against hand-computed cases, the L2 term of
-background models, score.py end to end (image sets: test_images.py; mutation: test_data.py)."""
+"""Out-of-distribution scoring: the metrics against hand-computed cases, score.py end to end
+(image sets: test_images.py; a background model's mutation: test_data.py, its L2 term:
+test_training.py)."""
 
 import csv
 import json
@@ -14,10 +15,7 @@ import tensorflow as tf
 
 import pixel_cnn_pp
 from pixel_cnn_pp import heatmaps, scoring
-from pixel_cnn_pp.images import scale
-from pixel_cnn_pp.training import Trainer
 from conftest import FIXTURES, ROOT
-
 
 
 @pytest.mark.parametrize('in_scores, ood_scores, auroc, auprc, fpr95', [
@@ -43,24 +41,6 @@ def test_png_bits():
         assert b == 8 * len(png.numpy())
         np.testing.assert_array_equal(tf.io.decode_png(png).numpy(), image)
     assert bits[0] < bits[1] / 2  # a constant image compresses, noise does not
-
-
-def test_l2_weight_adds_its_gradient_and_not_to_the_loss(one_replica):
-    kwargs = dict(nr_resnet=1, nr_filters=4, nr_logistic_mix=2, dropout_p=0.)
-    x = scale(np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)))
-    y = tf.zeros([2], tf.int32)
-    plain = Trainer(one_replica, kwargs, (8, 8, 3))
-    plain.initialize(x)
-    l2 = Trainer(one_replica, kwargs, (8, 8, 3), l2_weight=10.)
-    for name, var in l2.params.items():
-        var.assign(plain.params[name])
-    seed = tf.constant([0, 0], tf.int64)
-    loss0, grads0 = plain._loss_and_grads(x, y, seed)
-    loss1, grads1 = l2._loss_and_grads(x, y, seed)
-    assert float(loss0) == float(loss1)
-    for p, g0, g1 in zip(plain.params.values(), grads0, grads1):
-        # float32 gradients of a sum over pixels: round-off relative to the largest of them
-        np.testing.assert_allclose(g1 - g0, 20. * p.numpy(), rtol=1e-3, atol=1e-5 * np.abs(g0).max())
 
 
 def test_score_py_end_to_end(tmp_path):

@@ -1,5 +1,6 @@
-"""The training procedure (the update rule itself: test_updates.py): a replay of the official reference
-run, and replicas that sum like the official multi-GPU code."""
+"""The training procedure (the update rule itself: test_updates.py; the run around it: test_run.py):
+a replay of the official reference run, replicas that sum like the official multi-GPU code,
+accumulation, recomputation, precisions, the L2 term, divergence."""
 
 import os
 
@@ -128,6 +129,26 @@ def test_recompute_changes_no_number(one_replica):
     assert any(np.abs(start[k] - kept.params[k].numpy()).max() > 1e-3 for k in start)
     with pytest.raises(ValueError, match='recompute=True with dropout needs a stateless seed'):
         kept.model(images.scale(data.train_x[:2]), training=True, recompute=True)
+
+
+def test_l2_weight_adds_its_gradient_and_not_to_the_loss(one_replica):
+    """l2_weight (score.py's background models): l2_weight x the sum of squared weights adds
+    its gradient 2 l2_weight p to every weight's and nothing to the reported loss."""
+    kwargs = dict(nr_resnet=1, nr_filters=4, nr_logistic_mix=2, dropout_p=0.)
+    x = images.scale(np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)))
+    y = tf.zeros([2], tf.int32)
+    plain = Trainer(one_replica, kwargs, (8, 8, 3))
+    plain.initialize(x)
+    l2 = Trainer(one_replica, kwargs, (8, 8, 3), l2_weight=10.)
+    for name, var in l2.params.items():
+        var.assign(plain.params[name])
+    seed = tf.constant([0, 0], tf.int64)
+    loss0, grads0 = plain._loss_and_grads(x, y, seed)
+    loss1, grads1 = l2._loss_and_grads(x, y, seed)
+    assert float(loss0) == float(loss1)
+    for p, g0, g1 in zip(plain.params.values(), grads0, grads1):
+        # float32 gradients of a sum over pixels: round-off relative to the largest of them
+        np.testing.assert_allclose(g1 - g0, 20. * p.numpy(), rtol=1e-3, atol=1e-5 * np.abs(g0).max())
 
 
 def test_evaluate_counts_every_test_image_once(two_replicas):
@@ -288,143 +309,3 @@ def test_sampling_from_mirrored_weights(two_replicas):
         v.assign(trainer.shadows[k].read_value())
     np.testing.assert_array_equal(
         mirrored, pixel_cnn_pp.sample(plain, 2, seed=1, image_shape=(8, 8, 3), method='naive'))
-
-
-# ---------------------------------------------------------------------- the run (pixel_cnn_pp.run)
-
-import errno  # noqa: E402
-import signal  # noqa: E402
-
-from pixel_cnn_pp import config as config_lib, run as run_lib  # noqa: E402
-from pixel_cnn_pp.config import ModelConfig, TrainConfig  # noqa: E402
-
-RUN_MODEL = ModelConfig(nr_resnet=1, nr_filters=8, nr_logistic_mix=2, image_shape=(8, 8, 3))
-RUN = TrainConfig(data_set='npz', batch_size=4, init_batch_size=4, max_epochs=2, max_steps_per_epoch=5,
-                  save_interval=1, num_samples=0, seed=7, dropout_p=0.5, progress=False)
-
-
-def checkpoint_state(save_dir):
-    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(save_dir)))
-    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
-            if k.startswith(('params/', 'ema/', 'adam/', 'epoch'))}
-
-
-def step_hook(monkeypatch, at_step):
-    """Calls at_step(step) after every training step, as the signal or the clock would act."""
-    train_step = Trainer.train_step
-
-    def hooked(self, batch):
-        nats = train_step(self, batch)
-        at_step(int(self.optimizer.step.numpy()))
-        return nats
-
-    monkeypatch.setattr(Trainer, 'train_step', hooked)
-
-
-@pytest.fixture(scope='module')
-def straight_run(tmp_path_factory):
-    """Two epochs of 5 steps, uninterrupted, with dropout."""
-    d = tmp_path_factory.mktemp('straight')
-    run_lib.train(RUN_MODEL, RUN, str(d), tiny_data(n_train=24, n_test=6))
-    return checkpoint_state(d), np.load(d / 'test_bpd_npz.npz')['test_bpd']
-
-
-def test_signal_checkpoints_the_step_and_resume_is_exact(tmp_path, monkeypatch, straight_run, signum=signal.SIGTERM):
-    """A signal mid-epoch (step 3 of 5): the step in flight completes, a checkpoint of step 3
-    (position 3 in epoch 0) is written, the lock released, Preempted raised; a second signal
-    during that save changes nothing. Resumed, the run ends with the uninterrupted run's
-    weights, Adam state and history, bit for bit (dropout on)."""
-    save = str(tmp_path / 'save')
-    data = tiny_data(n_train=24, n_test=6)
-    save_method = run_lib.Run.save
-
-    def save_with_second_signal(self):
-        os.kill(os.getpid(), signum)  # arrives while stopping: ignored
-        return save_method(self)
-
-    step_hook(monkeypatch, lambda step: step == 3 and os.kill(os.getpid(), signum))
-    monkeypatch.setattr(run_lib.Run, 'save', save_with_second_signal)
-    with pytest.raises(run_lib.Preempted) as e:
-        run_lib.train(RUN_MODEL, RUN, save, data)
-    assert (e.value.signum, e.value.step) == (signum, 3) and e.value.checkpoint.endswith('ckpt-3')
-    assert tf.train.latest_checkpoint(save).endswith('ckpt-3')
-    assert checkpoint_state(save)['epoch_step/.ATTRIBUTES/VARIABLE_VALUE'] == 3
-    assert not os.path.exists(os.path.join(save, 'lock'))
-    assert signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL)  # restored
-    monkeypatch.undo()
-    model, train, changed, _ = run_lib.resume_configs(save, {})
-    assert (model, train, changed) == (RUN_MODEL, RUN, [])
-    run_lib.train(model, train, save, data, resume=True)
-    state, history = straight_run
-    resumed = checkpoint_state(save)
-    assert resumed.keys() == state.keys()
-    for k in state:
-        np.testing.assert_array_equal(resumed[k], state[k], err_msg=k)
-    np.testing.assert_array_equal(np.load(os.path.join(save, 'test_bpd_npz.npz'))['test_bpd'], history)
-
-
-def test_time_based_checkpoints(tmp_path, monkeypatch):
-    """save_minutes=1 with a clock that advances 20 s a step: a checkpoint every 3 steps
-    (3, 6), at the epoch's end (7), never twice at one step."""
-    now = [0.]
-    step_hook(monkeypatch, lambda step: now.__setitem__(0, now[0] + 20.))
-    saved = []
-    save_method = run_lib.Run.save
-    monkeypatch.setattr(run_lib.Run, 'save', lambda self: saved.append(
-        int(self.trainer.optimizer.step.numpy())) or save_method(self))
-    train = dataclasses_replace(RUN, max_epochs=1, max_steps_per_epoch=7, save_minutes=1., dropout_p=0.)
-    run_lib.train(RUN_MODEL, train, str(tmp_path), tiny_data(n_train=28, n_test=4), clock=lambda: now[0])
-    assert saved == [3, 6, 7]
-    assert sorted(p.name for p in tmp_path.glob('ckpt-*.index')) == ['ckpt-3.index', 'ckpt-6.index',
-                                                                      'ckpt-7.index']
-
-
-def dataclasses_replace(config, **changes):
-    import dataclasses
-    return dataclasses.replace(config, **changes)
-
-
-@pytest.mark.parametrize('what', ['checkpoint', 'history', 'config'])
-def test_a_failed_write_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, what):
-    """ENOSPC at a checkpoint (its files half written), the history or config.json: a
-    WriteError naming the file; the previous checkpoint stays the latest and loads; nothing
-    half-written is left to be taken for a checkpoint."""
-    save = str(tmp_path / 'save')
-    data = tiny_data(n_train=24, n_test=6)
-    train = dataclasses_replace(RUN, max_epochs=1, save_steps=2, dropout_p=0.)
-
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, 'No space left on device')
-
-    if what == 'checkpoint':
-        manager_save = tf.train.CheckpointManager.save
-
-        def failing_save(self, checkpoint_number=None):
-            if checkpoint_number == 4:
-                with open(os.path.join(save, 'ckpt-4.index'), 'wb') as f:
-                    f.write(b'half')  # as a write cut short
-                raise tf.errors.ResourceExhaustedError(None, None, 'ckpt-4.index; No space left on device')
-            return manager_save(self, checkpoint_number=checkpoint_number)
-
-        monkeypatch.setattr(tf.train.CheckpointManager, 'save', failing_save)
-        path = os.path.join(save, 'ckpt-4')
-    elif what == 'history':
-        step_hook(monkeypatch, lambda step: step == 3 and monkeypatch.setattr(run_lib.savedir.np, 'savez', full))
-        path = os.path.join(save, 'test_bpd_npz.npz')
-    else:
-        monkeypatch.setattr(config_lib.json, 'dump', full)
-        path = os.path.join(save, 'config.json')
-    with pytest.raises(run_lib.WriteError) as e:
-        run_lib.train(RUN_MODEL, train, save, data)
-    assert e.value.filename == path and e.value.errno in (errno.ENOSPC, errno.EIO)
-    assert 'No space left on device' in e.value.strerror
-    monkeypatch.undo()
-    if what == 'config':  # before the first checkpoint: the run leaves nothing
-        assert not os.path.exists(save)
-        return
-    assert tf.train.latest_checkpoint(save).endswith('ckpt-2') and e.value.latest.endswith('ckpt-2')
-    assert not [p for p in os.listdir(save) if p.startswith('ckpt-4') or 'tmp' in p or p == 'lock']
-    from pixel_cnn_pp import checkpoints
-    assert checkpoints.load(save).checkpoint_path.endswith('ckpt-2')
-    run_lib.train(*run_lib.resume_configs(save, {})[:2], save, data, resume=True)
-    assert tf.train.latest_checkpoint(save).endswith('ckpt-5')

@@ -13,7 +13,8 @@ import pytest
 import pixel_cnn_pp
 from conftest import FIXTURES, run_script
 
-OFFICIAL = os.path.join(FIXTURES, 'official_configs', 'concat_elu_r3_f12_m4_cond3')
+# the smallest official config with labels (relu: a checkpoint cannot tell it, so a flag says it)
+OFFICIAL = os.path.join(FIXTURES, 'official_configs', 'relu_r1_f8_m2_cond4')
 
 # Run with -I (isolated: no PYTHONPATH, no current folder on sys.path) from another folder,
 # so pixel_cnn_pp cannot be imported: only TensorFlow reads the SavedModel.
@@ -37,9 +38,9 @@ samples = {n: saved.signatures['sample'](num=tf.constant(n), seed=tf.constant(5)
 errors = {}
 for name, call in [
         ('30x30', lambda: saved.signatures['log_prob'](images=tf.zeros((2, 30, 30, 3), tf.uint8), **h([0, 1]))),
-        ('gray', lambda: saved.signatures['log_prob'](images=tf.zeros((2, 12, 8, 1), tf.uint8), **h([0, 1]))),
-        ('float', lambda: saved.signatures['log_prob'](images=tf.zeros((2, 12, 8, 3)), **h([0, 1]))),
-        ('h rows', lambda: saved.signatures['log_prob'](images=tf.zeros((2, 12, 8, 3), tf.uint8), **h([0]))),
+        ('gray', lambda: saved.signatures['log_prob'](images=tf.zeros((2, 8, 12, 1), tf.uint8), **h([0, 1]))),
+        ('float', lambda: saved.signatures['log_prob'](images=tf.zeros((2, 8, 12, 3)), **h([0, 1]))),
+        ('h rows', lambda: saved.signatures['log_prob'](images=tf.zeros((2, 8, 12, 3), tf.uint8), **h([0]))),
         ('num', lambda: saved.signatures['sample'](num=tf.constant(-1), seed=tf.constant(5), **h([]))),
         ('sample h', lambda: saved.signatures['sample'](num=tf.constant(3), seed=tf.constant(5), **h([0])))]:
     try:
@@ -61,7 +62,8 @@ ONE_WORKER = pytest.mark.xdist_group('export_exported')  # the tests of one expo
 def exported(tmp_path_factory):
     d = tmp_path_factory.mktemp('export')
     out = run_script('export.py', '--checkpoint=' + os.path.join(OFFICIAL, 'params.ckpt'),
-                     '--image_size=12,8', '--out=%s' % (d / 'saved'))
+                     '--image_size=8,12', '--resnet_nonlinearity=relu',
+                     '--out=%s' % (d / 'saved'))
     assert out.returncode == 0, out.stderr
     assert 'wrote %s (saved_model, EMA weights' % (d / 'saved') in out.stdout
     consumer = subprocess.run([sys.executable, '-I', '-c', CONSUMER, str(d / 'saved'),
@@ -86,12 +88,12 @@ def test_saved_model_log_prob_is_the_official_per_image_loss(exported):
 def test_saved_model_samples_as_the_python_sampler(exported):
     """Any batch size; the same images as pixel_cnn_pp.sample with the same seed (up to float
     round-off: the SavedModel runs the rows in one graph)."""
-    model = pixel_cnn_pp.load(os.path.join(OFFICIAL, 'params.ckpt'), image_shape=(12, 8))
+    model = pixel_cnn_pp.load(os.path.join(OFFICIAL, 'params.ckpt'), image_shape=(8, 12), resnet_nonlinearity='relu')
     assert exported['dtype'] == 'uint8'
     for n in ('1', '3'):
         images = np.array(exported['samples'][n], np.uint8)
-        expected = pixel_cnn_pp.sample(model, int(n), h=np.eye(3, dtype=np.float32)[np.arange(int(n)) % 3], seed=5)
-        assert images.shape == (int(n), 12, 8, 3)
+        expected = pixel_cnn_pp.sample(model, int(n), h=np.eye(4, dtype=np.float32)[np.arange(int(n)) % 4], seed=5)
+        assert images.shape == (int(n), 8, 12, 3)
         assert np.mean(images != expected) <= 1e-3
 
 
@@ -101,15 +103,15 @@ def test_saved_model_says_what_its_signatures_take(exported):
     (not 37 lines of `Incompatible shapes`); a wrong dtype: TensorFlow's one line."""
     errors = exported['errors']
     takes = ('assertion failed: [log_prob takes images: uint8 [N, H, W, 3] with H and W multiples of 4 and '
-             'h: float32 [N, 3] (one-hot labels, a row per image);] [got images of shape] ')
-    assert takes + '[2 30 30 3] [and h of shape] [2 3]' in errors['30x30']
-    assert takes + '[2 12 8 1] [and h of shape] [2 3]' in errors['gray']
-    assert takes + '[2 12 8 3] [and h of shape] [1 3]' in errors['h rows']
+             'h: float32 [N, 4] (one-hot labels, a row per image);] [got images of shape] ')
+    assert takes + '[2 30 30 3] [and h of shape] [2 4]' in errors['30x30']
+    assert takes + '[2 8 12 1] [and h of shape] [2 4]' in errors['gray']
+    assert takes + '[2 8 12 3] [and h of shape] [1 4]' in errors['h rows']
     assert 'was expected to be a uint8 tensor but is a float tensor' in errors['float']
-    sample = ('assertion failed: [sample takes num: int32 >= 0, seed: int32, h: float32 [num, 3] (one-hot '
+    sample = ('assertion failed: [sample takes num: int32 >= 0, seed: int32, h: float32 [num, 4] (one-hot '
               'labels, a row per sample);] [got num] ')
-    assert sample + '[-1] [and h of shape] [0 3]' in errors['num']
-    assert sample + '[3] [and h of shape] [1 3]' in errors['sample h']
+    assert sample + '[-1] [and h of shape] [0 4]' in errors['num']
+    assert sample + '[3] [and h of shape] [1 4]' in errors['sample h']
     assert all(len(e.splitlines()) <= 6 for e in errors.values())
 
 

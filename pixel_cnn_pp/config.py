@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import re
+import types
 from typing import Optional, Tuple
 
 from pixel_cnn_pp import files
@@ -94,6 +95,11 @@ def _in_range(obj, name, low, high, low_open=False, high_open=False):
             value < low or value > high or (low_open and value == low) or (high_open and value == high):
         raise ConfigError('%s must be in %s%g, %g%s, got %r' % (
             name, '(' if low_open else '[', low, high, ')' if high_open else ']', value), name)
+
+
+def check_dropout_p(dropout_p):
+    """The rule of dropout_p (the model's and the run's): in [0, 1)."""
+    _in_range(types.SimpleNamespace(dropout_p=dropout_p), 'dropout_p', 0., 1., high_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +270,7 @@ class TrainConfig:
         _in_range(self, 'learning_rate', 0., float('inf'))
         _in_range(self, 'lr_decay', 0., 1., low_open=True)
         _in_range(self, 'polyak_decay', 0., 1., low_open=True)
-        _in_range(self, 'dropout_p', 0., 1., high_open=True)
+        check_dropout_p(self.dropout_p)
         _in_range(self, 'mutation_rate', 0., 1.)
         _in_range(self, 'l2_weight', 0., float('inf'))
         _in_range(self, 'save_minutes', 0., float('inf'))

@@ -57,8 +57,7 @@ class PixelCNNPP(keras.Model):
         # the architecture's rules are ModelConfig's (a ConfigError naming the argument)
         checked = config.ModelConfig(nr_resnet, nr_filters, nr_logistic_mix, resnet_nonlinearity,
                                      energy_distance, image_shape or config.ModelConfig.image_shape)
-        if not 0. <= dropout_p < 1.:
-            raise ValueError('dropout_p must be in [0, 1), got %r' % dropout_p)
+        config.check_dropout_p(dropout_p)
         if image_shape is not None:
             image_shape = checked.image_shape
         self.nr_resnet = nr_resnet

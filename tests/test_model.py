@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import SMALL, images
 import pixel_cnn_pp
 from pixel_cnn_pp import PixelCNNPP
+from pixel_cnn_pp.config import ConfigError
+from conftest import SMALL, images
 
 
 def small_model(**kwargs):
@@ -180,8 +181,9 @@ def test_errors_after_build(model):
     (dict(dropout_p=1.), r'dropout_p must be in \[0, 1\)'),
 ])
 def test_bad_config_errors(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message) as e:
         PixelCNNPP(**kwargs)
+    assert e.value.fields == tuple(kwargs)  # the argument named, for cli.py to say as a flag
 
 
 def test_stages_are_the_official_order():

@@ -8,7 +8,11 @@ CPU; compare with what your GPUs train at).
 
 Prints JSON: images/s over --steps global batches after the first 20, which include
 building the pipeline (reported apart as first_batches_seconds); the data's size and the
-process's peak memory above what it held before the data existed, and their ratio.
+process's peak memory above what it held before the data existed, and their ratio; and
+epoch_end_seconds, the longest of --epochs ends of an epoch (its last batches and the
+deletion of its iterator) after a pause of --pause seconds, as a slow training step makes.
+(tf.distribute's own input iterators, which data.py no longer uses, waited there for the
+tf.data autotuner: up to a minute, at random.)
 """
 
 import json
@@ -29,6 +33,8 @@ flags.DEFINE_integer('image_size', 32, 'Height and width')
 flags.DEFINE_integer('batch_size', 16, 'Images per replica per step')
 flags.DEFINE_integer('replicas', 1, 'Replicas of a MirroredStrategy on logical CPU devices')
 flags.DEFINE_integer('steps', 500, 'Global batches timed', lower_bound=1)
+flags.DEFINE_integer('epochs', 3, 'Epoch ends timed', lower_bound=0)
+flags.DEFINE_float('pause', 8., "Seconds between an epoch's first batch and the rest", lower_bound=0.)
 FLAGS = flags.FLAGS
 FIRST = 20
 
@@ -69,12 +75,23 @@ def main(argv):
             first = time.perf_counter()
     done = time.perf_counter()
     data_bytes = data.train_x.nbytes + data.train_y.nbytes
+    ends = []
+    for epoch in range(FLAGS.epochs):
+        batches = iter(data_lib.train_batches(strategy, data, FLAGS.batch_size, seed=1, epoch=epoch, max_steps=2))
+        next(batches)
+        time.sleep(FLAGS.pause)
+        began = time.perf_counter()
+        for _ in batches:
+            pass
+        del batches
+        ends.append(time.perf_counter() - began)
     peak = peak_rss_bytes() - before
     print(json.dumps(dict(replicas=FLAGS.replicas, global_batch=global_batch, num_images=n,
                           data_gb=round(data_bytes / 1e9, 3), peak_memory_above_start_gb=round(peak / 1e9, 3),
                           peak_over_data=round(peak / data_bytes, 3),
                           first_batches_seconds=round(first - start, 2),
-                          images_per_second=round((k - FIRST) * global_batch / (done - first))),
+                          images_per_second=round((k - FIRST) * global_batch / (done - first)),
+                          epoch_end_seconds=round(max(ends), 3) if ends else None),
                      indent=1))
 
 

@@ -258,14 +258,19 @@ def epoch_order(num_images, seed, epoch):
     return np.random.default_rng([seed, epoch]).permutation(num_images)
 
 
-def _pipeline(x, y, index_batches, input_context, per_replica_batch):
-    """Per-replica batches (x, y, weight) for this worker from global batches of indices
-    (index -1: a weight-0 filler). Worker w takes its replicas' slices of every global batch.
-    Each batch is gathered from the one array x (in memory or memory-mapped): the data set is
-    never copied into the tf.data graph, whatever its size."""
-    local = input_context.num_replicas_in_sync // input_context.num_input_pipelines
-    start = input_context.input_pipeline_id * local * per_replica_batch
-    mine = index_batches[:, start:start + local * per_replica_batch].reshape(-1, per_replica_batch)
+# tf.data's autotuner, off: deleting an iterator it tunes waits until its current period is
+# over (the period doubles up to a minute), seconds to a minute at random at the end of an
+# epoch or an evaluation (TensorFlow 2.21). Gathering a batch needs no tuning.
+_NO_AUTOTUNE = tf.data.Options()
+_NO_AUTOTUNE.autotune.enabled = False
+
+
+def _pipeline(x, y, index_batches, local_replicas, per_replica_batch):
+    """This worker's part of every global batch of indices (index -1: a weight-0 filler) as
+    (x, y, weight), each shaped (local_replicas, per_replica_batch, ...): `index_batches`
+    holds only this worker's columns. Each batch is gathered from the one array x (in memory
+    or memory-mapped): the data set is never copied into the tf.data graph, whatever its size."""
+    shape = (local_replicas, per_replica_batch)
 
     def gather(idx):
         i = np.maximum(idx, 0)
@@ -275,13 +280,37 @@ def _pipeline(x, y, index_batches, input_context, per_replica_batch):
     def load(idx):
         images, labels, weight = tf.numpy_function(gather, [idx], [tf.uint8, tf.int32, tf.float32],
                                                    stateful=False)
-        images.set_shape((per_replica_batch,) + x.shape[1:])
-        labels.set_shape((per_replica_batch,))
-        weight.set_shape((per_replica_batch,))
-        return scale(images), labels, weight
+        return (tf.reshape(scale(images), shape + x.shape[1:]), tf.reshape(labels, shape),
+                tf.reshape(weight, shape))
 
-    ds = tf.data.Dataset.from_tensor_slices(mine).map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.from_tensor_slices(index_batches).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(2).with_options(_NO_AUTOTUNE)
+
+
+class Batches:
+    """Distributed batches (x, y, weight) for strategy.run, one a step, from global batches
+    of indices into x: replica r of the strategy takes columns r * B .. (r + 1) * B. Iterable
+    again and again (the test set is evaluated every epoch).
+
+    Not tf.distribute's input iterators: those feed each device through a tf.data pipeline
+    of their own, tuned by the autotuner, whose iterator waits out the tuner's period when it
+    is deleted (see _NO_AUTOTUNE). Here this worker's replicas' columns are gathered by one
+    pipeline and handed out with experimental_distribute_values_from_function."""
+
+    def __init__(self, strategy, x, y, index_batches, per_replica_batch):
+        self.strategy, self.x, self.y, self.B = strategy, x, y, per_replica_batch
+        ids = strategy.experimental_local_results(
+            strategy.experimental_distribute_values_from_function(lambda ctx: ctx.replica_id_in_sync_group))
+        self.first, self.local = ids[0], len(ids)  # this worker's replicas: first, first + 1, ...
+        self.index_batches = index_batches[:, self.first * self.B:(self.first + self.local) * self.B]
+
+    def __len__(self):
+        return len(self.index_batches)
+
+    def __iter__(self):
+        for batch in _pipeline(self.x, self.y, self.index_batches, self.local, self.B):
+            yield self.strategy.experimental_distribute_values_from_function(
+                lambda ctx, batch=batch: tuple(t[ctx.replica_id_in_sync_group - self.first] for t in batch))
 
 
 def train_batches(strategy, data, per_replica_batch, seed, epoch, skip=0, max_steps=None):
@@ -292,9 +321,8 @@ def train_batches(strategy, data, per_replica_batch, seed, epoch, skip=0, max_st
     if max_steps:
         steps = min(steps, max_steps)
     order = epoch_order(len(data.train_x), seed, epoch)[:steps * global_batch]
-    index_batches = order.reshape(steps, global_batch)[skip:]
-    return strategy.distribute_datasets_from_function(
-        lambda ctx: _pipeline(data.train_x, data.train_y, index_batches, ctx, per_replica_batch))
+    return Batches(strategy, data.train_x, data.train_y, order.reshape(steps, global_batch)[skip:],
+                   per_replica_batch)
 
 
 def test_batches(strategy, data, per_replica_batch):
@@ -304,6 +332,4 @@ def test_batches(strategy, data, per_replica_batch):
     n = len(data.test_x)
     padded = -np.ones(-(-n // global_batch) * global_batch, np.int64)
     padded[:n] = np.arange(n)
-    return strategy.distribute_datasets_from_function(
-        lambda ctx: _pipeline(data.test_x, data.test_y, padded.reshape(-1, global_batch), ctx,
-                              per_replica_batch))
+    return Batches(strategy, data.test_x, data.test_y, padded.reshape(-1, global_batch), per_replica_batch)

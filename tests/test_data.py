@@ -100,9 +100,26 @@ def test_batches_are_gathered_from_the_one_array(tmp_path):
     test = list(data_lib.test_batches(strategy, data, 4))
     assert [b[2].numpy().tolist() for b in test] == [[1.] * 4, [1., 0., 0., 0.]]
     big = rng.integers(0, 256, (4000, 16, 16, 3), dtype=np.uint8)
-    ds = data_lib._pipeline(big, None, np.arange(4000).reshape(-1, 16), tf.distribute.InputContext(), 16)
+    ds = data_lib._pipeline(big, None, np.arange(4000).reshape(-1, 16), 1, 16)
     graph = ds._as_serialized_graph(external_state_policy=tf.data.experimental.ExternalStatePolicy.IGNORE)
     assert len(graph.numpy()) < big.nbytes / 20
+
+
+def test_batches_run_without_the_autotuner(two_replicas):
+    """The batches come from one pipeline of ours per worker, with tf.data's autotuner off:
+    deleting an iterator the autotuner tunes (as tf.distribute's per-device input iterators
+    are) waits until its period is over, up to a minute at the end of every epoch. Each
+    replica gets its columns of the global batch, as a PerReplica value."""
+    data = data_lib.Data(np.arange(8 * 48, dtype=np.uint8).reshape(8, 4, 4, 3), None,
+                         np.zeros((1, 4, 4, 3), np.uint8), None, 0)
+    assert data_lib._pipeline(data.train_x, None, np.arange(8).reshape(2, 4), 2, 2).options().autotune.enabled is False
+    batches = data_lib.train_batches(two_replicas, data, 2, seed=1, epoch=0)
+    assert len(batches) == 2 and (batches.first, batches.local) == (0, 2)
+    order = data_lib.epoch_order(8, 1, 0)
+    for step, (x, _, weight) in enumerate(batches):
+        for r, (images, w) in enumerate(zip(x.values, weight.values)):
+            np.testing.assert_array_equal(images.numpy(), scale(data.train_x[order[4 * step + 2 * r:][:2]]).numpy())
+            np.testing.assert_array_equal(w.numpy(), [1., 1.])
 
 
 def test_mutation_rate_measured_on_a_batch():

@@ -1,17 +1,22 @@
 """Settings every test runs under, and the helpers test files share (import them with
 `from conftest import ...`: pytest puts tests/ on sys.path)."""
 
+import contextlib
 import gc
+import io
 import os
+import runpy
 import subprocess
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
+import quiet_tf  # noqa: F401  (first, as in the scripts: TensorFlow without its start-up lines)
+from absl import flags  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from pixel_cnn_pp import cli  # noqa: E402  (its common flags belong to every script)
 
 # Grappler's graph rewrites cost seconds per traced step and buy nothing on tests' tiny models.
 tf.config.optimizer.set_experimental_options({'disable_meta_optimizer': True})
@@ -107,6 +112,48 @@ def run_script(name, *args, status=None, env=None, timeout=600):
     if status is not None:
         assert out.returncode == status, out.stderr
     return out
+
+
+# absl's own flags and the common ones of cli.py: the flags every script's process starts with
+BASE_FLAGS = frozenset(flags.FLAGS)
+_REGISTRY = ('__flags', '__hiddenflags', '__flags_by_module', '__flags_by_module_id', '__key_flags_by_module',
+             '__flags_parsed')
+
+
+def run_in_process(name, *args, status=None):
+    """Runs the repository's script `name` (e.g. 'export.py') in this process as its own
+    process would run with these arguments, without the seconds a process spends importing
+    TensorFlow: returns (exit status, stdout, stderr). status: the exit status it must end
+    with (its stderr is the assertion's message). What only a real process shows (the console
+    of TensorFlow's start-up, signals) is tested with run_script.
+
+    absl keeps one set of flags per process, and scripts define some of the same names their
+    own way (--batch_size, --checkpoint, the model flags): during the call the script's flags
+    are the only ones besides BASE_FLAGS; the others, and every flag's value, come back after."""
+    FLAGS = flags.FLAGS
+    registry = {k: {key: list(v) if isinstance(v, list) else v for key, v in FLAGS.__dict__[k].items()}
+                if isinstance(FLAGS.__dict__[k], dict) else FLAGS.__dict__[k] for k in _REGISTRY}
+    values = {flag: dict(flag.__dict__) for flag in FLAGS._flags().values()}
+    argv, out, err, code = sys.argv, io.StringIO(), io.StringIO(), 0
+    try:
+        for flag_name in [n for n in FLAGS if n not in BASE_FLAGS]:
+            delattr(FLAGS, flag_name)
+        for flag_name in BASE_FLAGS:
+            FLAGS[flag_name].unparse()
+        main = runpy.run_path(os.path.join(ROOT, name), run_name='script_' + name[:-3])['main']
+        sys.argv = [name] + list(args)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            cli.run(main)
+    except SystemExit as e:
+        code = e.code or 0
+    finally:
+        sys.argv = argv
+        FLAGS.__dict__.update(registry)
+        for flag, state in values.items():
+            flag.__dict__.update(state)
+    if status is not None:
+        assert code == status, err.getvalue()
+    return code, out.getvalue(), err.getvalue()
 
 
 def free_ports(n):

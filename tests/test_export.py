@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import pixel_cnn_pp
-from conftest import FIXTURES, run_script
+from conftest import FIXTURES, run_in_process, run_script
 
 # the smallest official config with labels (relu: a checkpoint cannot tell it, so a flag says it)
 OFFICIAL = os.path.join(FIXTURES, 'official_configs', 'relu_r1_f8_m2_cond4')
@@ -117,9 +117,8 @@ def test_saved_model_says_what_its_signatures_take(exported):
 
 def test_keras_format_and_raw_weights(tmp_path):
     ckpt = os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt')
-    out = run_script('export.py', '--checkpoint=' + ckpt, '--out=%s' % (tmp_path / 'm.keras'),
-                     '--format=keras', '--noema', '--image_size=8,12')
-    assert out.returncode == 0, out.stderr
+    run_in_process('export.py', '--checkpoint=' + ckpt, '--out=%s' % (tmp_path / 'm.keras'),
+                   '--format=keras', '--noema', '--image_size=8,12', status=0)
     loaded = keras.models.load_model(str(tmp_path / 'm.keras'))
     assert loaded.image_shape == (8, 12, 3)
     ref = np.load(os.path.join(FIXTURES, 'official_small', 'ref.npz'))
@@ -136,17 +135,15 @@ def test_keras_format_and_raw_weights(tmp_path):
 ])
 def test_bad_input_is_a_short_message_and_writes_nothing(tmp_path, args, message):
     ckpt = os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt')
-    out = run_script('export.py', *[a.format(d=tmp_path, ckpt=ckpt) for a in args])
-    assert out.returncode == 2
-    last = out.stderr.strip().splitlines()[-2:]  # the message, then where to look for more
-    assert message in last[0] and last[1] == 'Run with --help for the flags.'
-    assert 'Traceback' not in out.stderr
+    _, _, err = run_in_process('export.py', *[a.format(d=tmp_path, ckpt=ckpt) for a in args], status=2)
+    assert err.splitlines() == [err.splitlines()[0], 'Run with --help for the flags.']  # two lines
+    assert err.startswith('export.py: error: ') and message in err.splitlines()[0]
     assert os.listdir(tmp_path) == []
 
 
 def test_existing_out_is_refused(tmp_path):
     (tmp_path / 'x').mkdir()
-    out = run_script('export.py', '--checkpoint=' + os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt'),
-                     '--out=%s' % (tmp_path / 'x'))
-    assert out.returncode == 2 and 'already exists' in out.stderr
+    _, _, err = run_in_process('export.py', '--checkpoint=' + os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt'),
+                               '--out=%s' % (tmp_path / 'x'), status=2)
+    assert 'already exists' in err
     assert os.listdir(tmp_path) == ['x'] and os.listdir(tmp_path / 'x') == []

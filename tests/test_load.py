@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import FIXTURES, SMALL_CKPT, assert_close_to_official, images, initialised, run_script
+from conftest import FIXTURES, SMALL_CKPT, assert_close_to_official, images, initialised, run_in_process
 import pixel_cnn_pp
 from pixel_cnn_pp import PixelCNNPP, checkpoints
 from pixel_cnn_pp.training import Trainer
@@ -262,8 +262,8 @@ def test_sample_py_on_a_save_dir_without_model_flags(run_dir, tmp_path):
     sampler (the same images as the fast one, test_sampling checks) saves tracing the fast
     one twice; sample.py's default method is run by test_sampling's sample.py tests."""
     d, _, _ = run_dir
-    run_script('sample.py', '--checkpoint=' + d, '--num_samples=3', '--labels=4,1', '--seed=2', '--method=naive',
-               '--out=%s' % (tmp_path / 's'), status=0, timeout=300)
+    run_in_process('sample.py', '--checkpoint=' + d, '--num_samples=3', '--labels=4,1', '--seed=2', '--method=naive',
+                   '--out=%s' % (tmp_path / 's'), status=0)
     images = np.load(tmp_path / 's.npz')['samples']
     expected = pixel_cnn_pp.sample(pixel_cnn_pp.load(d), 3, h=tf.one_hot([4, 1, 4], 5), seed=2, method='naive')
     assert images.shape == (3, 8, 12, 3)

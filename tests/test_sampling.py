@@ -165,14 +165,8 @@ def test_sample_errors():
 
 
 def run_sample_py(*args):
-    import os
-    import subprocess
-    import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([sys.executable, os.path.join(root, 'sample.py')] + list(args),
-                         env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    return out
+    """sample.py in this process (its real process: test_cli's bad-flag test)."""
+    return conftest.run_in_process('sample.py', *args, status=0)[1]
 
 
 def test_sample_py_completes_images(tmp_path):
@@ -188,9 +182,9 @@ def test_sample_py_completes_images(tmp_path):
     out = run_sample_py('--checkpoint=' + ckpt, '--image_size=8', '--complete=%s' % (tmp_path / 'in.npz'),
                         '--num_samples=2', '--given_rows=3', '--samples_per_image=2', '--temperature=0.8',
                         '--batch_size=3', '--seed=2', '--out=%s' % (tmp_path / 'c'))
-    lines = out.stdout.splitlines()
+    lines = out.splitlines()
     assert lines[0].startswith('loaded %s (EMA weights): ' % ckpt)
-    assert 'completing 2 images, 2 completions each (4 samples) at temperature 0.8' in lines and 'images/s' in out.stdout
+    assert 'completing 2 images, 2 completions each (4 samples) at temperature 0.8' in lines and 'images/s' in out
     saved = np.load(tmp_path / 'c.npz')
     np.testing.assert_array_equal(saved['given'], originals[:2])
     model = pixel_cnn_pp.load(ckpt, image_shape=(8, 8))

@@ -1,5 +1,8 @@
 """Sampling: the fast cached sampler draws exactly what the official per-pixel loop draws."""
 
+import functools
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -16,10 +19,19 @@ def initialised(channels, conditional, nonlinearity='concat_elu', size=8):
                                 resnet_nonlinearity=nonlinearity)
 
 
+@functools.lru_cache(maxsize=None)
+def shared(channels, conditional, nonlinearity='concat_elu'):
+    """initialised(...) made once per config (the same weights), for the tests that only draw
+    from it: its samplers are traced once, not once per test. A test that changes the
+    weights makes its own."""
+    keras.utils.set_random_seed(1234)  # the same weights whichever test asks first
+    return initialised(channels, conditional, nonlinearity)
+
+
 @pytest.mark.parametrize('channels, conditional, nonlinearity', [
     (3, False, 'concat_elu'), (3, True, 'concat_elu'), (1, False, 'concat_elu'), (3, False, 'relu')])
 def test_fast_equals_naive(channels, conditional, nonlinearity):
-    model, h = initialised(channels, conditional, nonlinearity)
+    model, h = shared(channels, conditional, nonlinearity)
     shape = (8, 8, channels)
     naive = pixel_cnn_pp.sample(model, 4, h=h, seed=5, method='naive', image_shape=shape)
     fast = pixel_cnn_pp.sample(model, 4, h=h, seed=5, method='fast', image_shape=shape)
@@ -46,7 +58,7 @@ def test_xla_compiled_fast_sampler_equals_naive():
     naive loop's images, on a wide image (odd columns at the coarsest level), with
     conditioning, completion and temperature; the row step and each kind of row's pixel
     loop traced once."""
-    model, _ = initialised(3, True)
+    model, _ = shared(3, True)
     shape = (8, 12, 3)
     h = tf.one_hot([2, 7], 10)
     given = np.random.default_rng(0).integers(0, 256, (2,) + shape, dtype=np.uint8)
@@ -67,7 +79,7 @@ def test_xla_compiled_fast_sampler_equals_naive():
 def test_naive_is_the_per_pixel_loop():
     """Pixel (i, j) of a sample is drawn from model(x) on the image generated so far, so
     regenerating from the sample's own prefix reproduces it."""
-    model, _ = initialised(3, False)
+    model, _ = shared(3, False)
     seed = tf.constant(2, tf.int64)
     # the float samples: like the official loop, generation conditions on unrounded values
     noise = sampling.noise((4, 8, 8, 3), model.nr_logistic_mix, seed)
@@ -83,7 +95,7 @@ def test_naive_is_the_per_pixel_loop():
 def test_completion_keeps_the_given_rows_and_samples_the_rest(conditional):
     """The first r rows are given's bit for bit; fast and naive draw the same rest from
     p(x | those rows), which depends on them."""
-    model, h = initialised(3, conditional)
+    model, h = shared(3, conditional)
     given = np.random.default_rng(1).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
     kw = dict(h=h, seed=5, image_shape=(8, 8, 3), given=given, given_rows=3)
     naive = pixel_cnn_pp.sample(model, 4, method='naive', **kw)
@@ -126,7 +138,7 @@ def test_temperature_matches_numpy_and_sharpens():
 def test_the_compiled_sampler_is_reused(method):
     """Any batch size, seed, completion or temperature: traced once per model, image shape,
     method and conditioning."""
-    model, _ = initialised(3, False)
+    model, _ = shared(3, False)
     given = np.zeros((3, 8, 8, 3), np.uint8)
     pixel_cnn_pp.sample(model, 2, seed=1, method=method, image_shape=(8, 8, 3))
     pixel_cnn_pp.sample(model, 3, seed=2, method=method, image_shape=(8, 8, 3), given=given, given_rows=2,
@@ -137,14 +149,14 @@ def test_the_compiled_sampler_is_reused(method):
 
 
 def test_seeds():
-    model, _ = initialised(3, False)
+    model, _ = shared(3, False)
     a = pixel_cnn_pp.sample(model, 2, seed=3, image_shape=(8, 8, 3))
     np.testing.assert_array_equal(a, pixel_cnn_pp.sample(model, 2, seed=3, image_shape=(8, 8, 3)))
     assert not np.array_equal(a, pixel_cnn_pp.sample(model, 2, seed=4, image_shape=(8, 8, 3)))
 
 
 def test_sample_errors():
-    model, h = initialised(3, True)
+    model, h = shared(3, True)
     with pytest.raises(ValueError, match='h has 4 rows but num is 2'):
         pixel_cnn_pp.sample(model, 2, h=h, image_shape=(8, 8, 3))
     with pytest.raises(ValueError, match="method must be one of"):
@@ -155,7 +167,7 @@ def test_sample_errors():
     energy(np.zeros((1, 8, 8, 3), np.float32))
     with pytest.raises(ValueError, match="use method='naive'"):
         pixel_cnn_pp.sample(energy, 1, image_shape=(8, 8, 3))
-    model, _ = initialised(3, False)
+    model, _ = shared(3, False)
     with pytest.raises(ValueError, match=r'given must be uint8 images of shape \(2, 8, 8, 3\)'):
         pixel_cnn_pp.sample(model, 2, image_shape=(8, 8, 3), given=np.zeros((2, 8, 8, 3)), given_rows=1)
     with pytest.raises(ValueError, match='given_rows=2 needs the given images'):
@@ -250,7 +262,7 @@ class ShortcutsReversed(PixelCNNPP):
 def test_the_sampler_follows_the_models_stages():
     """Model and fast sampler walk the same Stage records: rewire the model's short-cuts and
     the sampler follows (a sampler with its own copy of the layer order would not)."""
-    model, _ = initialised(3, False)
+    model, _ = shared(3, False)
     rewired = ShortcutsReversed(nr_resnet=1, nr_filters=8, nr_logistic_mix=3)
     rewired.build((None, 8, 8, 3))
     for name, var in rewired.official_variables().items():

@@ -3,6 +3,7 @@ a replay of the official reference run, replicas that sum like the official mult
 accumulation, recomputation, precisions, the L2 term, divergence."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -115,18 +116,25 @@ def test_two_replicas_accumulating_equal_one_replica_with_the_whole_batch(one_re
 
 
 def test_recompute_changes_no_number(one_replica):
-    """--recompute with dropout: the recomputed pass drops the same units (stateless seed per
-    step and block), so training gives the same weights."""
+    """--recompute with dropout: the recomputed pass drops the same units (a stateless seed
+    per step and block), so the loss and every gradient are the same, and so is each update
+    (the update rule sees only them; train_step calls _loss_and_grads with the step's seed
+    whatever recompute is)."""
     data = tiny_data()
     kwargs = dict(TINY, dropout_p=0.5)
     kept = Trainer(one_replica, kwargs, (8, 8, 3), seed=5)
     kept.initialize(images.scale(data.train_x[:8]))
     recomputed = twin(kept, one_replica, seed=5, recompute=True)
-    start = {k: v.numpy() for k, v in kept.params.items()}
-    for batch in data_lib.train_batches(one_replica, data, 8, seed=3, epoch=0, max_steps=2):
-        assert kept.train_step(batch) == pytest.approx(recomputed.train_step(batch), rel=1e-6)
-    assert_same_state(kept, recomputed)
-    assert any(np.abs(start[k] - kept.params[k].numpy()).max() > 1e-3 for k in start)
+    x, y = images.scale(data.train_x[8:16]), tf.constant(data.train_y[8:16])
+    for seed in ([5, 1], [5, 2]):
+        seed = tf.constant(seed, tf.int64)
+        loss, grads = kept._loss_and_grads(x, y, seed)
+        loss_r, grads_r = recomputed._loss_and_grads(x, y, seed)
+        assert float(loss_r) == pytest.approx(float(loss), rel=1e-6)
+        for g, g_r in zip(grads, grads_r):  # float32 round-off of sums over pixels
+            np.testing.assert_allclose(g_r, g, rtol=1e-4, atol=1e-5 * np.abs(g).max())
+    other_seed = kept._loss_and_grads(x, y, tf.constant([5, 3], tf.int64))[0]
+    assert float(other_seed) != float(loss)  # dropout is on: the seed changes the loss
     with pytest.raises(ValueError, match='recompute=True with dropout needs a stateless seed'):
         kept.model(images.scale(data.train_x[:2]), training=True, recompute=True)
 
@@ -229,36 +237,52 @@ def test_checkpoints_move_between_precisions(tmp_path):
         np.testing.assert_array_equal(v.numpy(), mixed.shadows[k].numpy())
 
 
-def test_nonfinite_batch_is_reported():
-    trainer = Trainer(tf.distribute.get_strategy(), TINY, (8, 8, 3))
-    x = np.zeros((2, 8, 8, 3), np.float32)
-    trainer.initialize(np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32))
-    x[1, 2, 3, 0] = np.nan
-    with pytest.raises(FloatingPointError, match='batch of step 1 holds 1 NaN or inf pixel'):
-        trainer.train_step((tf.constant(x), tf.zeros(2, tf.int32), tf.ones(2)))
-    assert trainer.optimizer.step.numpy() == 0
-
-
-def test_divergence_stops_at_its_step_and_applies_nothing(one_replica):
-    """A step whose loss and gradients are not finite raises at that step (not the next),
-    with the step and learning rate, and leaves weights, EMA, Adam moments and the step
-    counter untouched."""
+@pytest.fixture(scope='module')
+def tiny_trainer(one_replica):
+    """One replica, learning rate 0.01 halved every step, initialised: the tests of steps
+    that are not applied share it (each leaves its weights as it found them)."""
     data = tiny_data()
     trainer = Trainer(one_replica, TINY, (8, 8, 3), learning_rate=0.01, lr_decay=0.5)
     trainer.initialize(images.scale(data.train_x[:8]))
-    batch = first_batch(one_replica, data, 4)
+    return trainer, first_batch(one_replica, data, 4)
+
+
+NOT_APPLIED = pytest.mark.xdist_group('training_tiny_trainer')  # the tests of tiny_trainer: built once
+
+
+@NOT_APPLIED
+def test_nonfinite_batch_is_reported(tiny_trainer):
+    trainer, _ = tiny_trainer
+    step = trainer.optimizer.step.numpy()
+    x = np.zeros((4, 8, 8, 3), np.float32)
+    x[1, 2, 3, 0] = np.nan
+    with pytest.raises(FloatingPointError, match='batch of step %d holds 1 NaN or inf pixel' % (step + 1)):
+        trainer.train_step((tf.constant(x), tf.zeros(4, tf.int32), tf.ones(4)))
+    assert trainer.optimizer.step.numpy() == step
+
+
+@NOT_APPLIED
+def test_divergence_stops_at_its_step_and_applies_nothing(tiny_trainer):
+    """A step whose loss and gradients are not finite raises at that step (not the next),
+    with the step and learning rate, and leaves weights, EMA, Adam moments and the step
+    counter untouched."""
+    trainer, batch = tiny_trainer
     trainer.train_step(batch)
+    step, lr = trainer.optimizer.step.numpy(), trainer.optimizer.lr.numpy()
     state = lambda: [v.numpy() for g in (trainer.params, trainer.shadows, trainer.optimizer.m,  # noqa: E731
                                          trainer.optimizer.v) for v in g.values()]
-    head = 'dense_%d/b' % (len([k for k in trainer.params if k.startswith('dense_')]) // 3 - 1)
-    trainer.params[head].assign(tf.fill([20], 1e38))  # logits beyond float32: inf loss, NaN gradients
+    head = trainer.params['dense_%d/b' % (len([k for k in trainer.params if k.startswith('dense_')]) // 3 - 1)]
+    bias = head.numpy()
+    head.assign(tf.fill([20], 1e38))  # logits beyond float32: inf loss, NaN gradients
     before = state()
-    with pytest.raises(FloatingPointError, match=r'diverged at step 2: the loss is (nan|inf) \(gradients '
-                                                 r'not finite\), at learning rate 0\.0025.*lower learning_rate'):
+    with pytest.raises(FloatingPointError, match=r'diverged at step %d: the loss is (nan|inf) \(gradients '
+                                                 r'not finite\), at learning rate %s.*lower learning_rate'
+                                                 % (step + 1, re.escape('%.3g' % (lr * 0.5)))):
         trainer.train_step(batch)
-    assert trainer.optimizer.step.numpy() == 1
+    assert trainer.optimizer.step.numpy() == step
     for a, b in zip(before, state()):
         np.testing.assert_array_equal(a, b)
+    head.assign(bias)
 
 
 def test_stateless_dropout_is_a_function_of_the_seed():

@@ -23,7 +23,7 @@ from absl import app, flags
 import keras
 import tensorflow as tf
 
-from pixel_cnn_pp import checkpoints, cli, config, run, training
+from pixel_cnn_pp import cli, config, run, training
 from pixel_cnn_pp import data as data_lib
 from pixel_cnn_pp.config import ConfigError, ModelConfig, TrainConfig
 

@@ -11,14 +11,13 @@ import keras
 import tensorflow as tf
 
 from pixel_cnn_pp import config
-from pixel_cnn_pp.config import CONFIG_FILE, ModelConfig  # noqa: F401  (CONFIG_FILE: for callers)
+from pixel_cnn_pp.config import ModelConfig
 from pixel_cnn_pp.model import PixelCNNPP
 
-MODEL_KEYS = ModelConfig.ARCHITECTURE
 # The groups of our training checkpoint (training.Trainer) that hold weights.
 PARAMS, EMA = 'params', 'ema'
 OFFICIAL_EMA_SUFFIX = '/ExponentialMovingAverage'
-OVERRIDES = MODEL_KEYS + ('image_shape', 'num_labels', 'dropout_p', 'dtype')
+OVERRIDES = ModelConfig.ARCHITECTURE + ('image_shape', 'num_labels', 'dropout_p', 'dtype')
 # What reading a corrupt or truncated checkpoint raises (the reader's IndexError: a short read).
 READ_ERRORS = (tf.errors.OpError, IndexError)
 KINDS = ('a save_dir of train.py, one of its checkpoints (save/ckpt-12), a .keras file, or an '
@@ -186,7 +185,7 @@ def _load_keras(path, use_ema, overrides):
                                                                   else type(e).__name__)) from None
     if not isinstance(model, PixelCNNPP):
         raise ValueError('%s holds a %s, not a PixelCNNPP' % (path, type(model).__name__))
-    inferred = dict({k: getattr(model, k) for k in MODEL_KEYS if k != 'resnet_nonlinearity'},
+    inferred = dict({k: getattr(model, k) for k in ModelConfig.ARCHITECTURE if k != 'resnet_nonlinearity'},
                     channels=model.channels, num_labels=model.num_labels,
                     nonlinearities=(model.resnet_nonlinearity,))
     wanted, extras = ModelConfig.from_checkpoint(path, inferred, {'image_shape': model.image_shape}, overrides)

@@ -3,7 +3,7 @@ range coder) with the 256-value distribution of the model's discretized logistic
 so that a file takes -log2 p(x) bits plus a small overhead.
 
 Encoder and decoder must compute the same floats, bit for bit: the decoder can only run
-the fast sampler's cached pixel-by-pixel computation (sampling._FastSampler), so the
+the fast sampler's cached pixel-by-pixel computation (sampling.fast.FastSampler), so the
 encoder runs that same computation, with the same batch size and grouping, fed the known
 pixels; _CodingSampler hands the network's output at each pixel to the coder (a
 tf.numpy_function in the row's loop) and writes back the pixel the coder returns. XLA
@@ -28,7 +28,8 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import config, nn, sampling
+from pixel_cnn_pp import config, nn
+from pixel_cnn_pp.sampling.fast import FastSampler
 from pixel_cnn_pp.images import scale
 
 MAGIC = b'PC++'
@@ -181,7 +182,7 @@ def _checksum(images, labels):
     return digest.digest()[:8]
 
 
-class _CodingSampler(sampling._FastSampler):
+class _CodingSampler(FastSampler):
     """The fast sampler with each pixel's draw replaced by `self.callback(i, j, l)`:
     given the network's output l (B, P) at pixel (i, j), it returns the pixel (uint8
     (B, C)) to write there (the encoder's: the known pixel, after coding it; the

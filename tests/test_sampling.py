@@ -114,12 +114,12 @@ def test_temperature_matches_numpy_and_sharpens():
     untempered sampler; draws at T = 0.5 have a lower NLL under the mixture they came from."""
     rng = np.random.default_rng(0)
     l = rng.normal(size=(2, 4, 4, 30)).astype(np.float32)
-    u_mix, u = sampling.nn.mixture_noise(l, 3, tf.constant(3, tf.int64))
+    u_mix, u = pixel_cnn_pp.nn.mixture_noise(l, 3, tf.constant(3, tf.int64))
     for T in (1., 0.5, 2.):
-        np.testing.assert_allclose(sampling.nn.sample_with_noise(l, 3, (u_mix, u), T),
+        np.testing.assert_allclose(pixel_cnn_pp.nn.sample_with_noise(l, 3, (u_mix, u), T),
                                    np_reference.mix_logistic_sample(l, 3, u_mix.numpy(), u.numpy(), T), atol=1e-5)
-    np.testing.assert_array_equal(sampling.nn.sample_with_noise(l, 3, (u_mix, u), 1.),
-                                  sampling.nn.sample_with_noise(l, 3, (u_mix, u)))
+    np.testing.assert_array_equal(pixel_cnn_pp.nn.sample_with_noise(l, 3, (u_mix, u), 1.),
+                                  pixel_cnn_pp.nn.sample_with_noise(l, 3, (u_mix, u)))
     # one context, many draws: lower T puts the draws where the model's density is higher
     l = np.tile(rng.normal(size=(1, 1, 1, 30)).astype(np.float32), [4000, 1, 1, 1])
     rest = l[..., 3:].reshape(4000, 1, 1, 3, 9)  # 3 components: per channel 3 means, log-scales, coeffs
@@ -128,7 +128,7 @@ def test_temperature_matches_numpy_and_sharpens():
     l[..., 3:] = rest.reshape(4000, 1, 1, 27)
     nll = {}
     for T in (1., 0.5):
-        x = sampling.nn.sample_with_noise(l, 3, sampling.nn.mixture_noise(l, 3, tf.constant(1, tf.int64)), T)
+        x = pixel_cnn_pp.nn.sample_with_noise(l, 3, pixel_cnn_pp.nn.mixture_noise(l, 3, tf.constant(1, tf.int64)), T)
         x = (np.round(x.numpy() * 127.5 + 127.5) - 127.5) / 127.5  # to 8-bit values
         nll[T] = np_reference.mix_logistic_nll(x, l).mean()
     assert nll[0.5] < nll[1.] - 0.1

@@ -170,8 +170,8 @@ def main(argv):
     if FLAGS['check_environment'].present and not FLAGS.decompress:
         raise app.UsageError('--check_environment is for --decompress')
     model = cli.load_model(FLAGS.checkpoint, use_ema=FLAGS.ema)
-    if model.energy_distance:
-        raise app.UsageError('an energy-distance model has no likelihood to code with')
+    with cli.flag_errors():
+        codec.check_model(model)
     (decompress if FLAGS.decompress else compress)(model)
 
 

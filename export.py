@@ -20,6 +20,7 @@ import tempfile
 from absl import app, flags
 
 from pixel_cnn_pp import cli, serving
+from pixel_cnn_pp.config import ConfigError
 
 FLAGS = flags.FLAGS
 cli.define_load_flags()
@@ -41,9 +42,11 @@ def main(argv):
     if os.path.exists(out):
         raise app.UsageError('--out=%s already exists; choose a new path' % FLAGS.out)
     model = cli.load_model(FLAGS.checkpoint, use_ema=FLAGS.ema)
-    if FLAGS.format == 'saved_model' and model.energy_distance:
-        raise app.UsageError('an energy-distance model has no likelihood to export as a SavedModel; '
-                             'use --format=keras')
+    if FLAGS.format == 'saved_model':
+        try:  # before anything is written
+            module = serving.Serving(model)
+        except ConfigError as e:
+            raise app.UsageError('%s; use --format=keras' % e) from None
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     # written beside the destination, then renamed: a failed export leaves nothing behind
@@ -53,7 +56,7 @@ def main(argv):
             model.save(os.path.join(tmp, 'model.keras'))
             os.replace(os.path.join(tmp, 'model.keras'), out)
         else:
-            serving.export_saved_model(model, os.path.join(tmp, 'saved_model'))
+            module.save(os.path.join(tmp, 'saved_model'))
             os.replace(os.path.join(tmp, 'saved_model'), out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -73,16 +73,12 @@ def labels_to_draw(num_labels):
 
 
 def images_to_complete(shape):
-    """(--num_samples images of --complete fitted to the model's shape, repeated
-    --samples_per_image times each, the number of rows kept)."""
+    """The first --num_samples images of --complete, fitted to the model's shape."""
     _, images = cli.read_image_set(FLAGS.complete, shape, FLAGS.data_dir, FLAGS.num_samples, 'complete')
     if len(images) < FLAGS.num_samples:
         print('--complete=%s holds %d images: completing all %d (--num_samples=%d asks for more)'
               % (FLAGS.complete, len(images), len(images), FLAGS.num_samples))
-    rows = shape[0] // 2 if FLAGS.given_rows is None else FLAGS.given_rows
-    if rows > shape[0]:
-        raise app.UsageError('--given_rows=%d but the images have %d rows' % (rows, shape[0]))
-    return images, rows
+    return images
 
 
 def completion_grid(originals, completions, rows):
@@ -100,24 +96,23 @@ def main(argv):
     if not FLAGS.checkpoint:
         raise app.UsageError('--checkpoint is required: a save_dir of train.py, a checkpoint, a '
                              '.keras file or an official TF1 checkpoint')
-    if FLAGS.temperature <= 0:
-        raise app.UsageError('--temperature must be > 0, got %g' % FLAGS.temperature)
-    if FLAGS.jit_compile and FLAGS.method != 'fast':
-        raise app.UsageError('--jit_compile is for --method=fast')
     for name in ('given_rows', 'samples_per_image', 'data_dir'):
         if FLAGS[name].present and not FLAGS.complete:
             raise app.UsageError('--%s is for --complete' % name)
+    with cli.flag_errors():  # what needs no model, before it is loaded
+        sampling.check_arguments(FLAGS.method, FLAGS.temperature, FLAGS.jit_compile)
     keras.utils.set_random_seed(FLAGS.seed)
     model = cli.load_model(FLAGS.checkpoint, use_ema=FLAGS.ema)
-    if model.energy_distance and FLAGS.method == 'fast':
-        raise app.UsageError('an energy-distance model samples with --method=naive only')
     labels, per_row = labels_to_draw(model.num_labels)
     given, rows = None, 0
     if FLAGS.complete:
-        originals, rows = images_to_complete(model.image_shape)
+        originals = images_to_complete(model.image_shape)
+        rows = model.image_shape[0] // 2 if FLAGS.given_rows is None else FLAGS.given_rows
         given = np.repeat(originals, FLAGS.samples_per_image, axis=0)
         if labels is not None:
             labels = np.resize(labels, len(given))
+    with cli.flag_errors():  # before anything is written
+        sampling.check(model, FLAGS.method, FLAGS.temperature, FLAGS.jit_compile, rows)
     total = len(given) if given is not None else len(labels) if labels is not None else FLAGS.num_samples
     out = FLAGS.out or os.path.join(model.folder, 'completions' if FLAGS.complete else 'samples')
     os.makedirs(os.path.dirname(out) or '.', exist_ok=True)

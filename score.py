@@ -102,8 +102,9 @@ def main(argv):
             raise app.UsageError('--%s=%s: its folder does not exist' % (flag, FLAGS[flag].value))
     model = cli.load_model(FLAGS.checkpoint, use_ema=FLAGS.ema)
     background = cli.load_model(FLAGS.background, use_ema=FLAGS.ema) if FLAGS.background else None
-    if model.energy_distance:
-        raise app.UsageError('an energy-distance model has no likelihood to score with')
+    with cli.flag_errors():
+        for m in (model, background) if background else (model,):
+            scoring.check_model(m)
     sets = [cli.read_image_set(spec, model.image_shape, FLAGS.data_dir)
             for spec in [FLAGS['in'].value] + FLAGS.ood]
     names = [name for name, _ in sets]

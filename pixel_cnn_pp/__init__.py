@@ -4,9 +4,11 @@ of the official openai/pixel-cnn code."""
 from pixel_cnn_pp import nn
 from pixel_cnn_pp.checkpoints import load, load_official_checkpoint
 from pixel_cnn_pp.codec import CodecError, compress, decompress
+from pixel_cnn_pp.config import ConfigError
+from pixel_cnn_pp.datafiles import DataError
 from pixel_cnn_pp.model import PixelCNNPP
 from pixel_cnn_pp.sampling import sample
 from pixel_cnn_pp.scoring import bits_per_dim, log_prob, log_prob_map
 
-__all__ = ['CodecError', 'PixelCNNPP', 'bits_per_dim', 'compress', 'decompress', 'load',
+__all__ = ['CodecError', 'ConfigError', 'DataError', 'PixelCNNPP', 'bits_per_dim', 'compress', 'decompress', 'load',
            'load_official_checkpoint', 'log_prob', 'log_prob_map', 'nn', 'sample']

@@ -16,6 +16,7 @@ Exit statuses, the same in every script:
     3    a file could not be written or read by the system (disk full, permission denied)
     130  interrupted (Ctrl-C)"""
 
+import contextlib
 import json
 import os
 import re
@@ -87,9 +88,20 @@ def flag_message(error):
         flag = flag_name(field)
         if flag not in FLAGS:
             continue
+        text = re.sub(r"(?<![\w./=-])%s='([^']*)'" % re.escape(field), lambda m: '--%s=%s' % (flag, m.group(1)), text)
         text = re.sub(r'(?<![\w./=-])%s=True\b' % re.escape(field), '--' + flag, text)
         text = re.sub(r'(?<![\w./=-])%s\b' % re.escape(field), '--' + flag, text)
     return text
+
+
+@contextlib.contextmanager
+def flag_errors():
+    """A library's ConfigError (a setting that cannot be) inside becomes a usage error whose
+    message names the flags (flag_message)."""
+    try:
+        yield
+    except config.ConfigError as e:
+        raise app.UsageError(flag_message(e)) from None
 
 
 def define_checkpoint_flag(what):

@@ -236,11 +236,9 @@ def _sampler(model, image_shape, conditional):
     return samplers[key]
 
 
-def _check_model(model):
-    if not model.built or model.channels is None:
-        raise ValueError('the model is not built yet: load it or call it once on a batch first')
-    if model.energy_distance:
-        raise ValueError('an energy-distance model has no likelihood to code with')
+def check_model(model):
+    """What a model must be to code images (PixelCNNPP.require): a ConfigError otherwise."""
+    model.require('code with')
 
 
 def _passes(model, images, h, batch_size, callback, progress):
@@ -300,7 +298,7 @@ def compress(model, images, h=None, labels=None, batch_size=16, verify=True, pro
     the images back: about as long as the encoding again. progress(rows done, rows in all)
     is called after each image row of a pass."""
     import constriction
-    _check_model(model)
+    check_model(model)
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise TypeError('images must be uint8 (N, H, W, C) pixel values 0..255, got %s' % images.dtype)
@@ -407,7 +405,7 @@ def decompress(model, data, check_environment=True, progress=None):
     check_environment=False tries anyway, the pixels' checksum still refusing a wrong
     result). progress as for compress."""
     import constriction
-    _check_model(model)
+    check_model(model)
     data = bytes(data)
     header = read_header(data)
     H, W, C = header['image_shape']

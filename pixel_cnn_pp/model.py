@@ -159,6 +159,15 @@ class PixelCNNPP(keras.Model):
         h = None if h_shape is None else tf.zeros([1, self._num_labels])
         self.call(tf.zeros([1, 4, 4, channels]), h=h)
 
+    def require(self, use=None):
+        """The one check of what a model must be before it is used: built (called once on a
+        batch, or loaded) and, for a `use` of its likelihood ('score', 'code', 'export'), a
+        mixture model (the energy-distance head has none). A ConfigError otherwise."""
+        if not self.built or self.channels is None:
+            raise config.ConfigError('the model is not built yet: load it or call it once on a batch first')
+        if use and self.energy_distance:
+            raise config.ConfigError('an energy-distance model has no likelihood to %s' % use)
+
     def _check_inputs(self, x, h):
         config.check_images(x.shape, 'x', (self.channels,), error=ValueError)
         if self.conditional and h is None:
@@ -255,8 +264,7 @@ class PixelCNNPP(keras.Model):
 
     def _blocks_in_order(self):
         """The top-level layers and gated resnets, in the order model_spec creates them."""
-        if not self.built or self.channels is None:
-            raise ValueError('the model is not built yet: call it once on a batch first')
+        self.require()
         layers = [self.u_in, self.ul_in_down, self.ul_in_right]
         up, down = self.stages()
         for st in up + down:

@@ -54,9 +54,13 @@ def _map_function(model, with_h):
     return functions[with_h]
 
 
+def check_model(model):
+    """What a model must be to score images (PixelCNNPP.require): a ConfigError otherwise."""
+    model.require('score with')
+
+
 def _check(model, images, h):
-    if not model.built or model.channels is None:
-        raise ValueError('the model is not built yet: load it or call it once on a batch first')
+    check_model(model)
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise TypeError('images must be uint8 (N, H, W, C) pixel values 0..255, got %s' % images.dtype)

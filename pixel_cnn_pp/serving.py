@@ -22,8 +22,7 @@ class Serving(tf.Module):
 
     def __init__(self, model):
         super().__init__(name='pixel_cnn_pp')
-        if model.energy_distance:
-            raise ValueError('an energy-distance model has no likelihood to export')
+        model.require('export as a SavedModel')
         self.model = model
         H, W, C = model.image_shape
         self.sampler = sampling.sampler(model, model.image_shape, bool(model.num_labels))
@@ -68,16 +67,14 @@ class Serving(tf.Module):
         x = self.sampler.run(u_mix, u_logistic, tf.zeros_like(u_logistic), 0, 1., *([] if h is None else [h]))
         return {'images': to_uint8(x)}
 
+    def save(self, directory):
+        """Writes the SavedModel to directory."""
+        tf.saved_model.save(self, directory, signatures={
+            'log_prob': self.log_prob.get_concrete_function(),
+            'sample': self.sample.get_concrete_function()})
+
 
 def _checked(ok, message, x):
     """x, once ok holds; else an InvalidArgumentError "assertion failed: [message...]"."""
     with tf.control_dependencies([tf.debugging.Assert(ok, message, summarize=4)]):
         return tf.identity(x)
-
-
-def export_saved_model(model, directory):
-    """Writes the SavedModel of Serving(model) to directory."""
-    serving = Serving(model)
-    tf.saved_model.save(serving, directory, signatures={
-        'log_prob': serving.log_prob.get_concrete_function(),
-        'sample': serving.sample.get_concrete_function()})

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import quiet_tf  # noqa: F401  (first, as in the scripts: TensorFlow without its start-up lines)
-from absl import flags  # noqa: E402
+from absl import app, flags  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -114,7 +114,9 @@ def run_script(name, *args, status=None, env=None, timeout=600):
     return out
 
 
-# absl's own flags and the common ones of cli.py: the flags every script's process starts with
+# absl's own flags (its help flags too, which app.run defines at its first call) and the
+# common ones of cli.py: the flags every script's process starts with
+app.define_help_flags()
 BASE_FLAGS = frozenset(flags.FLAGS)
 _REGISTRY = ('__flags', '__hiddenflags', '__flags_by_module', '__flags_by_module_id', '__key_flags_by_module',
              '__flags_parsed')

@@ -17,7 +17,7 @@ import quiet_tf
 from pixel_cnn_pp import checkpoints, cli, progress
 from pixel_cnn_pp.training import Trainer
 
-from conftest import ROOT  # noqa: E402
+from conftest import ROOT, run_in_process  # noqa: E402
 FLAGS = flags.FLAGS
 
 
@@ -167,3 +167,33 @@ def test_read_image_set(tmp_path, capsys):
     assert capsys.readouterr().out == 'three.npz: 3 images (height zero-padded from 2 to 4), read from the .npz key x\n'
     with pytest.raises(app.UsageError, match=r'^--complete: .*missing\.npz: no such file'):
         cli.read_image_set(str(tmp_path / 'missing.npz'), (4, 4, 3), flag='complete')
+
+
+def test_scripts_say_what_the_library_refuses(tmp_path):
+    """Each script asks the library's own check (sampling.check, scoring/codec.check_model,
+    serving.Serving) before it writes anything, and says its ConfigError with flags: an
+    energy-distance model everywhere a likelihood is needed, the sampler's arguments (those
+    that need no model before it is loaded: a checkpoint that does not exist is not reached)."""
+    from pixel_cnn_pp import PixelCNNPP
+    energy = PixelCNNPP(nr_resnet=1, nr_filters=4, energy_distance=True, image_shape=(8, 8, 3))
+    energy(np.zeros((1, 8, 8, 3), np.float32))
+    ckpt = str(tmp_path / 'energy.keras')
+    energy.save(ckpt)
+    np.savez(tmp_path / 'a.npz', x=np.zeros((2, 8, 8, 3), np.uint8))
+    a, out = str(tmp_path / 'a.npz'), str(tmp_path / 'out')
+    for args, message in [
+            (['sample.py', '--checkpoint=' + ckpt, '--out=' + out],
+             '--method=fast needs a mixture model (the energy-distance head draws fresh noise each pass): use '
+             '--method=naive'),
+            (['score.py', '--checkpoint=' + ckpt, '--in=' + a, '--ood=' + a, '--heatmaps=' + out],
+             'an energy-distance model has no likelihood to score with'),
+            (['compress.py', '--checkpoint=' + ckpt, '--in=' + a, '--out=' + out],
+             'an energy-distance model has no likelihood to code with'),
+            (['export.py', '--checkpoint=' + ckpt, '--out=' + out],
+             'an energy-distance model has no likelihood to export as a SavedModel; use --format=keras'),
+            (['sample.py', '--checkpoint=/nonexistent', '--temperature=0'], '--temperature must be > 0, got 0.0'),
+            (['sample.py', '--checkpoint=/nonexistent', '--jit_compile', '--method=naive'],
+             '--jit_compile is for --method=fast (it compiles the fast sampler)')]:
+        _, _, err = run_in_process(*args, status=cli.USAGE)
+        assert err == '%s: error: %s\nRun with --help for the flags.\n' % (args[0], message)
+    assert sorted(os.listdir(tmp_path)) == ['a.npz', 'energy.keras']

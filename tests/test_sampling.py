@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import pixel_cnn_pp
 from pixel_cnn_pp import PixelCNNPP, sampling
+from pixel_cnn_pp.config import ConfigError
 import conftest
 import np_reference
 
@@ -156,24 +157,28 @@ def test_seeds():
 
 
 def test_sample_errors():
+    """ConfigErrors naming the arguments (cli.py turns them into flags)."""
     model, h = shared(3, True)
-    with pytest.raises(ValueError, match='h has 4 rows but num is 2'):
-        pixel_cnn_pp.sample(model, 2, h=h, image_shape=(8, 8, 3))
-    with pytest.raises(ValueError, match="method must be one of"):
-        pixel_cnn_pp.sample(model, 4, h=h, method='slow')
-    with pytest.raises(ValueError, match='not built yet'):
+    cases = [(dict(h=h), 'h has 4 rows but num is 2', ('h', 'num')),
+             (dict(h=h[:2], method='slow'), 'method must be one of fast, naive', ('method',)),
+             (dict(h=h[:2], method='naive', jit_compile=True), "jit_compile=True is for method='fast'",
+              ('jit_compile', 'method')),
+             (dict(h=h[:2], temperature=0), r'temperature must be > 0, got 0', ('temperature',)),
+             (dict(h=h[:2], given_rows=2), 'given_rows=2 needs the given images', ('given_rows', 'given')),
+             (dict(h=h[:2], given=np.zeros((2, 8, 8, 3)), given_rows=1),
+              r'given must be uint8 images of shape \(2, 8, 8, 3\)', ('given',)),
+             (dict(h=h[:2], given=np.zeros((2, 8, 8, 3), np.uint8), given_rows=9),
+              r'given_rows must be in \[0, 8\] \(the image has 8 rows\), got 9', ('given_rows',))]
+    for kwargs, message, fields in cases:
+        with pytest.raises(ConfigError, match=message) as e:
+            pixel_cnn_pp.sample(model, 2, image_shape=(8, 8, 3), **kwargs)
+        assert e.value.fields == fields
+    with pytest.raises(ConfigError, match='not built yet'):
         pixel_cnn_pp.sample(PixelCNNPP(), 1)
     energy = PixelCNNPP(nr_resnet=1, nr_filters=8, energy_distance=True)
     energy(np.zeros((1, 8, 8, 3), np.float32))
-    with pytest.raises(ValueError, match="use method='naive'"):
+    with pytest.raises(ConfigError, match="use method='naive'"):
         pixel_cnn_pp.sample(energy, 1, image_shape=(8, 8, 3))
-    model, _ = shared(3, False)
-    with pytest.raises(ValueError, match=r'given must be uint8 images of shape \(2, 8, 8, 3\)'):
-        pixel_cnn_pp.sample(model, 2, image_shape=(8, 8, 3), given=np.zeros((2, 8, 8, 3)), given_rows=1)
-    with pytest.raises(ValueError, match='given_rows=2 needs the given images'):
-        pixel_cnn_pp.sample(model, 2, image_shape=(8, 8, 3), given_rows=2)
-    with pytest.raises(ValueError, match='temperature must be > 0'):
-        pixel_cnn_pp.sample(model, 2, image_shape=(8, 8, 3), temperature=0)
 
 
 def run_sample_py(*args):

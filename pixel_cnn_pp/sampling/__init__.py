@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from pixel_cnn_pp import images
+from pixel_cnn_pp.config import ConfigError
 from pixel_cnn_pp.sampling.fast import FastSampler
 from pixel_cnn_pp.sampling.inputs import noise
 from pixel_cnn_pp.sampling.naive import NaiveSampler
@@ -29,6 +30,32 @@ def sampler(model, image_shape, conditional, method='fast', jit_compile=False):
     return samplers[key]
 
 
+def check_arguments(method='fast', temperature=1., jit_compile=False):
+    """The rules of sample()'s arguments that hold whatever the model: a ConfigError naming
+    the argument."""
+    if method not in METHODS:
+        raise ConfigError('method must be one of %s, got %r' % (', '.join(METHODS), method), 'method')
+    if jit_compile and method != 'fast':
+        raise ConfigError("jit_compile=True is for method='fast' (it compiles the fast sampler)",
+                          'jit_compile', 'method')
+    if not temperature > 0:
+        raise ConfigError('temperature must be > 0, got %s' % temperature, 'temperature')
+
+
+def check(model, method='fast', temperature=1., jit_compile=False, given_rows=0, image_shape=None):
+    """What sample() needs of the model and its arguments (image_shape: default the
+    model's): a ConfigError naming the argument."""
+    check_arguments(method, temperature, jit_compile)
+    model.require()
+    if method == 'fast' and model.energy_distance:
+        raise ConfigError("method='fast' needs a mixture model (the energy-distance head draws fresh "
+                          "noise each pass): use method='naive'", 'method')
+    rows = (image_shape or model.image_shape)[0]
+    if not 0 <= given_rows <= rows:
+        raise ConfigError('given_rows must be in [0, %d] (the image has %d rows), got %d' % (rows, rows, given_rows),
+                          'given_rows')
+
+
 def sample(model, num, h=None, seed=None, method='fast', image_shape=None, given=None,
            given_rows=0, temperature=1., jit_compile=False, progress=None):
     """`num` images (uint8 NHWC) from a built PixelCNNPP.
@@ -43,33 +70,22 @@ def sample(model, num, h=None, seed=None, method='fast', image_shape=None, given
     the per-pixel loop compiled by XLA, faster per batch once compiled (the first call of
     a model, shape and conditioning compiles it, about a minute at the paper's size).
     progress(rows_done) is called after each image row."""
-    if method not in METHODS:
-        raise ValueError('method must be one of %s, got %r' % (sorted(METHODS), method))
-    if not model.built or model.channels is None:
-        raise ValueError('the model is not built yet: call it once on a batch or load weights first')
-    if jit_compile and method != 'fast':
-        raise ValueError("jit_compile=True compiles the fast sampler: use method='fast'")
-    if method == 'fast' and model.energy_distance:
-        raise ValueError("method='fast' needs a mixture model; the energy-distance head "
-                         "draws fresh noise each pass: use method='naive'")
-    if not temperature > 0:
-        raise ValueError('temperature must be > 0, got %r' % temperature)
+    check(model, method, temperature, jit_compile, given_rows, image_shape)
     image_shape = tuple(image_shape or model.image_shape)
     shape = (num,) + image_shape
     if h is not None:
         h = tf.convert_to_tensor(h, tf.float32)
         if h.shape[0] != num:
-            raise ValueError('h has %d rows but num is %d' % (h.shape[0], num))
+            raise ConfigError('h has %d rows but num is %d' % (h.shape[0], num), 'h', 'num')
     if given is None:
         if given_rows:
-            raise ValueError('given_rows=%d needs the given images' % given_rows)
+            raise ConfigError('given_rows=%d needs the given images' % given_rows, 'given_rows', 'given')
         given = tf.zeros(shape)
     else:
         given = np.asarray(given)
         if given.dtype != np.uint8 or given.shape != shape:
-            raise ValueError('given must be uint8 images of shape %s, got %s %s' % (shape, given.dtype, given.shape))
-        if not 0 <= given_rows <= image_shape[0]:
-            raise ValueError('given_rows must be in [0, %d], got %d' % (image_shape[0], given_rows))
+            raise ConfigError('given must be uint8 images of shape %s, got %s %s' % (shape, given.dtype, given.shape),
+                              'given')
         given = images.scale(given)
     seed = tf.constant(seed, tf.int64) if seed is not None else None
     u_mix, u_logistic = noise(shape, model.nr_logistic_mix, seed)

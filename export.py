@@ -46,7 +46,7 @@ def main(argv):
         try:  # before anything is written
             module = serving.Serving(model)
         except ConfigError as e:
-            raise app.UsageError('%s; use --format=keras' % e) from None
+            raise app.UsageError('%s; use --format=keras' % cli.flag_message(e)) from None
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     # written beside the destination, then renamed: a failed export leaves nothing behind

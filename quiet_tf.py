@@ -2,8 +2,7 @@
 imports TensorFlow without its start-up logs, which say nothing a user can act on.
 
 - TF_CPP_MIN_LOG_LEVEL=2 hides TensorFlow's C++ INFO and WARNING lines (such as tf.data's
-  "GeneratorDatasetOp::Dataset will not be optimized", which tf.distribute's per-device
-  input pipelines trigger every epoch); its errors still print.
+  "GeneratorDatasetOp::Dataset will not be optimized"); its errors still print.
 - The lines that library loading writes before that setting can act (absl's "All log
   messages before absl::InitializeLog()", the oneDNN and CUDA-driver notices, the CPU
   feature notice) and CUDA's "failed call to cuInit" on a machine without a GPU are dropped;

@@ -104,15 +104,15 @@ def main(argv):
     keras.utils.set_random_seed(FLAGS.seed)
     model = cli.load_model(FLAGS.checkpoint, use_ema=FLAGS.ema)
     labels, per_row = labels_to_draw(model.num_labels)
-    given, rows = None, 0
+    rows = 0 if not FLAGS.complete else model.image_shape[0] // 2 if FLAGS.given_rows is None else FLAGS.given_rows
+    with cli.flag_errors():  # before a set is read (or downloaded) and anything written
+        sampling.check(model, FLAGS.method, FLAGS.temperature, FLAGS.jit_compile, rows)
+    given = None
     if FLAGS.complete:
         originals = images_to_complete(model.image_shape)
-        rows = model.image_shape[0] // 2 if FLAGS.given_rows is None else FLAGS.given_rows
         given = np.repeat(originals, FLAGS.samples_per_image, axis=0)
         if labels is not None:
             labels = np.resize(labels, len(given))
-    with cli.flag_errors():  # before anything is written
-        sampling.check(model, FLAGS.method, FLAGS.temperature, FLAGS.jit_compile, rows)
     total = len(given) if given is not None else len(labels) if labels is not None else FLAGS.num_samples
     out = FLAGS.out or os.path.join(model.folder, 'completions' if FLAGS.complete else 'samples')
     os.makedirs(os.path.dirname(out) or '.', exist_ok=True)

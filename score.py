@@ -30,6 +30,7 @@ from absl import app, flags
 import numpy as np
 
 from pixel_cnn_pp import cli, files, heatmaps, scoring
+from pixel_cnn_pp.config import ConfigError
 from pixel_cnn_pp import images as image_lib
 
 FLAGS = flags.FLAGS
@@ -101,10 +102,15 @@ def main(argv):
         if FLAGS[flag].value and not os.path.isdir(os.path.dirname(FLAGS[flag].value) or '.'):
             raise app.UsageError('--%s=%s: its folder does not exist' % (flag, FLAGS[flag].value))
     model = cli.load_model(FLAGS.checkpoint, use_ema=FLAGS.ema)
-    background = cli.load_model(FLAGS.background, use_ema=FLAGS.ema) if FLAGS.background else None
     with cli.flag_errors():
-        for m in (model, background) if background else (model,):
-            scoring.check_model(m)
+        scoring.check_model(model)
+    background = None
+    if FLAGS.background:
+        background = cli.load_model(FLAGS.background, use_ema=FLAGS.ema)
+        try:
+            scoring.check_model(background)
+        except ConfigError as e:
+            raise app.UsageError('--background=%s: %s' % (FLAGS.background, cli.flag_message(e))) from None
     sets = [cli.read_image_set(spec, model.image_shape, FLAGS.data_dir)
             for spec in [FLAGS['in'].value] + FLAGS.ood]
     names = [name for name, _ in sets]

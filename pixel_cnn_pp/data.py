@@ -302,6 +302,8 @@ class Batches:
         ids = strategy.experimental_local_results(
             strategy.experimental_distribute_values_from_function(lambda ctx: ctx.replica_id_in_sync_group))
         self.first, self.local = ids[0], len(ids)  # this worker's replicas: first, first + 1, ...
+        if list(ids) != list(range(self.first, self.first + self.local)):
+            raise ValueError('the replicas of one worker must have consecutive ids, got %s' % (list(ids),))
         self.index_batches = index_batches[:, self.first * self.B:(self.first + self.local) * self.B]
 
     def __len__(self):

@@ -161,8 +161,9 @@ class PixelCNNPP(keras.Model):
 
     def require(self, use=None):
         """The one check of what a model must be before it is used: built (called once on a
-        batch, or loaded) and, for a `use` of its likelihood ('score', 'code', 'export'), a
-        mixture model (the energy-distance head has none). A ConfigError otherwise."""
+        batch, or loaded) and, for a use of its likelihood (`use` completes "has no likelihood
+        to ...": 'score with', 'code with'), a mixture model, which the energy-distance head
+        is not. A ConfigError otherwise."""
         if not self.built or self.channels is None:
             raise config.ConfigError('the model is not built yet: load it or call it once on a batch first')
         if use and self.energy_distance:

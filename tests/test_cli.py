@@ -17,7 +17,7 @@ import quiet_tf
 from pixel_cnn_pp import checkpoints, cli, progress
 from pixel_cnn_pp.training import Trainer
 
-from conftest import ROOT, run_in_process  # noqa: E402
+from conftest import ROOT, SMALL_CKPT, run_in_process  # noqa: E402
 FLAGS = flags.FLAGS
 
 
@@ -171,22 +171,31 @@ def test_read_image_set(tmp_path, capsys):
 
 def test_scripts_say_what_the_library_refuses(tmp_path):
     """Each script asks the library's own check (sampling.check, scoring/codec.check_model,
-    serving.Serving) before it writes anything, and says its ConfigError with flags: an
-    energy-distance model everywhere a likelihood is needed, the sampler's arguments (those
-    that need no model before it is loaded: a checkpoint that does not exist is not reached)."""
+    serving.Serving) before it reads a set or writes anything, and says its ConfigError with
+    flags: an energy-distance model everywhere a likelihood is needed (as --background too),
+    the sampler's arguments (those that need no model before it is loaded: a checkpoint that
+    does not exist is not reached)."""
     from pixel_cnn_pp import PixelCNNPP
     energy = PixelCNNPP(nr_resnet=1, nr_filters=4, energy_distance=True, image_shape=(8, 8, 3))
     energy(np.zeros((1, 8, 8, 3), np.float32))
     ckpt = str(tmp_path / 'energy.keras')
     energy.save(ckpt)
     np.savez(tmp_path / 'a.npz', x=np.zeros((2, 8, 8, 3), np.uint8))
-    a, out = str(tmp_path / 'a.npz'), str(tmp_path / 'out')
+    a, out, small = str(tmp_path / 'a.npz'), str(tmp_path / 'new' / 'out'), SMALL_CKPT
     for args, message in [
             (['sample.py', '--checkpoint=' + ckpt, '--out=' + out],
              '--method=fast needs a mixture model (the energy-distance head draws fresh noise each pass): use '
              '--method=naive'),
+            (['sample.py', '--checkpoint=' + ckpt, '--complete=tfds:not_read:test', '--data_dir=' + out],
+             '--method=fast needs a mixture model (the energy-distance head draws fresh noise each pass): use '
+             '--method=naive'),
+            (['sample.py', '--checkpoint=' + small, '--image_size=8', '--complete=' + a, '--given_rows=9',
+              '--out=' + out], '--given_rows must be an integer in [0, 8] (the image has 8 rows), got 9'),
             (['score.py', '--checkpoint=' + ckpt, '--in=' + a, '--ood=' + a, '--heatmaps=' + out],
              'an energy-distance model has no likelihood to score with'),
+            (['score.py', '--checkpoint=' + small, '--background=' + ckpt, '--in=' + a, '--ood=' + a,
+              '--heatmaps=' + out], '--background=%s: an energy-distance model has no likelihood to score with'
+             % ckpt),
             (['compress.py', '--checkpoint=' + ckpt, '--in=' + a, '--out=' + out],
              'an energy-distance model has no likelihood to code with'),
             (['export.py', '--checkpoint=' + ckpt, '--out=' + out],

@@ -122,6 +122,31 @@ def test_batches_run_without_the_autotuner(two_replicas):
             np.testing.assert_array_equal(w.numpy(), [1., 1.])
 
 
+class SecondWorker:
+    """What Batches asks of a strategy, as worker 1 of two with two replicas each sees it
+    (MultiWorkerMirroredStrategy: replicas 2 and 3 of 4)."""
+    num_replicas_in_sync = 4
+
+    def experimental_distribute_values_from_function(self, fn):
+        return tuple(fn(tf.distribute.experimental.ValueContext(r, 4)) for r in (2, 3))
+
+    def experimental_local_results(self, value):
+        return value
+
+
+def test_a_worker_takes_its_replicas_columns():
+    """Worker 1 gathers columns 2B..4B of each global batch, replica 2 the first B of them."""
+    x = np.arange(16 * 3, dtype=np.uint8).reshape(16, 1, 1, 3).repeat(4, 1).repeat(4, 2)
+    data = data_lib.Data(x, np.arange(16), x[:1], np.zeros(1), 16)
+    batches = data_lib.train_batches(SecondWorker(), data, 2, seed=3, epoch=0)
+    assert (batches.first, batches.local, len(batches)) == (2, 2, 2)
+    order = data_lib.epoch_order(16, 3, 0).reshape(2, 8)
+    for step, per_replica in enumerate(batches):
+        for r, (images, labels, _) in zip((2, 3), per_replica):
+            np.testing.assert_array_equal(labels.numpy(), order[step, 2 * r:2 * r + 2])
+            np.testing.assert_array_equal(images.numpy(), scale(x[order[step, 2 * r:2 * r + 2]]).numpy())
+
+
 def test_mutation_rate_measured_on_a_batch():
     x = scale(np.full((64, 16, 16, 3), 100, np.uint8))
     seed = tf.constant([3, 4], tf.int64)

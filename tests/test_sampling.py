@@ -168,10 +168,14 @@ def test_sample_errors():
              (dict(h=h[:2], given=np.zeros((2, 8, 8, 3)), given_rows=1),
               r'given must be uint8 images of shape \(2, 8, 8, 3\)', ('given',)),
              (dict(h=h[:2], given=np.zeros((2, 8, 8, 3), np.uint8), given_rows=9),
-              r'given_rows must be in \[0, 8\] \(the image has 8 rows\), got 9', ('given_rows',))]
+              r'given_rows must be an integer in \[0, 8\] \(the image has 8 rows\), got 9', ('given_rows',)),
+             (dict(h=h[:2], given_rows=2.5), r'given_rows must be an integer .* got 2.5', ('given_rows',)),
+             (dict(), 'this model is conditioned on 10 labels: pass h', ('h',)),
+             (dict(h=h[:2], image_shape=(8, 8, 1)), "image_shape must have the model's 3 channels", ('image_shape',)),
+             (dict(h=h[:2], image_shape=(8, 10, 3)), 'image_shape must be .* multiples of 4', ('image_shape',))]
     for kwargs, message, fields in cases:
         with pytest.raises(ConfigError, match=message) as e:
-            pixel_cnn_pp.sample(model, 2, image_shape=(8, 8, 3), **kwargs)
+            pixel_cnn_pp.sample(model, 2, **dict(dict(image_shape=(8, 8, 3)), **kwargs))
         assert e.value.fields == fields
     with pytest.raises(ConfigError, match='not built yet'):
         pixel_cnn_pp.sample(PixelCNNPP(), 1)
@@ -179,6 +183,8 @@ def test_sample_errors():
     energy(np.zeros((1, 8, 8, 3), np.float32))
     with pytest.raises(ConfigError, match="use method='naive'"):
         pixel_cnn_pp.sample(energy, 1, image_shape=(8, 8, 3))
+    with pytest.raises(ConfigError, match='this model is unconditional: h must be None'):
+        pixel_cnn_pp.sample(shared(3, False)[0], 2, h=h[:2], image_shape=(8, 8, 3))
 
 
 def run_sample_py(*args):

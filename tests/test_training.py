@@ -240,7 +240,7 @@ def test_checkpoints_move_between_precisions(tmp_path):
 @pytest.fixture(scope='module')
 def tiny_trainer(one_replica):
     """One replica, learning rate 0.01 halved every step, initialised: the tests of steps
-    that are not applied share it (each leaves its weights as it found them)."""
+    that are not applied share it (each asserts against the state it finds)."""
     data = tiny_data()
     trainer = Trainer(one_replica, TINY, (8, 8, 3), learning_rate=0.01, lr_decay=0.5)
     trainer.initialize(images.scale(data.train_x[:8]))
@@ -274,15 +274,17 @@ def test_divergence_stops_at_its_step_and_applies_nothing(tiny_trainer):
     head = trainer.params['dense_%d/b' % (len([k for k in trainer.params if k.startswith('dense_')]) // 3 - 1)]
     bias = head.numpy()
     head.assign(tf.fill([20], 1e38))  # logits beyond float32: inf loss, NaN gradients
-    before = state()
-    with pytest.raises(FloatingPointError, match=r'diverged at step %d: the loss is (nan|inf) \(gradients '
-                                                 r'not finite\), at learning rate %s.*lower learning_rate'
-                                                 % (step + 1, re.escape('%.3g' % (lr * 0.5)))):
-        trainer.train_step(batch)
-    assert trainer.optimizer.step.numpy() == step
-    for a, b in zip(before, state()):
-        np.testing.assert_array_equal(a, b)
-    head.assign(bias)
+    try:
+        before = state()
+        with pytest.raises(FloatingPointError, match=r'diverged at step %d: the loss is (nan|inf) \(gradients '
+                                                     r'not finite\), at learning rate %s.*lower learning_rate'
+                                                     % (step + 1, re.escape('%.3g' % (lr * 0.5)))):
+            trainer.train_step(batch)
+        assert trainer.optimizer.step.numpy() == step
+        for a, b in zip(before, state()):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        head.assign(bias)
 
 
 def test_stateless_dropout_is_a_function_of_the_seed():

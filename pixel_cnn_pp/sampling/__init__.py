@@ -8,7 +8,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import images
+from pixel_cnn_pp import config, images
 from pixel_cnn_pp.config import ConfigError
 from pixel_cnn_pp.sampling.fast import FastSampler
 from pixel_cnn_pp.sampling.inputs import noise
@@ -50,9 +50,13 @@ def check(model, method='fast', temperature=1., jit_compile=False, given_rows=0,
     if method == 'fast' and model.energy_distance:
         raise ConfigError("method='fast' needs a mixture model (the energy-distance head draws fresh "
                           "noise each pass): use method='naive'", 'method')
-    rows = (image_shape or model.image_shape)[0]
-    if not 0 <= given_rows <= rows:
-        raise ConfigError('given_rows must be in [0, %d] (the image has %d rows), got %d' % (rows, rows, given_rows),
+    shape = model.image_shape if image_shape is None else config.check_image_shape(image_shape)
+    if shape[2] != model.channels:
+        raise ConfigError("image_shape must have the model's %d channels, got %s" % (model.channels, shape),
+                          'image_shape')
+    rows = shape[0]
+    if isinstance(given_rows, bool) or not isinstance(given_rows, (int, np.integer)) or not 0 <= given_rows <= rows:
+        raise ConfigError('given_rows must be an integer in [0, %d] (the image has %d rows), got %r' % (rows, rows, given_rows),
                           'given_rows')
 
 
@@ -71,8 +75,11 @@ def sample(model, num, h=None, seed=None, method='fast', image_shape=None, given
     a model, shape and conditioning compiles it, about a minute at the paper's size).
     progress(rows_done) is called after each image row."""
     check(model, method, temperature, jit_compile, given_rows, image_shape)
-    image_shape = tuple(image_shape or model.image_shape)
+    image_shape = tuple(model.image_shape if image_shape is None else image_shape)
     shape = (num,) + image_shape
+    if (h is None) != (not model.num_labels):
+        raise ConfigError('this model is conditioned on %d labels: pass h (num, %d)' % (model.num_labels, model.num_labels)
+                          if model.num_labels else 'this model is unconditional: h must be None', 'h')
     if h is not None:
         h = tf.convert_to_tensor(h, tf.float32)
         if h.shape[0] != num:

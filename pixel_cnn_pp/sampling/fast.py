@@ -188,7 +188,7 @@ class FastSampler:
         self.h_terms = {} if h is None else {b.hw_name: tf.matmul(h, b.hw)[:, None, None, :] for b in blocks}
 
     def _row(self, i, u_mix, u_logistic, given, given_rows, temperature, h=None):
-        """Image row i: each pixel drawn with the noise of noise(), or given's where i <
+        """Image row i: each pixel drawn with the noise of inputs.noise(), or given's where i <
         given_rows, and written to the caches. First the u stream's row, then the pixels:
         with jit_compile, in one loop compiled by XLA (_pixel_loop); without, in a
         tf.while_loop over the columns."""

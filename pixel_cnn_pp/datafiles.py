@@ -9,7 +9,7 @@ import numpy as np
 
 class DataError(ValueError):
     """A data set, file or argument that cannot be used, with a message naming it (by its
-    Python argument name; the command line says --flag)."""
+    Python argument name; cli.py says the flag instead)."""
 
 
 class _Refused(pickle.UnpicklingError):

@@ -1,4 +1,4 @@
-"""Per-pixel bits as pictures that compare (score.py --heatmaps): every map of a run on one
+"""Per-pixel bits as pictures that compare (the heat maps of score.py): every map of a run on one
 fixed colour scale of bits per sub-pixel (0 to max_bits, 8 by default: a uniform guess of a
 sub-pixel's 256 values costs 8 bits), black (few) through red to yellow (max_bits or more),
 each image beside its map, many per grid, and the scale drawn under the grid as a colour bar

@@ -142,7 +142,7 @@ def load_model(path, use_ema=True):
     try:
         model = checkpoints.load(path, use_ema=use_ema, **load_overrides())
     except ValueError as e:
-        raise app.UsageError(str(e)) from None
+        raise app.UsageError(flag_message(e)) from None
     print(loaded_line(model, path, use_ema))
     return model
 

@@ -148,8 +148,8 @@ class ModelConfig:
     def from_checkpoint(cls, path, inferred, saved, overrides):
         """The config of the model a checkpoint at `path` holds: from what its shapes imply
         (`inferred`, checkpoint_architecture's), its run's config.json (`saved`, or None) and
-        the caller's overrides (pixel_cnn_pp.load's); a contradiction is a ValueError that
-        names both values. Returns (ModelConfig, {dropout_p, dtype: the overrides of them})."""
+        the caller's overrides (pixel_cnn_pp.load's); an override the checkpoint contradicts
+        is a ConfigError naming both values (config.json contradicting it, a ValueError). Returns (ModelConfig, {dropout_p, dtype: the overrides of them})."""
         saved = dict(saved or {})
         given = dict(overrides)
         for d in (saved, given):  # config.json records 0 labels for an unconditional model
@@ -162,27 +162,28 @@ class ModelConfig:
                 raise ValueError('%s: its config.json says %s=%r but the checkpoint has %s=%r'
                                  % (path, key, saved[key], key, found))
             if key in given and key in inferred and given[key] != found:
-                raise ValueError('%s=%r was given, but the checkpoint %s has %s'
-                                 % (key, given[key], path, 'no labels (unconditional)'
-                                    if key == 'num_labels' and found is None else '%s=%r' % (key, found)))
+                raise ConfigError('%s=%r was given, but the checkpoint %s has %s'
+                                  % (key, given[key], path, 'no labels (unconditional)'
+                                     if key == 'num_labels' and found is None else '%r' % (found,)), key)
             kwargs[key] = given.get(key, found)
         allowed = inferred['nonlinearities']
         nonlinearity = given.get('resnet_nonlinearity', saved.get('resnet_nonlinearity'))
         if nonlinearity is None and len(allowed) > 1:
-            raise ValueError("%s: the checkpoint's resnet blocks take resnet_nonlinearity %s, which "
-                             'its shapes cannot tell apart: pass resnet_nonlinearity'
-                             % (path, ' or '.join(map(repr, allowed))))
+            raise ConfigError("%s: the checkpoint's resnet blocks take %s, which its shapes cannot tell "
+                              'apart: pass resnet_nonlinearity' % (path, ' or '.join(map(repr, allowed))),
+                              'resnet_nonlinearity')
         if nonlinearity is not None and nonlinearity not in allowed:
-            raise ValueError('resnet_nonlinearity=%r was given, but the checkpoint %s has resnet '
-                             'blocks of %s' % (nonlinearity, path, ' or '.join(map(repr, allowed))))
+            raise ConfigError('resnet_nonlinearity=%r was given, but the checkpoint %s has resnet '
+                              'blocks of %s' % (nonlinearity, path, ' or '.join(map(repr, allowed))),
+                              'resnet_nonlinearity')
         kwargs['resnet_nonlinearity'] = nonlinearity or allowed[0]
         channels = inferred['channels']
         image_shape = tuple(given.get('image_shape') or saved.get('image_shape') or (32, 32))
         if len(image_shape) == 2:
             image_shape += (channels,)
         elif image_shape[2] != channels:
-            raise ValueError('image_shape=%r was given, but the checkpoint %s is of %d-channel images'
-                             % (image_shape, path, channels))
+            raise ConfigError('image_shape=%r was given, but the checkpoint %s is of %d-channel images'
+                              % (image_shape, path, channels), 'image_shape')
         num_labels = kwargs.pop('num_labels') or 0
         if kwargs['nr_logistic_mix'] is None:
             kwargs.pop('nr_logistic_mix')

@@ -130,7 +130,7 @@ def test_keras_format_and_raw_weights(tmp_path):
     ([], '--checkpoint and --out are required'),
     (['--checkpoint=/nonexistent/ckpt', '--out={d}/x'], '/nonexistent/ckpt: no such checkpoint'),
     (['--checkpoint={ckpt}', '--out={d}/x', '--format=keras'], 'name ends in .keras'),
-    (['--checkpoint={ckpt}', '--out={d}/x', '--nr_filters=64'], 'nr_filters=64 was given, but'),
+    (['--checkpoint={ckpt}', '--out={d}/x', '--nr_filters=64'], '--nr_filters=64 was given, but the checkpoint'),
     (['--checkpoint={ckpt}', '--out={d}/x', '--image_size=30'], '--image_size must be H,W or one number'),
 ])
 def test_bad_input_is_a_short_message_and_writes_nothing(tmp_path, args, message):

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from conftest import FIXTURES, SMALL_CKPT, assert_close_to_official, images, initialised, run_in_process
 import pixel_cnn_pp
+from pixel_cnn_pp.config import ConfigError
 from pixel_cnn_pp import PixelCNNPP, checkpoints
 from pixel_cnn_pp.training import Trainer
 
@@ -70,7 +71,7 @@ def test_tf1_checkpoint_of_unseen_config_round_trips(tmp_path, channels, num_lab
 def test_nonlinearity_a_checkpoint_cannot_tell_is_asked_for(tmp_path):
     model, _ = initialised(resnet_nonlinearity='relu')
     prefix = write_tf1_checkpoint(weights(model), str(tmp_path / 'params.ckpt'))
-    with pytest.raises(ValueError, match="resnet_nonlinearity 'elu' or 'relu'.*pass resnet_nonlinearity"):
+    with pytest.raises(ConfigError, match="take 'elu' or 'relu', which its shapes cannot tell apart: pass resnet_nonlinearity"):
         pixel_cnn_pp.load(prefix)
     x = images((2, 8, 8, 3))
     np.testing.assert_array_equal(pixel_cnn_pp.load(prefix, resnet_nonlinearity='relu')(x), model(x))
@@ -93,16 +94,18 @@ def test_v1_single_file_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize('overrides, message', [
-    (dict(nr_filters=16), r'nr_filters=16 was given, but the checkpoint .* has nr_filters=32'),
-    (dict(nr_resnet=2), r'nr_resnet=2 was given, but the checkpoint .* has nr_resnet=1'),
-    (dict(nr_logistic_mix=10), r'nr_logistic_mix=10 was given, but .* has nr_logistic_mix=5'),
+    (dict(nr_filters=16), r'nr_filters=16 was given, but the checkpoint .* has 32$'),
+    (dict(nr_resnet=2), r'nr_resnet=2 was given, but the checkpoint .* has 1$'),
+    (dict(nr_logistic_mix=10), r'nr_logistic_mix=10 was given, but .* has 5$'),
     (dict(num_labels=10), r'num_labels=10 was given, but the checkpoint .* has no labels'),
     (dict(resnet_nonlinearity='elu'), r"resnet_nonlinearity='elu' was given, but .* 'concat_elu'"),
     (dict(image_shape=(8, 8, 1)), r'image_shape=\(8, 8, 1\) was given, but .* 3-channel images'),
 ])
 def test_override_that_contradicts_the_checkpoint(overrides, message):
-    with pytest.raises(ValueError, match=message):
+    """A ConfigError naming the override (cli.py writes it as the flag)."""
+    with pytest.raises(ConfigError, match=message) as e:
         pixel_cnn_pp.load(SMALL_CKPT, **overrides)
+    assert e.value.fields == tuple(overrides)
 
 
 def test_overrides_that_agree_and_what_the_checkpoint_cannot_say():
@@ -227,7 +230,7 @@ def test_keras_file_round_trips_bit_for_bit(run_dir, tmp_path):
     via_load = pixel_cnn_pp.load(str(tmp_path / 'm.keras'), image_shape=(16, 16))
     assert via_load.image_shape == (16, 16, 3)
     np.testing.assert_array_equal(via_load(x, h=h), model(x, h=h))
-    with pytest.raises(ValueError, match='nr_filters=8 was given, but .*m.keras has nr_filters=6'):
+    with pytest.raises(ConfigError, match='nr_filters=8 was given, but .*m.keras has 6'):
         pixel_cnn_pp.load(str(tmp_path / 'm.keras'), nr_filters=8)
     with pytest.raises(ValueError, match='holds one set of weights'):
         pixel_cnn_pp.load(str(tmp_path / 'm.keras'), use_ema=False)

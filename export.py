@@ -20,7 +20,6 @@ import tempfile
 from absl import app, flags
 
 from pixel_cnn_pp import cli, serving
-from pixel_cnn_pp.config import ConfigError
 
 FLAGS = flags.FLAGS
 cli.define_load_flags()
@@ -43,10 +42,8 @@ def main(argv):
         raise app.UsageError('--out=%s already exists; choose a new path' % FLAGS.out)
     model = cli.load_model(FLAGS.checkpoint, use_ema=FLAGS.ema)
     if FLAGS.format == 'saved_model':
-        try:  # before anything is written
+        with cli.flag_errors(suffix='; use --format=keras'):  # before anything is written
             module = serving.Serving(model)
-        except ConfigError as e:
-            raise app.UsageError('%s; use --format=keras' % cli.flag_message(e)) from None
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     # written beside the destination, then renamed: a failed export leaves nothing behind

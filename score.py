@@ -30,7 +30,6 @@ from absl import app, flags
 import numpy as np
 
 from pixel_cnn_pp import cli, files, heatmaps, scoring
-from pixel_cnn_pp.config import ConfigError
 from pixel_cnn_pp import images as image_lib
 
 FLAGS = flags.FLAGS
@@ -107,10 +106,8 @@ def main(argv):
     background = None
     if FLAGS.background:
         background = cli.load_model(FLAGS.background, use_ema=FLAGS.ema)
-        try:
+        with cli.flag_errors(prefix='--background=%s: ' % FLAGS.background):
             scoring.check_model(background)
-        except ConfigError as e:
-            raise app.UsageError('--background=%s: %s' % (FLAGS.background, cli.flag_message(e))) from None
     sets = [cli.read_image_set(spec, model.image_shape, FLAGS.data_dir)
             for spec in [FLAGS['in'].value] + FLAGS.ood]
     names = [name for name, _ in sets]

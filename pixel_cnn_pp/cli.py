@@ -95,13 +95,13 @@ def flag_message(error):
 
 
 @contextlib.contextmanager
-def flag_errors():
+def flag_errors(prefix='', suffix=''):
     """A library's ConfigError (a setting that cannot be) inside becomes a usage error whose
-    message names the flags (flag_message)."""
+    message names the flags (flag_message), between prefix and suffix."""
     try:
         yield
     except config.ConfigError as e:
-        raise app.UsageError(flag_message(e)) from None
+        raise app.UsageError(prefix + flag_message(e) + suffix) from None
 
 
 def define_checkpoint_flag(what):

@@ -3,7 +3,6 @@ a replay of the official reference run, replicas that sum like the official mult
 accumulation, recomputation, precisions, the L2 term, divergence."""
 
 import os
-import re
 
 import numpy as np
 import pytest
@@ -267,8 +266,8 @@ def test_divergence_stops_at_its_step_and_applies_nothing(tiny_trainer):
     with the step and learning rate, and leaves weights, EMA, Adam moments and the step
     counter untouched."""
     trainer, batch = tiny_trainer
-    trainer.train_step(batch)
-    step, lr = trainer.optimizer.step.numpy(), trainer.optimizer.lr.numpy()
+    trainer.train_step(batch)  # the one step any test of tiny_trainer applies
+    assert trainer.optimizer.step.numpy() == 1
     state = lambda: [v.numpy() for g in (trainer.params, trainer.shadows, trainer.optimizer.m,  # noqa: E731
                                          trainer.optimizer.v) for v in g.values()]
     head = trainer.params['dense_%d/b' % (len([k for k in trainer.params if k.startswith('dense_')]) // 3 - 1)]
@@ -276,11 +275,10 @@ def test_divergence_stops_at_its_step_and_applies_nothing(tiny_trainer):
     head.assign(tf.fill([20], 1e38))  # logits beyond float32: inf loss, NaN gradients
     try:
         before = state()
-        with pytest.raises(FloatingPointError, match=r'diverged at step %d: the loss is (nan|inf) \(gradients '
-                                                     r'not finite\), at learning rate %s.*lower learning_rate'
-                                                     % (step + 1, re.escape('%.3g' % (lr * 0.5)))):
-            trainer.train_step(batch)
-        assert trainer.optimizer.step.numpy() == step
+        with pytest.raises(FloatingPointError, match=r'diverged at step 2: the loss is (nan|inf) \(gradients '
+                                                     r'not finite\), at learning rate 0\.0025.*lower learning_rate'):
+            trainer.train_step(batch)  # 0.01 x 0.5 x 0.5
+        assert trainer.optimizer.step.numpy() == 1
         for a, b in zip(before, state()):
             np.testing.assert_array_equal(a, b)
     finally:

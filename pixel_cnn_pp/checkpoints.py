@@ -96,15 +96,20 @@ def assign_weights(model, reader, kind, use_ema, path):
             'checkpoint %s does not match PixelCNNPP(nr_resnet=%d, nr_filters=%d, '
             'nr_logistic_mix=%d, energy_distance=%s, %s): %d problem(s), first: %s'
             % (path, model.nr_resnet, model.nr_filters, model.nr_logistic_mix,
-               model.energy_distance, 'conditional' if model.conditional else 'unconditional',
+               model.energy_distance, 'num_labels=%d' % model.num_labels,
                len(problems), '; '.join(problems[:5])))
     values = {name: reader.get_tensor(checkpoint_key(kind, name, use_ema)) for name in wanted}
     for name, var in wanted.items():
         var.assign(values[name])
 
 
-def _build(model, channels, num_labels):
-    model.build((None, 4, 4, channels), *([] if num_labels is None else [(None, num_labels)]))
+def _built(config, channels, **extras):
+    """A built PixelCNNPP of this ModelConfig for images of `channels` (extras: dropout_p,
+    dtype)."""
+    model = PixelCNNPP(**config.model_kwargs(), image_shape=config.image_shape, num_labels=config.num_labels,
+                       **extras)
+    model.build((None, 4, 4, channels), (None, config.num_labels) if config.num_labels else None)
+    return model
 
 
 def load_official_checkpoint(model, path, use_ema=True):
@@ -118,9 +123,8 @@ def load_official_checkpoint(model, path, use_ema=True):
         raise ValueError('not an official PixelCNN++ checkpoint: %s has no variable model/conv2d_0/V'
                          % path)
     if not model.built:
-        shapes = reader.get_variable_to_shape_map()
-        hw = shapes.get('model/conditional_weights_0/hw')
-        _build(model, shapes['model/conv2d_0/V'][2] - 1, None if hw is None else hw[0])
+        model.build((None, 4, 4, reader.get_variable_to_shape_map()['model/conv2d_0/V'][2] - 1),
+                    (None, model.num_labels) if model.num_labels else None)
     assign_weights(model, reader, 'official', use_ema, path)
 
 
@@ -192,8 +196,7 @@ def _load_keras(path, use_ema, overrides):
     if wanted == ModelConfig.of_model(model) and extras.get('dropout_p', model.dropout_p) == model.dropout_p \
             and 'dtype' not in extras:
         return model
-    rebuilt = PixelCNNPP(**wanted.model_kwargs(), image_shape=wanted.image_shape, **extras)
-    _build(rebuilt, model.channels, wanted.num_labels or None)
+    rebuilt = _built(wanted, model.channels, **extras)
     for name, var in rebuilt.official_variables().items():
         var.assign(model.official_variables()[name])
     return rebuilt
@@ -212,7 +215,7 @@ def load(path, *, use_ema=True, **overrides):
     say (the resnet nonlinearity of an official checkpoint when it is not concat_elu; the
     image size, by default config.json's or 32x32) and must agree with what it does say: a
     contradiction is a ValueError naming both values. The model takes any batch and image
-    size divisible by 4; `model.image_shape` is the training size, `model.num_labels` None
+    size divisible by 4; `model.image_shape` is the training size, `model.num_labels` 0
     for an unconditional model; `model.folder` the save_dir, or the folder of the file, it
     was loaded from (and `model.checkpoint_path`, for a save_dir, which checkpoint)."""
     unknown = sorted(set(overrides) - set(OVERRIDES))
@@ -254,7 +257,6 @@ def _load_checkpoint(prefix, run_dir, use_ema, overrides):
     inferred = config.checkpoint_architecture({name: shapes[key] for name, key in names.items()}, prefix)
     saved = read_config(run_dir) if kind == 'ours' else None
     wanted, extras = ModelConfig.from_checkpoint(prefix, inferred, saved, overrides)
-    model = PixelCNNPP(**wanted.model_kwargs(), image_shape=wanted.image_shape, **extras)
-    _build(model, inferred['channels'], wanted.num_labels or None)
+    model = _built(wanted, inferred['channels'], **extras)
     assign_weights(model, reader, kind, use_ema, prefix)
     return model

@@ -142,7 +142,7 @@ class ModelConfig:
     def of_model(cls, model):
         """The config of a built PixelCNNPP."""
         return cls(**{k: getattr(model, k) for k in cls.ARCHITECTURE},
-                   image_shape=model.image_shape, num_labels=model.num_labels or 0)
+                   image_shape=model.image_shape, num_labels=model.num_labels)
 
     @classmethod
     def from_checkpoint(cls, path, inferred, saved, overrides):
@@ -150,11 +150,7 @@ class ModelConfig:
         (`inferred`, checkpoint_architecture's), its run's config.json (`saved`, or None) and
         the caller's overrides (pixel_cnn_pp.load's); an override the checkpoint contradicts
         is a ConfigError naming both values (config.json contradicting it, a ValueError). Returns (ModelConfig, {dropout_p, dtype: the overrides of them})."""
-        saved = dict(saved or {})
-        given = dict(overrides)
-        for d in (saved, given):  # config.json records 0 labels for an unconditional model
-            if 'num_labels' in d:
-                d['num_labels'] = d['num_labels'] or None
+        saved, given = dict(saved or {}), dict(overrides)
         kwargs = {}
         for key in ('nr_resnet', 'nr_filters', 'nr_logistic_mix', 'energy_distance', 'num_labels'):
             found = inferred.get(key, saved.get(key))  # energy distance: no nr_logistic_mix in the shapes
@@ -164,7 +160,7 @@ class ModelConfig:
             if key in given and key in inferred and given[key] != found:
                 raise ConfigError('%s=%r was given, but the checkpoint %s has %s'
                                   % (key, given[key], path, 'no labels (unconditional)'
-                                     if key == 'num_labels' and found is None else '%r' % (found,)), key)
+                                     if key == 'num_labels' and not found else '%r' % (found,)), key)
             kwargs[key] = given.get(key, found)
         allowed = inferred['nonlinearities']
         nonlinearity = given.get('resnet_nonlinearity', saved.get('resnet_nonlinearity'))
@@ -184,16 +180,15 @@ class ModelConfig:
         elif image_shape[2] != channels:
             raise ConfigError('image_shape=%r was given, but the checkpoint %s is of %d-channel images'
                               % (image_shape, path, channels), 'image_shape')
-        num_labels = kwargs.pop('num_labels') or 0
         if kwargs['nr_logistic_mix'] is None:
             kwargs.pop('nr_logistic_mix')
-        return (cls(**kwargs, image_shape=image_shape, num_labels=num_labels),
+        return (cls(**kwargs, image_shape=image_shape),
                 {key: given[key] for key in ('dropout_p', 'dtype') if key in given})
 
 
 def checkpoint_architecture(shapes, path):
     """The model config that variables of these shapes ({official name: shape}) imply:
-    nr_resnet, nr_filters, nr_logistic_mix, energy_distance, channels, num_labels (None when
+    nr_resnet, nr_filters, nr_logistic_mix, energy_distance, channels, num_labels (0 when
     unconditional), and the resnet nonlinearities they allow (concat_elu doubles a block's
     input channels; elu and relu cannot be told apart)."""
     def count(kind):
@@ -211,7 +206,7 @@ def checkpoint_architecture(shapes, path):
     widen = shapes['conv2d_3/V'][2] // nr_filters  # the first gated resnet's conv1
     hw = shapes.get('conditional_weights_0/hw')
     config = dict(nr_resnet=nr_resnet, nr_filters=nr_filters, energy_distance=head == 4,
-                  channels=channels, num_labels=None if hw is None else hw[0],
+                  channels=channels, num_labels=0 if hw is None else hw[0],
                   nonlinearities=('concat_elu',) if widen == 2 else ('elu', 'relu'))
     if head == 1:
         out = shapes['dense_%d/V' % (count('dense') - 1)][1]

@@ -43,7 +43,8 @@ class PixelCNNPP(keras.Model):
 
     image_shape (H, W, C) is the size the model was trained on, the default of sampling and
     export (32x32 with the model's channels if not given); the network itself takes any
-    H and W divisible by 4. `num_labels` is the size of h (None for an unconditional model).
+    H and W divisible by 4. `num_labels` is the size of h, the one-hot labels of a
+    class-conditional model; 0 (the default): unconditional, h must be None.
 
     Sub-layers are created in the order model_spec calls them and named as its
     variable scopes (conv2d_N, dense_N, deconv2d_N, conditional_weights_N), which
@@ -52,11 +53,12 @@ class PixelCNNPP(keras.Model):
 
     def __init__(self, nr_resnet=5, nr_filters=160, nr_logistic_mix=10,
                  resnet_nonlinearity='concat_elu', dropout_p=0.5, energy_distance=False,
-                 image_shape=None, **kwargs):
+                 image_shape=None, num_labels=0, **kwargs):
         super().__init__(**kwargs)
         # the architecture's rules are ModelConfig's (a ConfigError naming the argument)
         checked = config.ModelConfig(nr_resnet, nr_filters, nr_logistic_mix, resnet_nonlinearity,
-                                     energy_distance, image_shape or config.ModelConfig.image_shape)
+                                     energy_distance, image_shape or config.ModelConfig.image_shape,
+                                     num_labels)
         config.check_dropout_p(dropout_p)
         if image_shape is not None:
             image_shape = checked.image_shape
@@ -67,9 +69,8 @@ class PixelCNNPP(keras.Model):
         self.dropout_p = dropout_p
         self.energy_distance = energy_distance
         self._image_shape = image_shape
+        self.num_labels = num_labels
         self.channels = None
-        self.conditional = None
-        self._num_labels = None
         self._counters = {}
 
         c = self._counters
@@ -119,11 +120,20 @@ class PixelCNNPP(keras.Model):
         return dict(super().get_config(), nr_resnet=self.nr_resnet, nr_filters=self.nr_filters,
                     nr_logistic_mix=self.nr_logistic_mix,
                     resnet_nonlinearity=self.resnet_nonlinearity, dropout_p=self.dropout_p,
-                    energy_distance=self.energy_distance, image_shape=self._image_shape)
+                    energy_distance=self.energy_distance, image_shape=self._image_shape,
+                    num_labels=self.num_labels)
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+    def build_from_config(self, config):
+        """Keras' load_model: a .keras file written before the constructor took num_labels
+        says it only by the h its model was built with."""
+        h_shape = config.get('shapes_dict', {}).get('h_shape')
+        if h_shape is not None and not self.num_labels:
+            self.num_labels = int(h_shape[-1])
+        super().build_from_config(config)
 
     @property
     def image_shape(self):
@@ -131,21 +141,18 @@ class PixelCNNPP(keras.Model):
             return self._image_shape
         return None if self.channels is None else (32, 32, self.channels)
 
-    @property
-    def num_labels(self):
-        return self._num_labels
-
     def build(self, x_shape, h_shape=None):
-        """Creates every weight: the channels of x and the size of h fix their shapes (a
-        pass over a 4x4 zero image creates the sub-layers' weights in the official order)."""
+        """Creates every weight: the channels of x fix their shapes, num_labels those of the
+        conditioning weights (a pass over a 4x4 zero image creates the sub-layers' weights in
+        the official order)."""
         channels = x_shape[-1]
         config.check_channels(channels, 'x', x_shape, error=ValueError)
         if self._image_shape is not None and self._image_shape[2] != channels:
             raise ValueError('x has %d channels but image_shape is %s'
                              % (channels, self._image_shape))
+        if h_shape is not None:  # (num_labels says it in any case)
+            self._check_h_shape(h_shape)
         self.channels = channels
-        self.conditional = h_shape is not None
-        self._num_labels = None if h_shape is None else int(h_shape[-1])
         c = self._counters
         p = dict(dtype=self.dtype_policy)
         if self.energy_distance:
@@ -156,8 +163,7 @@ class PixelCNNPP(keras.Model):
         else:
             self.head = (nn.nin(nn.num_mixture_params(channels) * self.nr_logistic_mix,
                                 name=nn.next_name('dense', c), **p),)
-        h = None if h_shape is None else tf.zeros([1, self._num_labels])
-        self.call(tf.zeros([1, 4, 4, channels]), h=h)
+        self.call(tf.zeros([1, 4, 4, channels]), h=tf.zeros([1, self.num_labels]) if self.num_labels else None)
 
     def require(self, use=None):
         """The one check of what a model must be before it is used: built (called once on a
@@ -169,17 +175,20 @@ class PixelCNNPP(keras.Model):
         if use and self.energy_distance:
             raise config.ConfigError('an energy-distance model has no likelihood to %s' % use)
 
+    def _check_h_shape(self, h_shape):
+        K = self.num_labels
+        if K and h_shape is None:
+            raise ValueError('this model is conditioned on %d labels: pass h (B, %d)' % (K, K))
+        if not K and h_shape is not None:
+            raise ValueError('this model is unconditional (num_labels=0): h must be None')
+        if h_shape is not None and (len(h_shape) != 2 or h_shape[-1] != K):
+            raise ValueError('h must be (B, %d) (num_labels=%d), got shape %s' % (K, K, tuple(h_shape)))
+
     def _check_inputs(self, x, h):
         config.check_images(x.shape, 'x', (self.channels,), error=ValueError)
-        if self.conditional and h is None:
-            raise ValueError('this model was built with conditioning: pass h (B, K)')
-        if not self.conditional and h is not None:
-            raise ValueError('this model was built without conditioning: h must be None')
-        if h is not None:
-            if h.shape.rank != 2:
-                raise ValueError('h must be a (B, K) matrix, got shape %s' % h.shape)
-            if x.shape[0] is not None and h.shape[0] is not None and x.shape[0] != h.shape[0]:
-                raise ValueError('h has batch size %d but x has %d' % (h.shape[0], x.shape[0]))
+        self._check_h_shape(None if h is None else h.shape)
+        if h is not None and x.shape[0] is not None and h.shape[0] is not None and x.shape[0] != h.shape[0]:
+            raise ValueError('h has batch size %d but x has %d' % (h.shape[0], x.shape[0]))
 
     def stages(self):
         """(up stages, down stages): the Stage records of the network's order, derived from

@@ -36,11 +36,13 @@ class Serving(tf.Module):
     def _takes(self, function):
         """What the signature `function` takes, for its error message."""
         C, K = self.model.image_shape[2], self.model.num_labels
-        h = ' and h: float32 [%s, %d] (one-hot labels, a row per %s)' % (
-            'N' if function == 'log_prob' else 'num', K, 'image' if function == 'log_prob' else 'sample')
+        h = ''
+        if K:
+            h = ' and h: float32 [%s, %d] (one-hot labels, a row per %s)' % (
+                'N' if function == 'log_prob' else 'num', K, 'image' if function == 'log_prob' else 'sample')
         if function == 'log_prob':
-            return 'log_prob takes images: uint8 [N, H, W, %d] with H and W multiples of 4%s' % (C, h if K else '')
-        return 'sample takes num: int32 >= 0, seed: int32%s' % (h.replace(' and', ',') if K else '')
+            return 'log_prob takes images: uint8 [N, H, W, %d] with H and W multiples of 4%s' % (C, h)
+        return 'sample takes num: int32 >= 0, seed: int32%s' % h.replace(' and', ',')
 
     def _log_prob(self, images, h=None):
         shape = tf.shape(images)

@@ -102,8 +102,10 @@ class Trainer:
         self.image_shape = tuple(image_shape)
         self.num_labels = num_labels
         with strategy.scope():
-            self.model = PixelCNNPP(**self.model_kwargs, image_shape=image_shape, dtype=precision)
-            self.ema_model = PixelCNNPP(**dict(self.model_kwargs, dropout_p=0.), image_shape=image_shape)
+            self.model = PixelCNNPP(**self.model_kwargs, image_shape=image_shape, num_labels=num_labels,
+                                    dtype=precision)
+            self.ema_model = PixelCNNPP(**dict(self.model_kwargs, dropout_p=0.), image_shape=image_shape,
+                                        num_labels=num_labels)
             x = tf.zeros((1,) + self.image_shape)
             for m in (self.model, self.ema_model):
                 m(x, h=self.one_hot(tf.zeros([1], tf.int32)))

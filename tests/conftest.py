@@ -67,13 +67,13 @@ def images(shape, seed=0):
     return ((uint8_images(shape, seed).astype(np.float32) - 127.5) / 127.5).astype(np.float32)
 
 
-def initialised(channels=3, num_labels=None, size=(8, 8), batch=4, seed=0, **config):
+def initialised(channels=3, num_labels=0, size=(8, 8), batch=4, seed=0, **config):
     """A PixelCNNPP (SMALL unless config says otherwise) after its data-dependent init on
     `batch` random images of `size`; returns (model, h), h the one-hot labels 0, 1, 2, ...
-    (mod num_labels) of that batch, or None for an unconditional model."""
+    (mod num_labels) of that batch, or None for an unconditional model (num_labels 0)."""
     from pixel_cnn_pp import PixelCNNPP
-    model = PixelCNNPP(**dict(SMALL, **config))
-    h = None if num_labels is None else tf.one_hot(np.arange(batch) % num_labels, num_labels)
+    model = PixelCNNPP(**dict(SMALL, **config), num_labels=num_labels)
+    h = tf.one_hot(np.arange(batch) % num_labels, num_labels) if num_labels else None
     model(images((batch,) + tuple(size) + (channels,), seed), h=h, init=True)
     return model, h
 

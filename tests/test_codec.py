@@ -21,13 +21,13 @@ SHAPE = (4, 8, 3)  # non-square; levels 4x8, 2x4, 1x2
 K = 4
 
 
-def small_model(channels=3, num_labels=None, seed=0, size=SHAPE[:2], sharpen=4.):
+def small_model(channels=3, num_labels=0, seed=0, size=SHAPE[:2], sharpen=4.):
     """A random small model, its logistics made narrower than at initialisation (the
     head's log-scale biases - sharpen), so that its distributions are far from uniform."""
-    model = PixelCNNPP(nr_resnet=1, nr_filters=8, nr_logistic_mix=3)
+    model = PixelCNNPP(nr_resnet=1, nr_filters=8, nr_logistic_mix=3, num_labels=num_labels)
     rng = np.random.default_rng(seed)
     x = rng.uniform(-1, 1, (4,) + size + (channels,)).astype(np.float32)
-    model(x, h=None if num_labels is None else tf.one_hot(np.arange(4) % num_labels, num_labels), init=True)
+    model(x, h=tf.one_hot(np.arange(4) % num_labels, num_labels) if num_labels else None, init=True)
     M, per = model.nr_logistic_mix, 3 if channels == 3 else 2
     b = model.head[0].b.numpy()
     for c in range(channels):

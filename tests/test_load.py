@@ -38,7 +38,7 @@ def write_tf1_checkpoint(raw, prefix, ema=None):
 
 
 @pytest.mark.parametrize('channels, num_labels, kwargs', [
-    (3, None, dict(nr_resnet=2, nr_filters=6, nr_logistic_mix=3)),
+    (3, 0, dict(nr_resnet=2, nr_filters=6, nr_logistic_mix=3)),
     (3, 4, dict(nr_resnet=1, nr_filters=4, nr_logistic_mix=5)),
     (1, 3, dict(nr_resnet=1, nr_filters=6, nr_logistic_mix=3, resnet_nonlinearity='elu')),
 ])

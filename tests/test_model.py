@@ -43,7 +43,7 @@ def test_output_shape_and_init(channels, outputs):
 
 
 def test_official_variable_names():
-    model = small_model()
+    model = small_model(num_labels=10)
     model(images((2, 8, 8, 3)), h=tf.one_hot([1, 2], 10))
     names = list(model.official_variables())
     # one nin per block that takes a short-cut input: 3 ul blocks on the way up, 1 + 2 + 2 pairs
@@ -81,7 +81,7 @@ def test_autoregressive_property(nonlinearity, model):
 
 
 def test_conditioning_changes_output_and_keeps_causality():
-    model = small_model()
+    model = small_model(num_labels=10)
     x = tf.constant(images((2, 8, 8, 3)))
     h = tf.one_hot([3, 3], 10)
     model(x, h=h, init=True)
@@ -129,9 +129,9 @@ def test_works_in_tf_function_with_unknown_batch(model):
 def test_mixed_precision_computes_in_low_precision_with_float32_weights_and_outputs(
         precision, dtype, rtol):
     x, h = images((4, 8, 8, 3)), np.eye(10, dtype=np.float32)[[1, 2, 3, 4]]
-    full = small_model()
+    full = small_model(num_labels=10)
     expected = full(x, h=h, init=True)
-    mixed = small_model(dtype=precision)
+    mixed = small_model(num_labels=10, dtype=precision)
     mixed(x, h=h)
     for k, v in mixed.official_variables().items():
         assert v.dtype == 'float32'
@@ -156,21 +156,22 @@ def test_mixed_precision_computes_in_low_precision_with_float32_weights_and_outp
     (np.zeros((1, 10, 8, 3)), None, 'height and width that are positive multiples of 4'),
     (np.zeros((1, 8, 6, 3)), None, 'height and width that are positive multiples of 4'),
     (np.zeros((2, 8, 8, 3)), np.zeros((3, 10)), 'h has batch size 3 but x has 2'),
-    (np.zeros((2, 8, 8, 3)), np.zeros((2, 10, 1)), r'h must be a \(B, K\) matrix'),
+    (np.zeros((2, 8, 8, 3)), np.zeros((2, 10, 1)), r'h must be \(B, 10\) \(num_labels=10\), got shape \(2, 10, 1\)'),
+    (np.zeros((2, 8, 8, 3)), np.zeros((2, 9)), r'h must be \(B, 10\) \(num_labels=10\), got shape \(2, 9\)'),
 ])
 def test_bad_input_errors(x, h, message):
     with pytest.raises(ValueError, match=message):
-        small_model()(x.astype(np.float32), h=h)
+        small_model(num_labels=0 if h is None else 10)(x.astype(np.float32), h=h)
 
 
 def test_errors_after_build(model):
     with pytest.raises(ValueError, match='must have 3 channels'):
         model(np.zeros((1, 8, 8, 1), np.float32))
-    with pytest.raises(ValueError, match='built without conditioning'):
+    with pytest.raises(ValueError, match=r'unconditional \(num_labels=0\): h must be None'):
         model(np.zeros((1, 8, 8, 3), np.float32), h=np.zeros((1, 10), np.float32))
-    cond = small_model()
+    cond = small_model(num_labels=10)
     cond(np.zeros((1, 8, 8, 3), np.float32), h=np.zeros((1, 10), np.float32))
-    with pytest.raises(ValueError, match='built with conditioning: pass h'):
+    with pytest.raises(ValueError, match=r'conditioned on 10 labels: pass h \(B, 10\)'):
         cond(np.zeros((1, 8, 8, 3), np.float32))
 
 

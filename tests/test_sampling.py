@@ -16,7 +16,7 @@ import np_reference
 
 def initialised(channels, conditional, nonlinearity='concat_elu', size=8):
     """conftest.initialised with 3 logistics, 10 labels if conditional."""
-    return conftest.initialised(channels, 10 if conditional else None, size=(size, size), nr_logistic_mix=3,
+    return conftest.initialised(channels, 10 if conditional else 0, size=(size, size), nr_logistic_mix=3,
                                 resnet_nonlinearity=nonlinearity)
 
 

@@ -10,12 +10,12 @@ from pixel_cnn_pp import PixelCNNPP, scoring
 from np_reference import mix_logistic_nll
 
 
-def model_and_images(num_labels=None, channels=3, n=5):
-    model = PixelCNNPP(nr_resnet=1, nr_filters=8, nr_logistic_mix=3)
+def model_and_images(num_labels=0, channels=3, n=5):
+    model = PixelCNNPP(nr_resnet=1, nr_filters=8, nr_logistic_mix=3, num_labels=num_labels)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 8, 12, channels), dtype=np.uint8)
     x = (images.astype(np.float32) - 127.5) / 127.5
-    h = None if num_labels is None else tf.one_hot(np.arange(n) % num_labels, num_labels)
+    h = tf.one_hot(np.arange(n) % num_labels, num_labels) if num_labels else None
     model(x, h=h, init=True)
     return model, images, x, h
 

@@ -1,14 +1,17 @@
 """Checkpoints and loading: the run config (config.json), the variables of our checkpoints
-and of the official TF1 ones (tf.train.Saver), and
-`load`, the one loader of a trained model (save_dir, checkpoint, .keras file, official
-checkpoint such as params_cifar.ckpt)."""
+and of the official TF1 ones (tf.train.Saver), the check that a checkpoint's data files are
+complete, and `load`, the one loader of a trained model (save_dir, checkpoint, .keras file,
+official checkpoint such as params_cifar.ckpt)."""
 
 import os
 import re
+import struct
 import zipfile
 
+from google.protobuf.message import DecodeError
 import keras
 import tensorflow as tf
+from tensorflow.core.protobuf import tensor_bundle_pb2
 
 from pixel_cnn_pp import config
 from pixel_cnn_pp.config import ModelConfig
@@ -18,8 +21,16 @@ from pixel_cnn_pp.model import PixelCNNPP
 PARAMS, EMA = 'params', 'ema'
 OFFICIAL_EMA_SUFFIX = '/ExponentialMovingAverage'
 OVERRIDES = ModelConfig.ARCHITECTURE + ('image_shape', 'num_labels', 'dropout_p', 'dtype')
-# What reading a corrupt or truncated checkpoint raises (the reader's IndexError: a short read).
-READ_ERRORS = (tf.errors.OpError, IndexError)
+
+
+class IncompleteCheckpoint(Exception):
+    """A V2 checkpoint whose index cannot be parsed, or one of whose data files is missing or
+    shorter than its index says."""
+
+
+# What reading a corrupt or truncated checkpoint raises (the reader's IndexError: a short read;
+# IncompleteCheckpoint: check_complete's).
+READ_ERRORS = (tf.errors.OpError, IndexError, IncompleteCheckpoint)
 KINDS = ('a save_dir of train.py, one of its checkpoints (save/ckpt-12), a .keras file, or an '
          'official TF1 checkpoint prefix (params_cifar.ckpt)')
 
@@ -128,6 +139,104 @@ def load_official_checkpoint(model, path, use_ema=True):
     assign_weights(model, reader, 'official', use_ema, path)
 
 
+# ---------------------------------------------------------------------- complete checkpoints
+
+# The index of a V2 checkpoint is a LevelDB-format table (TensorFlow's lib/io/table): its last
+# 48 bytes are the handles (offset and size, as varints) of its metaindex and index blocks,
+# padding, and this magic number; every block is followed by its compression type and crc.
+TABLE_MAGIC = 0xdb4775248b80fb57
+FOOTER_SIZE, TRAILER_SIZE = 48, 5
+
+
+def _varint(data, pos):
+    """The varint at data[pos] and the position after it."""
+    value = shift = 0
+    while data[pos] & 0x80:
+        value, pos, shift = value | (data[pos] & 0x7f) << shift, pos + 1, shift + 7
+    return value | data[pos] << shift, pos + 1
+
+
+def _block_handle(data, pos):
+    """(offset, size) of the block handle at data[pos], and the position after it."""
+    offset, pos = _varint(data, pos)
+    size, pos = _varint(data, pos)
+    return (offset, size), pos
+
+
+def _table_block(table, handle):
+    """The (key, value) entries of the block of `table` at handle (offset, size): entries whose
+    keys share prefixes with the one before, then an array of restart points and its length."""
+    offset, size = handle
+    if offset + size + TRAILER_SIZE > len(table) - FOOTER_SIZE or size < 4:
+        raise ValueError('a block of %d bytes at %d, past the end of the table' % (size, offset))
+    if table[offset + size] != 0:
+        raise ValueError('a block compressed (type %d), where TensorFlow writes none' % table[offset + size])
+    block = table[offset:offset + size]
+    end = size - 4 - 4 * struct.unpack_from('<I', block, size - 4)[0]
+    entries, key, pos = [], b'', 0
+    while pos < end:
+        shared, pos = _varint(block, pos)
+        unshared, pos = _varint(block, pos)
+        length, pos = _varint(block, pos)
+        if shared > len(key) or pos + unshared + length > end:
+            raise ValueError('an entry past the end of the block at %d' % offset)
+        key = key[:shared] + block[pos:pos + unshared]
+        entries.append((key, block[pos + unshared:pos + unshared + length]))
+        pos += unshared + length
+    if pos != end:
+        raise ValueError('the block at %d has its restart points inside its entries' % offset)
+    return entries
+
+
+def checkpoint_index(prefix):
+    """(BundleHeaderProto, {key (bytes): BundleEntryProto}) of V2 checkpoint `prefix`: what its
+    .index file says of each tensor (data file, offset, size), read without the data files. A
+    tensor stored in slices (cut across data files) has one more entry per slice, under a key
+    that begins with a 0 byte. An index that cannot be parsed is an IncompleteCheckpoint."""
+    path = prefix + '.index'
+    with tf.io.gfile.GFile(path, 'rb') as f:
+        table = f.read()
+    try:
+        if len(table) < FOOTER_SIZE or struct.unpack_from('<Q', table, len(table) - 8)[0] != TABLE_MAGIC:
+            raise ValueError('no table footer at its end')
+        _, pos = _block_handle(table, len(table) - FOOTER_SIZE)  # the metaindex (empty: no filters)
+        index, _ = _block_handle(table, pos)
+        entries = dict(entry for _, handle in _table_block(table, index)
+                       for entry in _table_block(table, _block_handle(handle, 0)[0]))
+        if b'' not in entries:
+            raise ValueError('no header entry')
+        header = tensor_bundle_pb2.BundleHeaderProto.FromString(entries.pop(b''))
+        return header, {key: tensor_bundle_pb2.BundleEntryProto.FromString(value) for key, value in entries.items()}
+    except (ValueError, IndexError, struct.error, DecodeError) as e:
+        raise IncompleteCheckpoint('%s cannot be parsed (%s)'
+                                   % (os.path.basename(path), str(e) or type(e).__name__)) from None
+
+
+def check_complete(prefix):
+    """Raises IncompleteCheckpoint unless every data file of checkpoint `prefix` exists and is
+    as long as its index says: TensorFlow checks a tensor's bytes only when it reads that tensor,
+    and a load reads one weight set of a training checkpoint. Reads the index alone. A V1
+    checkpoint (one file) has nothing to check: its table footer is at its end, and a cut one
+    fails to open."""
+    if not tf.io.gfile.exists(prefix + '.index'):
+        return
+    header, entries = checkpoint_index(prefix)
+    needs = [0] * header.num_shards
+    for key, entry in entries.items():
+        if not 0 <= entry.shard_id < header.num_shards:
+            raise IncompleteCheckpoint('%s.index puts %s in data file %d of %d' % (
+                os.path.basename(prefix), key.decode(errors='replace'), entry.shard_id, header.num_shards))
+        needs[entry.shard_id] = max(needs[entry.shard_id], entry.offset + entry.size)
+    for shard, need in enumerate(needs):
+        path = '%s.data-%05d-of-%05d' % (prefix, shard, header.num_shards)
+        if not tf.io.gfile.exists(path):
+            raise IncompleteCheckpoint('%s is missing' % os.path.basename(path))
+        size = tf.io.gfile.stat(path).length
+        if size < need:
+            raise IncompleteCheckpoint('{} is {:,} bytes, the index needs {:,}'.format(
+                os.path.basename(path), size, need))
+
+
 # ---------------------------------------------------------------------- load
 
 def run_checkpoints(save_dir):
@@ -148,14 +257,16 @@ def run_checkpoints(save_dir):
 
 
 def newest_readable(save_dir, use):
-    """use(prefix) on the newest checkpoint of save_dir it can read: one that fails with a
-    read error (corrupt, truncated, missing data) is skipped with a warning that names it.
+    """use(prefix) on the newest checkpoint of save_dir it can read: one that is not complete
+    (check_complete) or fails with a read error (corrupt, truncated, missing data) is skipped
+    with a warning that names it.
     Returns (prefix, what use returned); a ValueError when no checkpoint is readable."""
     prefixes = run_checkpoints(save_dir)
     if not prefixes:
         raise ValueError('%s is a folder with no checkpoint in it (expected %s)' % (save_dir, KINDS))
     for prefix in prefixes:
         try:
+            check_complete(prefix)
             return prefix, use(prefix)
         except READ_ERRORS as e:
             print('warning: skipping checkpoint %s, which cannot be read (%s)'
@@ -235,6 +346,7 @@ def load(path, *, use_ema=True, **overrides):
     else:
         prefix = _checkpoint_prefix(path)
         try:
+            check_complete(prefix)
             model = _load_checkpoint(prefix, os.path.dirname(prefix) or '.', use_ema, overrides)
         except READ_ERRORS as e:
             raise ValueError('%s: not a readable checkpoint (%s)' % (prefix, str(e).strip().splitlines()[0])) from None

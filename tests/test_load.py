@@ -2,8 +2,10 @@
 is read from its shapes, overrides that contradict the checkpoint are errors, and .keras
 files give the same logits bit for bit."""
 
+import glob
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -77,8 +79,9 @@ def test_nonlinearity_a_checkpoint_cannot_tell_is_asked_for(tmp_path):
     np.testing.assert_array_equal(pixel_cnn_pp.load(prefix, resnet_nonlinearity='relu')(x), model(x))
 
 
-def test_v1_single_file_checkpoint(tmp_path):
-    """The released params_cifar.ckpt is one file (TF1's V1 checkpoint format)."""
+def write_v1_checkpoint(path):
+    """The variables of SMALL_CKPT at path in one file, TF1's V1 checkpoint format (that of the
+    released params_cifar.ckpt)."""
     reader = tf.train.load_checkpoint(SMALL_CKPT)
     with tf.Graph().as_default():
         names = sorted(reader.get_variable_to_shape_map())
@@ -86,8 +89,14 @@ def test_v1_single_file_checkpoint(tmp_path):
         saver = tf.compat.v1.train.Saver(variables, write_version=tf.compat.v1.train.SaverDef.V1)
         with tf.compat.v1.Session() as session:
             session.run(tf.compat.v1.global_variables_initializer())
-            path = saver.save(session, str(tmp_path / 'params_cifar.ckpt'), write_meta_graph=False)
+            path = saver.save(session, path, write_meta_graph=False)
     assert os.path.isfile(path) and not os.path.exists(path + '.index')
+    return path
+
+
+def test_v1_single_file_checkpoint(tmp_path):
+    """The released params_cifar.ckpt is one file (TF1's V1 checkpoint format)."""
+    path = write_v1_checkpoint(str(tmp_path / 'params_cifar.ckpt'))
     ref = np.load(os.path.join(FIXTURES, 'official_small', 'ref.npz'))
     for where in (path, str(tmp_path)):
         assert_close_to_official(pixel_cnn_pp.load(where)(ref['x'][:2]), ref['logits_ema'])
@@ -258,6 +267,154 @@ def test_layers_serialise():
 def test_bad_paths(tmp_path, make_path, message):
     with pytest.raises(ValueError, match=message):
         pixel_cnn_pp.load(make_path(tmp_path))
+
+
+# ---------------------------------------------------------------------- incomplete checkpoints
+
+def cut(path, size=None):
+    """Cuts a file to `size` bytes, by default to half its length."""
+    with open(path, 'r+b') as f:
+        f.truncate(os.path.getsize(path) // 2 if size is None else size)
+
+
+@pytest.fixture(scope='module')
+def two_checkpoints(run_dir, tmp_path_factory):
+    """A save_dir holding run_dir's ckpt-2 and a newer ckpt-3 whose EMA weights are other ones."""
+    d, path, trainer = run_dir
+    two = tmp_path_factory.mktemp('two')
+    for name in ('config.json', 'ckpt-2.index', 'ckpt-2.data-00000-of-00001'):
+        shutil.copy(os.path.join(d, name), two / name)
+    saved = {name: var.numpy() for name, var in trainer.shadows.items()}
+    try:
+        for var in trainer.shadows.values():
+            var.assign_add(tf.ones_like(var))
+        trainer.checkpoint.write(str(two / 'ckpt-3'))
+    finally:
+        for name, var in trainer.shadows.items():
+            var.assign(saved[name])
+    return two
+
+
+def sharded_checkpoint(trainer, prefix):
+    """trainer's checkpoint written at prefix in several data files (MaxShardSizePolicy); returns
+    the prefix and the data files."""
+    size = sum(var.numpy().nbytes for var in trainer.params.values())
+    policy = tf.train.experimental.MaxShardSizePolicy(size)
+    prefix = trainer.checkpoint.write(prefix, options=tf.train.CheckpointOptions(experimental_sharding_callback=policy))
+    files = sorted(glob.glob(prefix + '.data-*'))
+    assert len(files) > 2
+    return prefix, files
+
+
+def test_a_checkpoint_cut_short_is_skipped(run_dir, two_checkpoints, tmp_path, capsys):
+    """The newest checkpoint's data file cut in half, where the weights a load reads lie in the
+    intact half (TensorFlow would read them without a word): load(save_dir) and resuming
+    (newest_readable, whatever it reads) take the one before, with the warning naming it; the
+    cut one given itself is a ValueError naming it."""
+    _, _, trainer = run_dir
+    d = shutil.copytree(two_checkpoints, tmp_path / 'save')
+    size = os.path.getsize(d / 'ckpt-3.data-00000-of-00001')
+    cut(d / 'ckpt-3.data-00000-of-00001')
+    reason = 'ckpt-3.data-00000-of-00001 is {:,} bytes, the index needs {:,}'.format(size // 2, size)
+    warning = 'warning: skipping checkpoint %s, which cannot be read (%s)\n' % (d / 'ckpt-3', reason)
+    for use_ema in (False, True):
+        model = pixel_cnn_pp.load(str(d), use_ema=use_ema)
+        assert capsys.readouterr().out == warning
+        assert model.checkpoint_path == str(d / 'ckpt-2')
+    got, expected = weights(model), weights(trainer.ema_model)
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    assert checkpoints.newest_readable(str(d), lambda prefix: None) == (str(d / 'ckpt-2'), None)
+    assert capsys.readouterr().out == warning
+    with pytest.raises(ValueError) as e:
+        pixel_cnn_pp.load(str(d / 'ckpt-3'))
+    assert str(e.value) == '%s: not a readable checkpoint (%s)' % (d / 'ckpt-3', reason)
+
+
+def test_a_missing_data_file(run_dir, two_checkpoints, tmp_path, capsys):
+    """One data file of several gone: the checkpoint is not read, and the message names the file."""
+    _, _, trainer = run_dir
+    d = shutil.copytree(two_checkpoints, tmp_path / 'save')
+    prefix, files = sharded_checkpoint(trainer, str(d / 'ckpt-4'))
+    os.remove(files[1])
+    reason = '%s is missing' % os.path.basename(files[1])
+    with pytest.raises(ValueError) as e:
+        pixel_cnn_pp.load(prefix)
+    assert str(e.value) == '%s: not a readable checkpoint (%s)' % (prefix, reason)
+    assert pixel_cnn_pp.load(str(d)).checkpoint_path == str(d / 'ckpt-3')
+    assert capsys.readouterr().out == 'warning: skipping checkpoint %s, which cannot be read (%s)\n' % (prefix, reason)
+
+
+def compress_first_block(index):
+    """Marks the index block of a checkpoint's index as Snappy-compressed."""
+    table = bytearray(open(index, 'rb').read())
+    _, pos = checkpoints._block_handle(table, len(table) - checkpoints.FOOTER_SIZE)
+    (offset, size), _ = checkpoints._block_handle(table, pos)
+    table[offset + size] = 1
+    open(index, 'wb').write(bytes(table))
+
+
+@pytest.mark.parametrize('damage, reason', [
+    (lambda index: cut(index, os.path.getsize(index) - 1),
+     'ckpt-3.index cannot be parsed (no table footer at its end)'),
+    (compress_first_block, 'ckpt-3.index cannot be parsed (a block compressed (type 1), where TensorFlow '
+                           'writes none)'),
+])
+def test_an_index_that_cannot_be_parsed(two_checkpoints, tmp_path, capsys, damage, reason):
+    d = shutil.copytree(two_checkpoints, tmp_path / 'save')
+    damage(d / 'ckpt-3.index')
+    assert pixel_cnn_pp.load(str(d)).checkpoint_path == str(d / 'ckpt-2')
+    assert capsys.readouterr().out == 'warning: skipping checkpoint %s, which cannot be read (%s)\n' % (
+        d / 'ckpt-3', reason)
+
+
+def test_checkpoint_index_agrees_with_tensorflow(run_dir, tmp_path):
+    """checkpoint_index against TensorFlow's reader, on the official fixture (an index of several
+    blocks), our training checkpoint and the same in several data files (where the tensors cut
+    across two files are stored as slices, whose keys begin with a 0 byte): the same keys, dtypes
+    and shapes, and every tensor's bytes where it says (data file, offset, size); each data file
+    ends where its last tensor does, so check_complete refuses it one byte shorter."""
+    _, path, trainer = run_dir
+    for prefix in (SMALL_CKPT, path, sharded_checkpoint(trainer, str(tmp_path / 'sharded'))[0]):
+        header, entries = checkpoints.checkpoint_index(prefix)
+        reader = tf.train.load_checkpoint(prefix)
+        shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
+        tensors = {key.decode(): entry for key, entry in entries.items() if not key.startswith(b'\0')}
+        assert tensors.keys() == shapes.keys()
+        files = ['%s.data-%05d-of-%05d' % (prefix, i, header.num_shards) for i in range(header.num_shards)]
+        assert sorted(glob.glob(prefix + '.data-*')) == files
+        data = [open(f, 'rb').read() for f in files]
+        for key, entry in tensors.items():
+            assert [dim.size for dim in entry.shape.dim] == shapes[key], key
+            assert entry.dtype == dtypes[key].as_datatype_enum, key
+            stored = data[entry.shard_id][entry.offset:entry.offset + entry.size]
+            value = reader.get_tensor(key)
+            if entry.slices:
+                assert sum(e.size for k, e in entries.items() if k.startswith(b'\0%s\0' % key.encode())) == value.nbytes
+            elif dtypes[key] == tf.string:  # their lengths, a checksum, then their bytes
+                assert stored.endswith(b''.join(np.asarray(value, object).ravel())), key
+            else:
+                assert stored == value.tobytes(), key
+        ends = [max(e.offset + e.size for e in entries.values() if e.shard_id == i) for i in range(header.num_shards)]
+        assert ends == [len(stored) for stored in data]
+        checkpoints.check_complete(prefix)
+    cut(files[-1], len(data[-1]) - 1)
+    with pytest.raises(checkpoints.IncompleteCheckpoint) as e:
+        checkpoints.check_complete(prefix)
+    assert str(e.value) == '{} is {:,} bytes, the index needs {:,}'.format(
+        os.path.basename(files[-1]), len(data[-1]) - 1, len(data[-1]))
+
+
+def test_a_cut_v1_checkpoint(tmp_path):
+    """A V1 checkpoint has its table's footer at the end of its one file: cut, it cannot be
+    opened, and load says so in one line (no traceback, nothing chained)."""
+    path = write_v1_checkpoint(str(tmp_path / 'params_cifar.ckpt'))
+    cut(path)
+    with pytest.raises(ValueError) as e:
+        pixel_cnn_pp.load(path)
+    assert str(e.value).startswith('%s: not a readable checkpoint (' % path) and '\n' not in str(e.value)
+    assert e.value.__cause__ is None and e.value.__suppress_context__
 
 
 def test_sample_py_on_a_save_dir_without_model_flags(run_dir, tmp_path):

@@ -128,7 +128,9 @@ def load_official_checkpoint(model, path, use_ema=True):
     PixelCNNPP of the same config; use_ema=True takes the Polyak-averaged shadows
     (`<name>/ExponentialMovingAverage`), as the official test and sampling do. An unbuilt
     model is built from the checkpoint's shapes. Adam slots (`Variable_N`) are ignored.
-    A checkpoint of another config raises a ValueError and changes nothing."""
+    A checkpoint of another config raises a ValueError and changes nothing; an incomplete one
+    (check_complete) an IncompleteCheckpoint."""
+    check_complete(path)
     reader = tf.train.load_checkpoint(path)
     if checkpoint_kind(reader) != 'official':
         raise ValueError('not an official PixelCNN++ checkpoint: %s has no variable model/conv2d_0/V'

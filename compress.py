@@ -14,9 +14,9 @@ channels), never fitted. A class-conditional model codes each image given its la
 (the set's y), which the file stores.
 """
 
-import quiet_tf  # noqa: F401  (first: TensorFlow without its start-up logs)
-
 import os
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow: its C++ warnings hidden (0: all)
+import pixel_cnn_pp  # noqa: E402,F401  (first: TensorFlow imported without its start-up notices)
 import shutil
 import tempfile
 import time

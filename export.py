@@ -11,9 +11,9 @@ The SavedModel's signatures (tf.saved_model.load(out).signatures[...]):
     sample(num=int32, seed=int32[, h]) -> {'images': uint8 [num, H, W, C]}
 """
 
-import quiet_tf  # noqa: F401  (first: TensorFlow without its start-up logs)
-
 import os
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow: its C++ warnings hidden (0: all)
+import pixel_cnn_pp  # noqa: E402,F401  (first: TensorFlow imported without its start-up notices)
 import shutil
 import tempfile
 

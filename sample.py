@@ -10,9 +10,9 @@ pixel_cnn_pp.load. Writes a PNG grid and an .npz of uint8 images.
     python sample.py --checkpoint=save --complete=test.npz --given_rows=16 --num_samples=8
 """
 
-import quiet_tf  # noqa: F401  (first: TensorFlow without its start-up logs)
-
 import os
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow: its C++ warnings hidden (0: all)
+import pixel_cnn_pp  # noqa: E402,F401  (first: TensorFlow imported without its start-up notices)
 import time
 
 from absl import app, flags

@@ -19,11 +19,11 @@ Scores, each oriented so that larger means more OOD:
 For each --ood set against --in: AUROC, AUPRC and the FPR at 95% TPR, the OOD set positive.
 """
 
-import quiet_tf  # noqa: F401  (first: TensorFlow without its start-up logs)
-
+import os
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow: its C++ warnings hidden (0: all)
+import pixel_cnn_pp  # noqa: E402,F401  (first: TensorFlow imported without its start-up notices)
 import csv
 import json
-import os
 import time
 
 from absl import app, flags

@@ -13,9 +13,9 @@ messages; the loop is pixel_cnn_pp.run. SIGTERM or Ctrl-C during training writes
 checkpoint of the last completed step and exits with status 143 (SIGTERM) or 130 (SIGINT).
 """
 
-import quiet_tf  # noqa: F401  (first: TensorFlow without its start-up logs)
-
 import os
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow: its C++ warnings hidden (0: all)
+import pixel_cnn_pp  # noqa: E402,F401  (first: TensorFlow imported without its start-up notices)
 import signal
 import sys
 
@@ -188,7 +188,7 @@ def main(argv):
         if model_config is None:
             model_config = ModelConfig(**model, image_shape=data.train_x.shape[1:],
                                        num_labels=data.num_labels if conditional else 0)
-        cli.note_no_gpu(model_config.to_dict(), quiet_tf.GPUS)
+        cli.note_no_gpu(model_config.to_dict(), tf.config.list_physical_devices('GPU'))
         c = train_config
         print('each update: %d replica(s) x %d micro-batch(es) x %d images = %d images'
               % (c.replicas, c.accum_steps, c.batch_size, c.update_images))

@@ -1,6 +1,7 @@
 """PixelCNN++ (Salimans et al., ICLR 2017) in TensorFlow 2 / Keras 3: a faithful port
 of the official openai/pixel-cnn code."""
 
+from pixel_cnn_pp import console  # noqa: F401  (first: TensorFlow's import without its start-up notices)
 from pixel_cnn_pp import nn
 from pixel_cnn_pp.checkpoints import load, load_official_checkpoint
 from pixel_cnn_pp.codec import CodecError, compress, decompress

@@ -3,8 +3,8 @@ official model flags, the flags of a script that loads a trained model (--checkp
 overrides of `pixel_cnn_pp.load`), and running a script so that a user's mistake is a short
 message, not a traceback or the help.
 
-A script imports `quiet_tf` first (TensorFlow without its start-up logs), defines its own
-flags, calls the define_* functions it needs, then `flags.adopt_module_key_flags(cli)` so
+A script sets TF_CPP_MIN_LOG_LEVEL=2 and imports pixel_cnn_pp first (TensorFlow without its
+start-up logs: console.py), defines its own flags, calls the define_* functions it needs, then `flags.adopt_module_key_flags(cli)` so
 that its --help lists these flags too, and ends with `cli.run(main)`.
 
 Exit statuses, the same in every script:
@@ -24,7 +24,7 @@ import sys
 
 from absl import app, flags, logging
 
-from pixel_cnn_pp import checkpoints, config, images, progress
+from pixel_cnn_pp import checkpoints, config, console, images, progress
 
 FLAGS = flags.FLAGS
 USAGE, FAILED, SYSTEM, INTERRUPTED = 2, 1, 3, 130  # exit statuses (see above)
@@ -231,7 +231,9 @@ def run(main):
     """app.run(main) with the exit statuses above: a user's mistake (app.UsageError, a bad
     flag) is one short message, not the whole help; a diverged run (FloatingPointError) its
     message; an OSError its message; Ctrl-C one line. INFO log lines (TensorFlow's saving,
-    assets, signatures) only with --verbose, which also prints the script's flags."""
+    assets, signatures) only with --verbose, which also prints the script's flags. Output to a
+    console that is gone (a pipe closed, a terminal hung up) is dropped, never an error
+    (console.surviving_output)."""
     def main_with_short_errors(argv):
         logging.set_verbosity(logging.INFO if FLAGS.verbose else logging.WARNING)
         if FLAGS.verbose:  # as the official train.py prints its args
@@ -249,4 +251,5 @@ def run(main):
         except KeyboardInterrupt:
             _error('interrupted', INTERRUPTED)
 
-    app.run(main_with_short_errors, flags_parser=parse_flags)
+    with console.surviving_output():
+        app.run(main_with_short_errors, flags_parser=parse_flags)

@@ -6,8 +6,8 @@ in a save_dir that survives real machines:
   count, the history written before the checkpoint that counts it);
 - resume is exact: data order, dropout and mutation are stateless functions of the seed and
   the step, and config.json records every setting that decides them (config.resume);
-- SIGTERM or SIGINT stops at the next step boundary with a checkpoint of the last completed
-  step (`Preempted`); under MultiWorkerMirroredStrategy every worker stops at the same step
+- SIGTERM, SIGINT or SIGHUP stops at the next step boundary with a checkpoint of the last
+  completed step (`Preempted`), written before anything is printed; under MultiWorkerMirroredStrategy every worker stops at the same step
   (tf.distribute's PreemptionCheckpointHandler agrees on it); at the epoch's end the
   evaluation and the samples are abandoned at their next batch (the checkpoint is of the
   epoch's last step; the resumed run evaluates and samples that epoch);
@@ -84,11 +84,14 @@ def _remove_partial_checkpoint(prefix):
 
 
 class _StopRequest:
-    """SIGTERM and SIGINT set `signum` instead of ending the process: the loop stops at the
-    next step boundary. A second signal while stopping is ignored (the save in progress
-    completes). Installed only from the main thread (signal's rule)."""
+    """SIGTERM, SIGINT and SIGHUP (the terminal closed) set `signum` instead of ending the
+    process: the loop stops at the next step boundary, writes its checkpoint, and only then
+    says so (Preempted). The handler prints nothing: output can fail (the `| tee` a Ctrl-C
+    ended too) or re-enter a write the signal interrupted, and must never cost the
+    checkpoint. A second signal while stopping is ignored (the save in progress completes).
+    Installed only from the main thread (signal's rule)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def __init__(self):
         self.signum, self._old = None, {}
@@ -107,8 +110,6 @@ class _StopRequest:
         del frame
         if self.signum is None:
             self.signum = signum
-            print('\n%s received: stopping after the step in flight, with a checkpoint'
-                  % signal.Signals(signum).name, flush=True)
 
 
 class _AgreedSaves:

@@ -9,7 +9,8 @@ import runpy
 import subprocess
 import sys
 
-import quiet_tf  # noqa: F401  (first, as in the scripts: TensorFlow without its start-up lines)
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # as the scripts do, before TensorFlow
+import pixel_cnn_pp  # noqa: F401  (before TensorFlow: its import without the start-up lines)
 from absl import app, flags
 import keras
 import numpy as np

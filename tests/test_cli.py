@@ -1,4 +1,4 @@
-"""The command-line layer every script shares (pixel_cnn_pp/cli.py, quiet_tf.py,
+"""The command-line layer every script shares (pixel_cnn_pp/cli.py, console.py,
 pixel_cnn_pp/progress.py): exit statuses, the common flags, the line saying what was loaded,
 a quiet console. In-process where the command line itself is not what is tested; two
 subprocesses for what only the real scripts show (their --help and a bad flag)."""
@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import quiet_tf
-from pixel_cnn_pp import checkpoints, cli, progress
+from pixel_cnn_pp import checkpoints, cli, console, progress
 from pixel_cnn_pp.training import Trainer
 
 from conftest import ROOT, SMALL_CKPT, run_in_process  # noqa: E402
@@ -57,7 +56,7 @@ def test_help_exits_0_and_lists_the_common_flags(capsys):
     ('/x/y.py:3: DeprecationWarning: something\n', True),
 ])
 def test_start_up_noise_is_dropped_and_errors_kept(line, kept):
-    assert quiet_tf.keep(line) is kept
+    assert console.keep(line) is kept
 
 
 def test_plain_progress_lines():

@@ -92,6 +92,8 @@ def compress(model):
         raise app.UsageError('--out=%s: its folder does not exist' % out)
     if os.path.isdir(out):
         raise app.UsageError('--out=%s is a folder; give the file to write' % out)
+    if os.path.exists(out):
+        raise app.UsageError('--out=%s already exists; choose a new path' % out)
     print('compressing %d images of %s%s%s' % (len(x), 'x'.join(map(str, x.shape[1:])),
                                               ' with their labels' if labels is not None else '', cli.npz_keys(keys)))
     began = time.time()
@@ -129,6 +131,8 @@ def decompress(model):
     to_npz = out.endswith('.npz')
     if not os.path.isdir(os.path.dirname(os.path.abspath(out.rstrip('/')))):
         raise app.UsageError('--out=%s: its folder does not exist' % out)
+    if to_npz and os.path.exists(out):
+        raise app.UsageError('--out=%s already exists; choose a new path' % out)
     if not to_npz and os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise app.UsageError('--out=%s: give an .npz, or a folder that is new or empty' % out)
     began = time.time()

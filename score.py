@@ -17,6 +17,9 @@ Scores, each oriented so that larger means more OOD:
   out-of-distribution detection").
 
 For each --ood set against --in: AUROC, AUPRC and the FPR at 95% TPR, the OOD set positive.
+Without --ood: the bits/dim of --in's images (their mean printed; each image's in --csv).
+
+    python score.py --checkpoint=save --in=test.npz --csv=scores.csv
 """
 
 import os
@@ -24,6 +27,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow: its C++
 import pixel_cnn_pp  # noqa: E402,F401  (first: TensorFlow imported without its start-up notices)
 import csv
 import json
+import re
 import time
 
 from absl import app, flags
@@ -70,6 +74,7 @@ def write_heatmaps(folder, name, images, bits):
     (name_heatmaps_000.png, ...), and with --heatmap_files one file per image (name_00000.png):
     all on the one scale 0..--heatmap_max."""
     os.makedirs(folder, exist_ok=True)
+    name = re.sub(r'\.npz$', '', name).replace(':', '_').replace('/', '_')  # test.npz -> test
     per_subpixel = bits / images.shape[-1]
     zoom = heatmaps.default_zoom(images.shape[1:])
     paths = []
@@ -90,13 +95,15 @@ def write_heatmaps(folder, name, images, bits):
 
 def main(argv):
     del argv
-    if not FLAGS.checkpoint or not FLAGS['in'].value or not FLAGS.ood:
-        raise app.UsageError('--checkpoint, --in and at least one --ood are required')
+    if not FLAGS.checkpoint or not FLAGS['in'].value:
+        raise app.UsageError('--checkpoint and --in are required')
     if FLAGS.heatmap_max <= 0:
         raise app.UsageError('--heatmap_max must be > 0, got %g' % FLAGS.heatmap_max)
     for name in ('heatmap_max', 'heatmap_files'):
         if FLAGS[name].present and not FLAGS.heatmaps:
             raise app.UsageError('--%s is for --heatmaps' % name)
+    if FLAGS.report and not FLAGS.ood:
+        raise app.UsageError('--report is for --ood (its metrics); --csv writes the scores of --in alone')
     for flag in ('report', 'csv'):
         if FLAGS[flag].value and not os.path.isdir(os.path.dirname(FLAGS[flag].value) or '.'):
             raise app.UsageError('--%s=%s: its folder does not exist' % (flag, FLAGS[flag].value))
@@ -108,8 +115,8 @@ def main(argv):
         background = cli.load_model(FLAGS.background, use_ema=FLAGS.ema)
         with cli.flag_errors(prefix='--background=%s: ' % FLAGS.background):
             scoring.check_model(background)
-    sets = [cli.read_image_set(spec, model.image_shape, FLAGS.data_dir)
-            for spec in [FLAGS['in'].value] + FLAGS.ood]
+    sets = [cli.read_image_set(spec, model.image_shape, FLAGS.data_dir, flag=flag)
+            for flag, spec in [('in', FLAGS['in'].value)] + [('ood', spec) for spec in FLAGS.ood or []]]
     names = [name for name, _ in sets]
     if len(set(names)) != len(names):
         raise app.UsageError('two sets have the same name %s; give files or folders distinct names'
@@ -128,12 +135,15 @@ def main(argv):
         if FLAGS.heatmaps:
             write_heatmaps(FLAGS.heatmaps, name, images, bits)
     in_name = names[0]
+    print('\n%s: %d images, %.4f bits/dim on average (likelihood)' % (
+        in_name, len(sets[0][1]), np.mean(scores[in_name]['likelihood'])))
     report = {ood: {score: {metric: fn(scores[in_name][score], scores[ood][score])
                             for metric, fn in METRICS.items()}
                     for score in scores[in_name]}
               for ood in names[1:]}
-    print('\nin-distribution: %s (%d images); OOD is the positive class' % (in_name, len(sets[0][1])))
-    print('%-24s %-17s %7s %7s %7s' % ('ood set', 'score', 'auroc', 'auprc', 'fpr95'))
+    if report:
+        print('in-distribution: %s; OOD is the positive class' % in_name)
+        print('%-24s %-17s %7s %7s %7s' % ('ood set', 'score', 'auroc', 'auprc', 'fpr95'))
     for ood, by_score in report.items():
         for score, m in by_score.items():
             print('%-24s %-17s %7.4f %7.4f %7.4f' % (ood[:24], score, m['auroc'], m['auprc'], m['fpr95']))

@@ -68,8 +68,9 @@ flags.DEFINE_integer('num_samples', 1, 'How many batches of samples to output (0
 flags.DEFINE_integer('seed', 1, 'Random seed to use')
 # beyond the official flags
 flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'train, or print the test bits/dim of the '
-                  'EMA weights of --checkpoint (default: the latest in --save_dir)')
+                  'EMA weights (--noema: the raw ones) of --checkpoint (default: the latest in --save_dir)')
 cli.define_checkpoint_flag('With --mode=eval, what to evaluate (model flags given override it): ')
+cli.define_ema_flag()
 flags.DEFINE_boolean('xla', False, 'Compile the forward and backward pass with XLA')
 flags.DEFINE_enum('precision', 'float32', list(config.PRECISIONS),
                   'Compute dtype of training (for GPUs): mixed_bfloat16, or mixed_float16 with '
@@ -102,6 +103,8 @@ def check_flags():
     if FLAGS.checkpoint and FLAGS.mode != 'eval':
         raise app.UsageError('--checkpoint is for --mode=eval (to resume training, --load_params '
                              'with its --save_dir)')
+    if FLAGS['ema'].present and FLAGS.mode != 'eval':
+        raise app.UsageError('--%sema is for --mode=eval (training keeps both weight sets)' % ('' if FLAGS.ema else 'no'))
 
 
 def make_strategy():
@@ -134,17 +137,18 @@ def load_data(class_conditional, data_set=None, data_dir=None):
 
 
 def evaluate(strategy):
-    """--mode=eval: the test bits/dim of a trained model's EMA weights on --data_set."""
+    """--mode=eval: the test bits/dim of a trained model's EMA weights (--noema: its raw
+    ones) on --data_set."""
     path = FLAGS.checkpoint or FLAGS.save_dir
     with strategy.scope():
-        model = cli.load_model(path)
+        model = cli.load_model(path, use_ema=FLAGS.ema)
     data = load_data(bool(model.num_labels))
     if model.num_labels and model.num_labels != data.num_labels:
         raise app.UsageError('the model is conditioned on %d labels but --data_set=%s has %d'
                              % (model.num_labels, FLAGS.data_set, data.num_labels))
     batches = data_lib.test_batches(strategy, data, FLAGS.batch_size)
     bpd = training.Evaluator(strategy, model).evaluate(batches, data.test_x.shape[1:])
-    print('test bits_per_dim = %.4f' % bpd)
+    print('test bits_per_dim = %.4f (%s weights)' % (bpd, 'EMA' if FLAGS.ema else 'raw'))
     return bpd
 
 
@@ -176,9 +180,6 @@ def main(argv):
     check_flags()  # --verbose prints the flags (cli.run)
     keras.utils.set_random_seed(FLAGS.seed)  # Python, NumPy, TensorFlow and Keras initializers
     strategy = make_strategy()
-    name = next(name for name in ('MultiWorkerMirroredStrategy', 'MirroredStrategy', 'OneDeviceStrategy')
-                if isinstance(strategy, getattr(tf.distribute, name)))
-    print('%s over %d replica(s)' % (name, strategy.num_replicas_in_sync))
     if FLAGS.mode == 'eval':
         evaluate(strategy)
         return
@@ -189,9 +190,6 @@ def main(argv):
             model_config = ModelConfig(**model, image_shape=data.train_x.shape[1:],
                                        num_labels=data.num_labels if conditional else 0)
         cli.note_no_gpu(model_config.to_dict(), tf.config.list_physical_devices('GPU'))
-        c = train_config
-        print('each update: %d replica(s) x %d micro-batch(es) x %d images = %d images'
-              % (c.replicas, c.accum_steps, c.batch_size, c.update_images))
         run.train(model_config, train_config, FLAGS.save_dir, data, strategy, resume=FLAGS.load_params)
     except ConfigError as e:
         raise app.UsageError(cli.flag_message(e)) from None

@@ -111,11 +111,16 @@ def define_checkpoint_flag(what):
                         'TF1 checkpoint (params_cifar.ckpt)')
 
 
+def define_ema_flag():
+    """--ema / --noema: which of a trained model's weights are loaded."""
+    flags.DEFINE_boolean('ema', True, 'Use the Polyak-averaged (EMA) weights; --noema: the raw ones')
+
+
 def define_load_flags():
     """--checkpoint, --noema, and the model flags as overrides of what the checkpoint
     says (default: the checkpoint's own, or config.json's)."""
     define_checkpoint_flag('The trained model: ')
-    flags.DEFINE_boolean('ema', True, 'Use the Polyak-averaged (EMA) weights; --noema: the raw ones')
+    define_ema_flag()
     _define_model_flags((None,) * 5, ' (default: from the checkpoint)')
     flags.DEFINE_list('image_size', None, 'Training image size H,W (or one number for square '
                       'images), the default size of samples (default: from config.json, else 32)')
@@ -190,11 +195,15 @@ def read_image_set(spec, shape, data_dir=None, limit=None, flag=None):
     """images.read_images and fit_images: (the set's name, its first `limit` images fitted
     to a model's shape); prints what was read and done to it. A bad SPEC is a UsageError
     (naming --flag when given)."""
+    where = '--%s: ' % flag if flag else ''
     try:
         found, _, keys = images.read_images(spec, data_dir)
+    except ValueError as e:
+        raise app.UsageError(where + str(e)) from None  # e names SPEC
+    try:
         fitted, done = images.fit_images(found[:limit], shape)
     except ValueError as e:
-        raise app.UsageError('--%s: %s' % (flag, e) if flag else str(e)) from None  # e names SPEC
+        raise app.UsageError('%s%s: %s' % (where, spec, e)) from None
     name = spec[len('tfds:'):] if spec.startswith('tfds:') else os.path.basename(spec.rstrip('/'))
     print('%s: %d images%s%s' % (name, len(found), ' (%s)' % ', '.join(done) if done else '', npz_keys(keys)))
     return name, fitted

@@ -123,12 +123,19 @@ class _AgreedSaves:
     KEY = 'pixel_cnn_pp_save_at_%d'
     STOP = 'stop'
 
-    def __init__(self, chief, workers):
-        from tensorflow.python.eager import context  # the coordination service's client
-        self.context, self.chief, self.workers = context.context(), chief, workers
+    def __init__(self, chief, workers, worker_id, context=None):
+        """worker_id: this task's index among the chief and the workers (_worker_index),
+        which names its acknowledgements; context: the coordination service's client
+        (TensorFlow's eager context unless given)."""
+        if context is None:
+            from tensorflow.python.eager import context as eager
+            context = eager.context()
+        self.context, self.chief, self.workers, self.worker_id = context, chief, workers, worker_id
         self.steps, self.announced = set(), 0
-        if not chief:
-            threading.Thread(target=self._watch, daemon=True, name='AgreedSavesWatcher').start()
+        self.watcher = None
+        if not chief:  # started once worker_id is known: its first acknowledgement names it
+            self.watcher = threading.Thread(target=self._watch, daemon=True, name='AgreedSavesWatcher')
+            self.watcher.start()
 
     def _watch(self):
         n = 0
@@ -142,8 +149,6 @@ class _AgreedSaves:
                 n += 1
         except Exception:  # noqa: BLE001 - the service ends with the chief: nothing left to agree
             return
-
-    worker_id = 0
 
     def announce(self, step):
         """On the chief: every worker saves at `step` (the next step boundary)."""
@@ -315,6 +320,8 @@ class Run:
 
     def start(self):
         m, c = self.model_config, self.config
+        print('%s over %d replica(s); each update: %d replica(s) x %d micro-batch(es) x %d images = %d images'
+              % (type(self.strategy).__name__, c.replicas, c.replicas, c.accum_steps, c.batch_size, c.update_images))
         keras.utils.set_random_seed(c.seed)  # the initial weights: Python, NumPy, TF, Keras
         with self.strategy.scope():
             self.trainer = trainer = training.Trainer(
@@ -353,8 +360,7 @@ class Run:
             self.handler = self._preemption_handler()
             resolver = self.strategy.cluster_resolver
             self.agreed = _AgreedSaves(self.chief, sum(len(resolver.cluster_spec().as_dict().get(job, []))
-                                                       for job in ('chief', 'worker')))
-            self.agreed.worker_id = _worker_index(resolver)
+                                                       for job in ('chief', 'worker')), _worker_index(resolver))
         self.last_save_time = self.clock()
         print('starting training')
         sys.stdout.flush()

@@ -15,7 +15,7 @@ import tensorflow as tf
 import pixel_cnn_pp
 from pixel_cnn_pp import PixelCNNPP, codec, nn
 from pixel_cnn_pp.images import scale
-from conftest import FIXTURES, uint8_images
+from conftest import FIXTURES, run_in_process, uint8_images
 
 SHAPE = (4, 8, 3)  # non-square; levels 4x8, 2x4, 1x2
 K = 4
@@ -238,3 +238,18 @@ def test_round_trip_of_an_official_checkpoint():
     np.testing.assert_array_equal(pixel_cnn_pp.decompress(model, data), x)
     with pytest.raises(codec.CodecError, match='another model'):
         pixel_cnn_pp.decompress(pixel_cnn_pp.load(ckpt, image_shape=(8, 8), use_ema=False), data)
+
+
+@pytest.mark.parametrize('decompress', [False, True])
+def test_compress_py_keeps_an_existing_out(tmp_path, decompress):
+    """An --out that exists is refused, not overwritten (as export.py does), both ways."""
+    ckpt = '--checkpoint=' + os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt')
+    np.savez(tmp_path / 'a.npz', x=uint8_images((1, 32, 32, 3)))
+    out = tmp_path / ('back.npz' if decompress else 'a.pcpp')
+    out.write_bytes(b'mine')
+    args = ['--decompress', '--in=%s' % (tmp_path / 'a.pcpp')] if decompress else ['--in=%s' % (tmp_path / 'a.npz')]
+    if decompress:
+        (tmp_path / 'a.pcpp').write_bytes(b'PC++')
+    _, _, err = run_in_process('compress.py', ckpt, *args, '--out=%s' % out, status=2)
+    assert err.splitlines()[0] == 'compress.py: error: --out=%s already exists; choose a new path' % out
+    assert out.read_bytes() == b'mine'

@@ -375,3 +375,37 @@ def test_two_workers_take_time_based_checkpoints_at_the_same_steps(tmp_path):
     for k in reader.get_variable_to_shape_map():
         if k.startswith(('params/', 'ema/', 'adam/')):
             np.testing.assert_array_equal(reader.get_tensor(k), chief.get_tensor(k), err_msg=k)
+
+
+class FakeCoordinationService:
+    """The key-value store of TensorFlow's coordination service as _AgreedSaves uses it: values
+    it holds already, the ones set, and a lookup of a missing key ends the watcher (as the
+    service does when the chief is gone)."""
+
+    def __init__(self, values):
+        self.values, self.set = dict(values), {}
+
+    def get_config_key_value(self, key):
+        if key not in self.values:
+            raise RuntimeError('the service is gone')
+        return self.values[key]
+
+    def set_config_key_value(self, key, value):
+        self.set[key] = value
+
+
+def test_a_worker_acknowledges_agreed_saves_under_its_own_index():
+    """A worker's watcher acknowledges each save the chief announces under its own index, from
+    its very first acknowledgement (the chief waits for the acknowledgements of indices 1..n-1:
+    one under another index would leave it waiting for ever)."""
+    from pixel_cnn_pp import run
+    key = run._AgreedSaves.KEY
+    service = FakeCoordinationService({key % 0: '7', key % 1: '12', key % 2: run._AgreedSaves.STOP})
+    agreed = run._AgreedSaves(chief=False, workers=3, worker_id=2, context=service)
+    agreed.watcher.join(30)
+    assert service.set == {key % 0 + '_ack_2': '1', key % 1 + '_ack_2': '1'}
+    assert agreed.due(7) and agreed.due(12) and not agreed.due(7)
+    chief = FakeCoordinationService({key % 0 + '_ack_1': '1', key % 0 + '_ack_2': '1'})
+    agreed = run._AgreedSaves(chief=True, workers=3, worker_id=0, context=chief)
+    agreed.announce(5)
+    assert chief.set == {key % 0: '5'} and agreed.due(5) and agreed.watcher is None

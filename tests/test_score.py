@@ -79,8 +79,8 @@ def test_score_py_end_to_end(tmp_path):
     assert report['noise.npz']['likelihood']['auroc'] == pytest.approx(
         scoring.auroc(scores['in.npz'], scores['noise.npz']))
     # one grid per set, the maps on the one scale of bits per sub-pixel, each pixel 4 x 4
-    assert sorted(os.listdir(tmp_path / 'maps')) == ['%s.npz_heatmaps_000.png' % s for s in ('const', 'in', 'noise')]
-    grid = tf.io.decode_png(tf.io.read_file(str(tmp_path / 'maps' / 'in.npz_heatmaps_000.png'))).numpy()
+    assert sorted(os.listdir(tmp_path / 'maps')) == ['%s_heatmaps_000.png' % s for s in ('const', 'in', 'noise')]
+    grid = tf.io.decode_png(tf.io.read_file(str(tmp_path / 'maps' / 'in_heatmaps_000.png'))).numpy()
     assert grid.shape[1] == 4 * 6 * (2 * 16 + 3)
     grid = grid[::4, ::4]
     bits = -pixel_cnn_pp.log_prob_map(model, smooth) / np.log(2.) / 3
@@ -90,7 +90,8 @@ def test_score_py_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--in=x.npz'], '--checkpoint, --in and at least one --ood are required'),
+    (['--in=x.npz'], '--checkpoint and --in are required'),
+    (['--checkpoint={ckpt}', '--in={d}/a.npz', '--report={d}/r.json'], '--report is for --ood'),
     (['--checkpoint={ckpt}', '--in={d}/missing.npz', '--ood={d}/missing.npz'], 'missing.npz: no such file'),
     (['--checkpoint={ckpt}', '--in={d}/a.npz', '--ood={d}/a.npz', '--report={d}/no/r.json'],
      '--report=.*: its folder does not exist'),
@@ -102,3 +103,33 @@ def test_score_py_bad_input(tmp_path, args, message):
     assert len(err.splitlines()) == 2 and err.splitlines()[1] == 'Run with --help for the flags.'
     assert re.search(message, err.splitlines()[0])
     assert sorted(os.listdir(tmp_path)) == ['a.npz']
+
+
+def test_score_py_scores_a_set_alone(tmp_path):
+    """--in without --ood: each image's bits/dim in --csv, their mean printed; equal to log_prob."""
+    ckpt = os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt')
+    x = np.random.default_rng(3).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / 'test.npz', x=x)
+    _, out, err = run_in_process('score.py', '--checkpoint=' + ckpt, '--in=%s' % (tmp_path / 'test.npz'),
+                                 '--csv=%s' % (tmp_path / 's.csv'), '--noprogress', status=0)
+    bpd = pixel_cnn_pp.bits_per_dim(pixel_cnn_pp.log_prob(pixel_cnn_pp.load(ckpt), x), x.shape[1:])
+    rows = list(csv.DictReader(open(tmp_path / 's.csv')))
+    assert [r['set'] for r in rows] == ['test.npz'] * 5
+    np.testing.assert_allclose([float(r['likelihood']) for r in rows], bpd, rtol=1e-5)
+    assert 'test.npz: 5 images, %.4f bits/dim on average (likelihood)' % bpd.mean() in out
+    assert 'auroc' not in out and err == ''
+
+
+def test_score_py_names_the_set_it_cannot_fit(tmp_path):
+    """RGB images against a grayscale model: the flag and the file named."""
+    gray = tmp_path / 'gray'
+    gray.mkdir()
+    model = pixel_cnn_pp.PixelCNNPP(nr_resnet=1, nr_filters=4, nr_logistic_mix=2, image_shape=(8, 8, 1))
+    model.build((None, 8, 8, 1))
+    model.save(str(gray / 'm.keras'))
+    np.savez(tmp_path / 'in.npz', x=np.zeros((2, 8, 8, 1), np.uint8))
+    np.savez(tmp_path / 'rgb.npz', x=np.zeros((2, 8, 8, 3), np.uint8))
+    _, _, err = run_in_process('score.py', '--checkpoint=%s' % (gray / 'm.keras'), '--in=%s' % (tmp_path / 'in.npz'),
+                               '--ood=%s' % (tmp_path / 'rgb.npz'), status=2)
+    assert err.splitlines()[0].startswith('score.py: error: --ood: %s: ' % (tmp_path / 'rgb.npz'))
+    assert 'images of 3 channels cannot be fitted to 1' in err

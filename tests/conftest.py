@@ -38,6 +38,23 @@ SMALL_CKPT = os.path.join(FIXTURES, 'official_small', 'params_cifar.ckpt')
 SMALL = dict(nr_resnet=1, nr_filters=8, nr_logistic_mix=2)  # the tests' usual tiny model
 
 
+def project_files(suffix=''):
+    """The project's files ending in `suffix`, relative to ROOT: those git tracks (a build/,
+    a dist/, a virtual environment or any other untracked or ignored file in the tree is not
+    the project's). Outside a git checkout (an unpacked source archive): every file but those
+    of hidden folders, build/, dist/, *.egg-info and virtual environments."""
+    try:
+        listed = subprocess.run(['git', 'ls-files', '-z'], cwd=ROOT, capture_output=True, check=True).stdout
+        names = [n for n in listed.decode().split('\0') if n]
+    except (OSError, subprocess.CalledProcessError):
+        names = []
+        for folder, dirs, files in os.walk(ROOT):
+            dirs[:] = [d for d in dirs if not (d.startswith('.') or d in ('build', 'dist') or d.endswith('.egg-info')
+                                               or os.path.exists(os.path.join(folder, d, 'pyvenv.cfg')))]
+            names += [os.path.relpath(os.path.join(folder, f), ROOT) for f in files]
+    return sorted(n for n in names if n.endswith(suffix) and os.path.isfile(os.path.join(ROOT, n)))
+
+
 @pytest.fixture(autouse=True)
 def seeded():
     """Every test starts from the same random weights and dropout masks."""

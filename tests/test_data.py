@@ -15,6 +15,7 @@ from pixel_cnn_pp import data as data_lib
 from pixel_cnn_pp import datafiles
 from pixel_cnn_pp.datafiles import DataError
 from pixel_cnn_pp.images import scale
+from conftest import ROOT, project_files
 
 
 def write_cifar_layout(root, per_file=7, seed=0, protocol=pickle.HIGHEST_PROTOCOL):
@@ -275,16 +276,13 @@ def test_no_other_way_to_unpickle():
     """np.load is never allowed pickles (it then refuses object arrays), and no pickle read
     in the project's code but through datafiles.load_pickle (tests may: they show attacks;
     benchmarks/unpickle.py times plain pickle on the files it writes)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     offenders = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith('.') and d not in ('venv', 'node_modules')]
-        for name in files:
-            if name.endswith('.py'):
-                text = open(os.path.join(folder, name)).read()
-                path = os.path.relpath(os.path.join(folder, name), root)
-                reads = re.search(r'pickle\.(loads?|Unpickler)\b', text) and path != 'pixel_cnn_pp/datafiles.py'
-                if 'allow_pickle=' + 'True' in text or (reads and not path.startswith('tests') and
-                                                             path != os.path.join('benchmarks', 'unpickle.py')):
-                    offenders.append(path)
+    paths = project_files('.py')
+    assert 'pixel_cnn_pp/datafiles.py' in paths and 'train.py' in paths
+    for path in paths:
+        text = open(os.path.join(ROOT, path)).read()
+        reads = re.search(r'pickle\.(loads?|Unpickler)\b', text) and path != 'pixel_cnn_pp/datafiles.py'
+        if 'allow_pickle=' + 'True' in text or (reads and not path.startswith('tests') and
+                                                     path != os.path.join('benchmarks', 'unpickle.py')):
+            offenders.append(path)
     assert offenders == []

@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 
 import train
+import pixel_cnn_pp
 from pixel_cnn_pp import checkpoints, savedir
 from pixel_cnn_pp.training import Trainer
 from conftest import FIXTURES, ROOT, free_ports, script_env
@@ -151,9 +152,23 @@ def test_accumulation_trains_as_the_large_batch(trained):
 def test_eval_mode_prints_test_bits_per_dim(trained, capsys):
     d, logs, common = trained
     run_train(common + ['--save_dir=%s' % (d / 'straight'), '--mode=eval'])
-    printed = re.search(r'^test bits_per_dim = (\d+\.\d{4})$', capsys.readouterr().out, re.M)
+    printed = re.search(r'^test bits_per_dim = (\d+\.\d{4}) \(EMA weights\)$', capsys.readouterr().out, re.M)
     last_epoch = LINE.findall(logs['straight'])[-1][2]
     assert printed.group(1) == last_epoch
+
+
+@ONE_WORKER
+def test_eval_mode_of_the_raw_weights(trained, capsys):
+    """--noema: the raw weights' test bits/dim, as log_prob of those weights gives it."""
+    d, _, common = trained
+    run_train(common + ['--save_dir=%s' % (d / 'straight'), '--mode=eval', '--noema'])
+    printed = re.search(r'^test bits_per_dim = (\d+\.\d{4}) \(raw weights\)$', capsys.readouterr().out, re.M)
+    test_x = np.load([a[len('--data_dir='):] for a in common if a.startswith('--data_dir=')][0])['test_x']
+    raw = pixel_cnn_pp.load(str(d / 'straight'), use_ema=False)
+    expected = pixel_cnn_pp.bits_per_dim(pixel_cnn_pp.log_prob(raw, test_x).mean(), test_x.shape[1:])
+    assert printed.group(1) == '%.4f' % expected
+    ema = pixel_cnn_pp.load(str(d / 'straight'))
+    assert abs(expected - pixel_cnn_pp.bits_per_dim(pixel_cnn_pp.log_prob(ema, test_x).mean(), test_x.shape[1:])) > 1e-3
 
 
 @ONE_WORKER
@@ -162,7 +177,7 @@ def test_eval_without_model_flags(trained, capsys):
     d, logs, common = trained
     data = [a for a in common if a.startswith('--data')]
     run_train(data + ['--save_dir=%s' % (d / 'straight'), '--mode=eval', '--batch_size=4'])
-    printed = re.search(r'^test bits_per_dim = (\d+\.\d{4})$', capsys.readouterr().out, re.M)
+    printed = re.search(r'^test bits_per_dim = (\d+\.\d{4}) \(EMA weights\)$', capsys.readouterr().out, re.M)
     assert printed.group(1) == LINE.findall(logs['straight'])[-1][2]
 
 
@@ -192,6 +207,7 @@ def test_eval_of_official_checkpoint(tmp_path, capsys):
     (['--dropout_p=1'], r'--dropout_p must be in \[0, 1\)'),
     (['--save_steps=-1'], 'flag --save_steps=-1: -1 is not a non-negative integer'),
     (['--checkpoint=x.ckpt'], '--checkpoint is for --mode=eval'),
+    (['--noema'], '--noema is for --mode=eval'),
     (['--precision=float64'], 'flag --precision=float64: value should be one of'),
 ])
 def test_bad_flags(args, message, tmp_path):

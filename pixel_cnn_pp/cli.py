@@ -187,14 +187,14 @@ def npz_keys(keys):
 
 
 def read_image_set(spec, shape, data_dir=None, limit=None, flag=None):
-    """images.read_images and fit_images: (the set's name, its first `limit` images fitted
-    to a model's shape); prints what was read and done to it. A bad SPEC is a UsageError
-    (naming --flag when given)."""
+    """images.read_images (tensorflow-datasets quiet unless --verbose) and fit_images: (the
+    set's name, its first `limit` images fitted to a model's shape); prints what was read
+    and done to it. A bad SPEC is a UsageError (naming --flag when given)."""
     try:
-        found, _, keys = images.read_images(spec, data_dir)
+        found, _, keys = images.read_images(spec, data_dir, verbose=FLAGS['verbose'].value)
         fitted, done = images.fit_images(found[:limit], shape)
-    except ValueError as e:
-        raise app.UsageError('--%s: %s' % (flag, e) if flag else str(e)) from None  # e names SPEC
+    except ValueError as e:  # e names SPEC
+        raise app.UsageError('--%s: %s' % (flag, flag_message(e)) if flag else flag_message(e)) from None
     name = spec[len('tfds:'):] if spec.startswith('tfds:') else os.path.basename(spec.rstrip('/'))
     print('%s: %d images%s%s' % (name, len(found), ' (%s)' % ', '.join(done) if done else '', npz_keys(keys)))
     return name, fitted

@@ -9,7 +9,7 @@ bit, with the same model file on the same kind of machine.
     python compress.py --decompress --checkpoint=save --in=test.pcpp --out=back/   # PNGs
 
 --in as score.py reads sets (an .npz with x or test_x, a folder of PNG/JPEG, or
-tfds:NAME:SPLIT); images are coded as they are (H and W multiples of 4, the model's
+tfds:NAME[:SPLIT]); images are coded as they are (H and W multiples of 4, the model's
 channels), never fitted. A class-conditional model codes each image given its label
 (the set's y), which the file stores.
 """
@@ -32,7 +32,7 @@ cli.define_load_flags()
 flags.adopt_module_key_flags(cli)
 flags.DEFINE_boolean('decompress', False, 'Decode --in (a file this script wrote) instead')
 flags.DEFINE_string('in', None, 'Compressing: the images, an .npz (x or test_x; labels y or '
-                    'test_y), a folder of PNG/JPEG images, or tfds:NAME:SPLIT. With --decompress: '
+                    'test_y), a folder of PNG/JPEG images, or tfds:NAME[:SPLIT]. With --decompress: '
                     'the compressed file')
 flags.DEFINE_string('out', None, 'Compressing: the file to write. With --decompress: an .npz (x, '
                     'and y for a conditional model) or a folder for PNG files (00000.png, ...; '
@@ -44,7 +44,8 @@ flags.DEFINE_boolean('verify', True, 'Decode the file before writing it, as long
 flags.DEFINE_boolean('check_environment', True, 'Refuse a file written with another TensorFlow, '
                      'NumPy, device or CPU kind, whose floats may differ (--nocheck_environment: '
                      'try anyway; a wrong result is still refused by the pixels\' checksum)')
-flags.DEFINE_string('data_dir', None, 'Where tensorflow-datasets finds a tfds: set')
+flags.DEFINE_string('data_dir', None, 'Where tensorflow-datasets finds (or downloads) a tfds: set; '
+                    'for tfds:cifar10 also the CIFAR-10 python batches')
 
 
 def progress_bar():
@@ -63,9 +64,9 @@ def read_set(spec, model):
     """The images and labels of --in, as they are (refused unless the model codes them), and
     the .npz keys they come from."""
     try:
-        x, y, keys = images.read_images(spec, FLAGS.data_dir)
+        x, y, keys = images.read_images(spec, FLAGS.data_dir, verbose=FLAGS.verbose)
     except ValueError as e:
-        raise app.UsageError('--in: %s' % e) from None
+        raise app.UsageError('--in: %s' % cli.flag_message(e)) from None
     C = model.channels
     if not config.fits(x.shape[1:], (C,)):
         raise app.UsageError('--in=%s: images %s; this model codes %d-channel images whose height '

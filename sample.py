@@ -42,13 +42,14 @@ flags.DEFINE_float('temperature', 1., 'Mixture logits / T and logistic scales x 
                    'model; below 1 gives sharper, less varied images that are no longer samples '
                    'of the model', lower_bound=0.)
 flags.DEFINE_string('complete', None, 'Images to complete: an .npz (x, else test_x), a folder of '
-                    'PNG/JPEG files, or tfds:NAME:SPLIT (as score.py reads them); the first '
+                    'PNG/JPEG files, or tfds:NAME[:SPLIT] (as score.py reads them); the first '
                     '--num_samples are used, fitted to the model\'s image size')
 flags.DEFINE_integer('given_rows', None, 'With --complete: how many top rows to keep (default: half '
                      'the image)', lower_bound=0)
 flags.DEFINE_integer('samples_per_image', 3, 'With --complete: completions of each image',
                      lower_bound=1)
-flags.DEFINE_string('data_dir', None, 'Where tensorflow-datasets finds a --complete=tfds: set')
+flags.DEFINE_string('data_dir', None, 'Where tensorflow-datasets finds (or downloads) a --complete=tfds: '
+                    'set; for tfds:cifar10 also the CIFAR-10 python batches')
 flags.DEFINE_string('out', None, 'Output prefix (default: samples, or completions with '
                     '--complete, in the checkpoint\'s folder)')
 

@@ -40,11 +40,12 @@ FLAGS = flags.FLAGS
 cli.define_load_flags()
 flags.adopt_module_key_flags(cli)
 flags.DEFINE_string('in', None, 'The in-distribution images: an .npz (x or test_x), a folder '
-                    'of PNG/JPEG images, or tfds:NAME:SPLIT')
+                    'of PNG/JPEG images, or tfds:NAME[:SPLIT]')
 flags.DEFINE_multi_string('ood', None, 'An out-of-distribution set (as --in); repeat for several')
 flags.DEFINE_string('background', None, 'A background model (as --checkpoint), for the '
                     'likelihood_ratio score')
-flags.DEFINE_string('data_dir', None, 'Where tensorflow-datasets finds tfds: sets')
+flags.DEFINE_string('data_dir', None, 'Where tensorflow-datasets finds (or downloads) tfds: sets; for '
+                    'tfds:cifar10 also the CIFAR-10 python batches')
 flags.DEFINE_integer('batch_size', 64, 'Images scored at once', lower_bound=1)
 flags.DEFINE_string('report', None, 'Write {ood set: {score: {auroc, auprc, fpr95}}} as JSON here')
 flags.DEFINE_string('csv', None, 'Write one row per image with every score here')

@@ -131,7 +131,8 @@ def make_strategy():
 
 def load_data(class_conditional, data_set=None, data_dir=None):
     try:
-        return data_lib.load(data_set or FLAGS.data_set, data_dir or FLAGS.data_dir, class_conditional)
+        return data_lib.load(data_set or FLAGS.data_set, data_dir or FLAGS.data_dir, class_conditional,
+                             verbose=FLAGS.verbose)
     except (ValueError, OSError) as e:
         raise app.UsageError(cli.flag_message(e))
 

@@ -192,14 +192,14 @@ def npz_keys(keys):
 
 
 def read_image_set(spec, shape, data_dir=None, limit=None, flag=None):
-    """images.read_images and fit_images: (the set's name, its first `limit` images fitted
-    to a model's shape); prints what was read and done to it. A bad SPEC is a UsageError
-    (naming --flag when given)."""
+    """images.read_images (tensorflow-datasets quiet unless --verbose) and fit_images: (the
+    set's name, its first `limit` images fitted to a model's shape); prints what was read
+    and done to it. A bad SPEC is a UsageError (naming --flag when given)."""
     where = '--%s: ' % flag if flag else ''
     try:
-        found, _, keys = images.read_images(spec, data_dir)
+        found, _, keys = images.read_images(spec, data_dir, verbose=FLAGS['verbose'].value)
     except ValueError as e:
-        raise app.UsageError(where + str(e)) from None  # e names SPEC
+        raise app.UsageError(where + flag_message(e)) from None  # e names SPEC
     try:
         fitted, done = images.fit_images(found[:limit], shape)
     except ValueError as e:

@@ -11,8 +11,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import config, imagenet
-from pixel_cnn_pp.datafiles import DataError, load_pickle, missing_dependency, tfds_errors
+from pixel_cnn_pp import config, imagenet, tfds_sets
+from pixel_cnn_pp.datafiles import DataError, first_line, is_npz, load_pickle
 from pixel_cnn_pp.images import scale
 
 CIFAR_DIR = os.path.join('cifar-10-python', 'cifar-10-batches-py')
@@ -51,89 +51,38 @@ def cifar_folder(data_dir):
     return None
 
 
-def load_cifar_official(root):
-    """CIFAR-10 from the official python batches in folder root (see cifar_folder)."""
-    train = [_read_cifar_batch(os.path.join(root, 'data_batch_%d' % i)) for i in range(1, 6)]
-    test_x, test_y = _read_cifar_batch(os.path.join(root, 'test_batch'))
-    return Data(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
-                test_x, test_y, 10)
+def read_cifar_split(root, split):
+    """(images, labels) of split 'train' (data_batch_1..5) or 'test' (test_batch) of the
+    official CIFAR-10 python batches in folder root (see cifar_folder)."""
+    names = {'train': ['data_batch_%d' % i for i in range(1, 6)], 'test': ['test_batch']}.get(split)
+    if names is None:
+        raise DataError('the CIFAR-10 python batches in %s have the splits train and test, not %r'
+                        % (root, split))
+    batches = [_read_cifar_batch(os.path.join(root, name)) for name in names]
+    return np.concatenate([x for x, _ in batches]), np.concatenate([y for _, y in batches])
 
 
-# Where tensorflow-datasets downloads CIFAR-10 from (probed before it tries, as its own
-# retries take minutes to fail without a network).
-CIFAR_DOWNLOAD = 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz'
-LOCAL_ROUTES = ('use local data instead: put the CIFAR-10 python version (cifar-10-python.tar.gz '
-                'from https://www.cs.toronto.edu/~kriz/cifar.html, unpacked: the folder '
-                'cifar-10-batches-py) in data_dir, or pass your own images as data_set=npz '
-                'data_dir=FILE.npz')
+# Where else CIFAR-10 comes from when tensorflow-datasets cannot download it.
+CIFAR_ROUTE = ('put the CIFAR-10 python version (cifar-10-python.tar.gz from '
+               'https://www.cs.toronto.edu/~kriz/cifar.html, unpacked: the folder cifar-10-batches-py) '
+               'in data_dir')
 
 
-def _reachable(url, timeout=20):
-    """None if url answers (through any proxy the environment sets), else why not."""
-    import urllib.error
-    import urllib.request
-    try:
-        urllib.request.urlopen(urllib.request.Request(url, method='HEAD'), timeout=timeout).close()
-        return None
-    except urllib.error.HTTPError as e:
-        return 'HTTP %d %s' % (e.code, e.reason)
-    except (OSError, ValueError) as e:  # URLError, timeouts, refused connections
-        return str(getattr(e, 'reason', e))
+def read_tfds(name, splits, data_dir, routes=(), verbose=False):
+    """[(images, labels or None) of each split] of tensorflow-datasets' set `name`. cifar10
+    is read from the official python batches when data_dir holds them (cifar_folder), as the
+    official code reads it; any set otherwise from tensorflow-datasets (tfds_sets.load:
+    prepared in data_dir, or downloaded there; `routes`, where else the images can come from,
+    are named if it cannot be downloaded; verbose: tensorflow-datasets' progress bars and
+    warnings)."""
+    root = name == 'cifar10' and data_dir and cifar_folder(data_dir)
+    if root:
+        return [read_cifar_split(root, split) for split in splits]
+    routes = ([CIFAR_ROUTE] if name == 'cifar10' else []) + list(routes)
+    return [(a['image'], a.get('label')) for a in tfds_sets.load(name, splits, data_dir, routes, verbose)]
 
 
-def _tfds_arrays(splits, with_labels):
-    """Data of the (train, test) splits of a tensorflow-datasets image set."""
-    import tensorflow_datasets as tfds
-    arrays = []
-    for ds in splits:
-        batches = list(tfds.as_numpy(ds.batch(4096)))
-        arrays.append({k: np.concatenate([b[k] for b in batches]) for k in batches[0]})
-    labels = [a['label'].astype(np.int32) if with_labels else None for a in arrays]
-    return Data(arrays[0]['image'], labels[0], arrays[1]['image'], labels[1], 10 if with_labels else 0)
-
-
-def _prepared_tfds(name, data_dir, test_split):
-    """The (train, test) splits of a tensorflow-datasets copy prepared in data_dir, or None."""
-    import tensorflow_datasets as tfds
-    try:
-        return tfds.load(name, split=['train', test_split], data_dir=data_dir, download=False)
-    except AssertionError:  # tfds: "could not find data in data_dir"
-        return None
-    except ModuleNotFoundError as e:
-        raise missing_dependency(e) from e
-    except tfds_errors() as e:  # a broken copy
-        raise DataError('%s in data_dir=%s is unreadable (%s); delete its folder there to download '
-                        'it anew' % (name, data_dir, _first_line(e))) from None
-
-
-def _first_line(e):
-    """An exception's first line, or its type if it says nothing."""
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
-def _load_tfds_cifar(data_dir):
-    """tensorflow-datasets' cifar10: the copy prepared in data_dir, else downloaded there
-    (data_dir created) if its source answers, else a DataError naming the local routes. A
-    missing module is a DataError saying so; a programming error is not caught."""
-    import tensorflow_datasets as tfds
-    splits = _prepared_tfds('cifar10', data_dir, 'test')
-    if splits is None:
-        why = _reachable(CIFAR_DOWNLOAD)
-        if why:
-            raise DataError('cifar10 is not in data_dir=%s and cannot be downloaded (%s: %s); %s'
-                            % (data_dir, CIFAR_DOWNLOAD, why, LOCAL_ROUTES)) from None
-        try:
-            os.makedirs(data_dir, exist_ok=True)
-            splits = tfds.load('cifar10', split=['train', 'test'], data_dir=data_dir)
-        except ModuleNotFoundError as e:
-            raise missing_dependency(e) from e
-        except tfds_errors() as e:  # a failed download, an unwritable folder, a full disk
-            raise DataError('tensorflow-datasets could not download cifar10 into data_dir=%s (%s); %s'
-                            % (data_dir, _first_line(e), LOCAL_ROUTES)) from None
-    return _tfds_arrays(splits, with_labels=True)
-
-
-def load_imagenet(data_dir, class_conditional=False):
+def load_imagenet(data_dir, class_conditional=False, verbose=False):
     """Downsampled ImageNet 32x32 from the files in data_dir (see imagenet.py), else a
     tensorflow-datasets downsampled_imagenet/32x32 prepared there (its download is gone),
     else a DataError naming the forms to get. Asking labels of a form without them is refused
@@ -142,22 +91,25 @@ def load_imagenet(data_dir, class_conditional=False):
         raise DataError('class_conditional needs labels: the original downsampled ImageNet in '
                         '%s has none (Imagenet32 has 1,000 classes)' % data_dir)
     if not imagenet.find(data_dir):
-        splits = _prepared_tfds('downsampled_imagenet/32x32', data_dir, 'validation')
+        splits = tfds_sets.load('downsampled_imagenet/32x32', ['train', 'validation'], data_dir,
+                                verbose=verbose, download=False)
         if splits is not None:
             print('ImageNet 32x32: tensorflow-datasets\' downsampled_imagenet/32x32 in', data_dir)
-            return _tfds_arrays(splits, with_labels=False)
+            return Data(splits[0]['image'], None, splits[1]['image'], None, 0)
     return Data(*imagenet.load(data_dir))
 
 
 def load_npz(path):
     """Your own images: an .npz with train_x, test_x (N, H, W, C) uint8 and optional
     integer train_y, test_y: the classes 0..K-1, every one of them in train_y."""
+    if not is_npz(path):
+        raise DataError('data_dir=%s is not an .npz (expected an .npz file with train_x and test_x)' % path)
     try:
         with np.load(path, allow_pickle=False) as f:
             d = {k: f[k] for k in f.files}
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:  # truncated, foreign
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:  # truncated
         raise DataError('data_dir=%s is not a readable .npz (%s: %s)'
-                        % (path, type(e).__name__, _first_line(e))) from None
+                        % (path, type(e).__name__, first_line(e))) from None
     for key in ('train_x', 'test_x'):
         if key not in d:
             raise DataError('data_dir=%s: the .npz has no %s (needs train_x and test_x, '
@@ -184,12 +136,17 @@ def load_npz(path):
     return Data(d['train_x'], train_y.astype(np.int32), d['test_x'], test_y.astype(np.int32), num_labels)
 
 
-def load(data_set, data_dir, class_conditional=False):
+# Where else a training set comes from (the rest of data.load's forms).
+NPZ_ROUTE = 'pass your own images as data_set=npz data_dir=FILE.npz'
+
+
+def load(data_set, data_dir, class_conditional=False, verbose=False):
     """The Data of data_set from data_dir: cifar reads the official python layout if
     data_dir holds it and otherwise tensorflow-datasets' cifar10 (downloaded into data_dir on
-    first use); imagenet reads downsampled ImageNet 32x32 from the files in data_dir
-    (load_imagenet); npz reads your own arrays (data_dir is the .npz file). A data problem
-    is a DataError naming the argument (data_set, data_dir, class_conditional) or file."""
+    first use: read_tfds); imagenet reads downsampled ImageNet 32x32 from the files in
+    data_dir (load_imagenet); npz reads your own arrays (data_dir is the .npz file). A data
+    problem is a DataError naming the argument (data_set, data_dir, class_conditional) or
+    file. verbose: tensorflow-datasets' progress bars and warnings."""
     if data_set not in config.DATA_SETS:
         raise DataError('data_set must be one of %s, got %r' % ('|'.join(config.DATA_SETS), data_set))
     if data_set == 'npz':
@@ -198,11 +155,11 @@ def load(data_set, data_dir, class_conditional=False):
                             % data_dir)
         data = load_npz(data_dir)
     elif data_set == 'imagenet':
-        data = load_imagenet(data_dir, class_conditional)
-    elif cifar_folder(data_dir):
-        data = load_cifar_official(cifar_folder(data_dir))
+        data = load_imagenet(data_dir, class_conditional, verbose)
     else:
-        data = _load_tfds_cifar(data_dir)
+        (train_x, train_y), (test_x, test_y) = read_tfds('cifar10', ['train', 'test'], data_dir,
+                                                         [NPZ_ROUTE], verbose)
+        data = Data(train_x, train_y.astype(np.int32), test_x, test_y.astype(np.int32), 10)
     check(data, data_set, class_conditional)
     return data
 

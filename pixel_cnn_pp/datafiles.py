@@ -1,6 +1,7 @@
 """What reading a user's data file may do: raise DataError (bad data, named by the
-argument or file), never run code from the file (load_pickle), and tell a missing
-dependency of tensorflow-datasets from a failed download (tfds_errors, missing_dependency)."""
+argument or file, quoting the error behind it in one line: first_line), never run code
+from the file (load_pickle), and tell an .npz from other files before NumPy reads it
+(is_npz)."""
 
 import pickle
 
@@ -76,19 +77,17 @@ def load_pickle(path):
         raise DataError('%s: not a readable pickle (%s: %s)' % (path, type(e).__name__, e)) from None
 
 
-def missing_dependency(e):
-    """The DataError for a ModuleNotFoundError raised inside tensorflow-datasets: which module
-    is missing, and that it is a dependency (not the network, not the data)."""
-    return DataError('tensorflow-datasets needs the Python module %r, which is not installed: a '
-                     'missing dependency (pip install -r requirements.txt installs it)' % e.name)
+def first_line(e):
+    """An exception's first line, or its type if it says nothing: what a one-line error
+    quotes of the error behind it."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def tfds_errors():
-    """The exceptions by which tensorflow-datasets says a set is unknown, not there, or could
-    not be downloaded, extracted or read (a failed download, a full disk, a wrong checksum),
-    as opposed to a programming error or a missing module, which are not caught."""
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-    from tensorflow_datasets.core.download import download_manager, extractor
-    return (OSError, ValueError, AssertionError, tf.errors.OpError, tfds.download.DownloadError,
-            download_manager.NonMatchingChecksumError, extractor.ExtractError)
+NPZ_MAGIC = (b'PK\x03\x04', b'PK\x05\x06')  # a zip archive's first bytes (an empty one's)
+
+
+def is_npz(path):
+    """Whether the file at path starts as an .npz (a zip archive) does, as NumPy tells one:
+    np.load takes any other file for an .npy or a pickle."""
+    with open(path, 'rb') as f:
+        return f.read(4) in NPZ_MAGIC

@@ -1,7 +1,7 @@
 """Images as the official code sees them and the files they come from or go to: the
 uint8 <-> [-1, 1] convention (make_feed_dict's scaling), the sample grid (plotting.img_tile),
-PNG output, and reading image sets (an .npz, a folder of PNG/JPEG files, tfds:NAME:SPLIT)
-and fitting them to a model's shape.
+PNG output, and reading image sets (an .npz, a folder of PNG/JPEG files,
+tfds:NAME[:SPLIT]) and fitting them to a model's shape.
 
 Reading a folder never decodes what it should not: a file whose header announces more
 than MAX_PIXELS pixels, one that is not a PNG or JPEG, and a broken or truncated one are
@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from pixel_cnn_pp import files
 from pixel_cnn_pp.config import check_channels
-from pixel_cnn_pp.datafiles import DataError, missing_dependency, tfds_errors
+from pixel_cnn_pp.datafiles import DataError, is_npz
 
 
 def scale(x):
@@ -159,38 +159,42 @@ def _read_folder(folder):
     return np.stack(images)
 
 
-def _read_tfds(spec, data_dir):
-    """The images and labels (or None) of tfds:NAME:SPLIT, prepared (or downloaded) in data_dir."""
-    parts = spec.split(':')
-    if len(parts) != 3 or not all(parts[1:]):
-        raise DataError('%s: expected tfds:NAME:SPLIT, e.g. tfds:svhn_cropped:test' % spec)
+# Where else a set's images come from (the other forms of a SPEC).
+IMAGES_ROUTE = 'pass the images as an .npz or a folder of PNG/JPEG files'
+SPEC_FORMS = 'an .npz file, a folder of images, or tfds:NAME[:SPLIT]'
+
+
+def _read_tfds(spec, data_dir, verbose):
+    """The images and labels (or None) of tfds:NAME[:SPLIT] (the test split if none), as
+    data.read_tfds reads it (CIFAR-10's python batches if data_dir holds them, else the
+    tensorflow-datasets copy prepared in data_dir or downloaded there)."""
+    from pixel_cnn_pp import data  # here: data.py imports this module (scale)
+    parts = spec.split(':', 2)  # a split may have colons: train[:10%]
+    if not all(parts[1:]):
+        raise DataError('%s: expected tfds:NAME[:SPLIT], e.g. tfds:svhn_cropped:test' % spec)
     try:
-        import tensorflow_datasets as tfds
-        split = tfds.load(parts[1], split=parts[2], data_dir=data_dir)
-        batches = list(tfds.as_numpy(split.batch(4096)))
-    except ModuleNotFoundError as e:
-        raise missing_dependency(e) from e
-    except tfds_errors() as e:  # unknown names and splits, missing data, a failed download
-        raise DataError('%s: tensorflow-datasets could not load it (%s)'
-                        % (spec, str(e).splitlines()[0] if str(e) else type(e).__name__)) from None
-    if not batches:
-        raise DataError('%s: no images' % spec)
-    x = np.concatenate([b['image'] for b in batches])
-    return x, np.concatenate([b['label'] for b in batches]) if 'label' in batches[0] else None
+        [(x, y)] = data.read_tfds(parts[1], [parts[2] if len(parts) == 3 else 'test'], data_dir,
+                                  [IMAGES_ROUTE], verbose)
+    except DataError as e:
+        raise DataError('%s: %s' % (spec, e)) from None
+    return x, y
 
 
-def read_images(spec, data_dir=None):
+def read_images(spec, data_dir=None, verbose=False):
     """A set of uint8 images (N, H, W, C), its labels (or None) and the .npz keys it was read
     from (('x', 'y'), ('test_x',), ...; () for a folder or tfds) from a SPEC: an .npz (key
     x, else test_x; labels y, else test_y), a folder of PNG/JPEG files (sorted by name, read
-    as the module docstring says), or tfds:NAME:SPLIT (tensorflow-datasets, prepared in
-    data_dir). Errors (DataError) name the SPEC or the file."""
+    as the module docstring says), or tfds:NAME[:SPLIT] (_read_tfds; verbose:
+    tensorflow-datasets' progress bars and warnings). Errors (DataError) name the SPEC or
+    the file."""
     keys = ()
     if spec.startswith('tfds:'):
-        x, y = _read_tfds(spec, data_dir)
+        x, y = _read_tfds(spec, data_dir, verbose)
     elif os.path.isdir(spec):
         x, y = _read_folder(spec), None
     elif os.path.isfile(spec):
+        if not is_npz(spec):
+            raise DataError('%s: not an .npz (expected %s)' % (spec, SPEC_FORMS))
         try:
             with np.load(spec, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files if k in ('x', 'y', 'test_x', 'test_y')}
@@ -203,8 +207,7 @@ def read_images(spec, data_dir=None):
         x, y = arrays[key], arrays.get(label_key)
         keys = (key,) if y is None else (key, label_key)
     else:
-        raise DataError('%s: no such file or folder (expected an .npz, a folder of images or '
-                        'tfds:NAME:SPLIT)' % spec)
+        raise DataError('%s: no such file or folder (expected %s)' % (spec, SPEC_FORMS))
     if x.dtype != np.uint8 or x.ndim not in (3, 4) or len(x) == 0:
         raise DataError('%s: expected uint8 images (N, H, W, C), got %s %s' % (spec, x.dtype, x.shape))
     if x.ndim == 3:

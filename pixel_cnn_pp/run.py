@@ -32,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import checkpoints, config as config_lib, images, progress, sampling, savedir, training
+from pixel_cnn_pp import checkpoints, config as config_lib, files, images, progress, sampling, savedir, training
 from pixel_cnn_pp import data as data_lib
 from pixel_cnn_pp.config import ConfigError
 
@@ -284,7 +284,7 @@ class Run:
     def open(self):
         """Creates save_dir and locks it for this run (the chief's lock and clean-up stand for
         the whole cluster)."""
-        self.created = savedir.Created(self.save_dir) if self.chief else None
+        self.created = files.Created(self.save_dir) if self.chief else None
         try:
             os.makedirs(self.save_dir, exist_ok=True)
             if self.chief:

@@ -1,6 +1,7 @@
 """A training run's save_dir, kept consistent whatever moment the run is killed at: one
 run at a time (a lock file naming its owner), the test bits/dim history written before the
-checkpoint that counts it, and what a failed first run created removed again.
+checkpoint that counts it, and what a failed first run created removed again (with
+files.Created).
 
 The checkpoints themselves are atomic already: tf.train.CheckpointManager writes a
 checkpoint completely before its state file names it the latest."""
@@ -124,25 +125,3 @@ def remove_leftovers(save_dir):
             shutil.rmtree(path, ignore_errors=True)
         else:
             os.remove(path)
-
-
-class Created:
-    """Remembers which of a run's outputs did not exist before it started, so that a run
-    that fails before its first checkpoint can remove them and leave the save_dir as it
-    found it."""
-
-    def __init__(self, save_dir):
-        self.save_dir = save_dir
-        self.dir_existed = os.path.isdir(save_dir)
-        self.existed = set(os.listdir(save_dir)) if self.dir_existed else set()
-
-    def remove(self):
-        if not self.dir_existed:
-            shutil.rmtree(self.save_dir, ignore_errors=True)
-            return
-        for name in set(os.listdir(self.save_dir)) - self.existed:
-            path = os.path.join(self.save_dir, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.remove(path)

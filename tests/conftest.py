@@ -5,6 +5,7 @@ import contextlib
 import gc
 import io
 import os
+import pickle
 import runpy
 import subprocess
 import sys
@@ -104,6 +105,24 @@ def assert_close_to_official(ours, official):
     assert np.abs(ours - official).max() <= 2e-6 * np.abs(official).max()
 
 
+def write_cifar_layout(root, per_file=7, seed=0, protocol=pickle.HIGHEST_PROTOCOL):
+    """CIFAR-10 python batches in the official download's layout under root
+    (cifar-10-python/cifar-10-batches-py): N x 3072 uint8, the R plane then G then B,
+    row-major, of random images. Returns {file name: (images, labels)}."""
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, 'cifar-10-python', 'cifar-10-batches-py')
+    os.makedirs(folder)
+    written = {}
+    for name in ['data_batch_%d' % i for i in range(1, 6)] + ['test_batch']:
+        x = rng.integers(0, 256, (per_file, 32, 32, 3), dtype=np.uint8)
+        y = rng.integers(0, 10, per_file).tolist()
+        with open(os.path.join(folder, name), 'wb') as f:
+            pickle.dump({'batch_label': 'batch %s' % name, 'labels': y,
+                         'data': x.transpose(0, 3, 1, 2).reshape(per_file, 3072)}, f, protocol=protocol)
+        written[name] = (x, y)
+    return written
+
+
 # ---------------------------------------------------------------------- scripts
 
 def script_env(**changes):
@@ -118,6 +137,12 @@ def script_env(**changes):
         else:
             env[key] = value
     return env
+
+
+# No network, at once, whatever the machine's: every proxy variable points at port 9 of this
+# machine, which refuses connections (urllib and tensorflow-datasets' requests both use them).
+OFFLINE = dict({k: 'http://127.0.0.1:9' for k in ('https_proxy', 'http_proxy', 'HTTPS_PROXY', 'HTTP_PROXY')},
+               no_proxy='', NO_PROXY='')
 
 
 def run_script(name, *args, status=None, env=None, timeout=600):

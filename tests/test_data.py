@@ -12,26 +12,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from pixel_cnn_pp import data as data_lib
-from pixel_cnn_pp import datafiles
+from pixel_cnn_pp import datafiles, tfds_sets
 from pixel_cnn_pp.datafiles import DataError
 from pixel_cnn_pp.images import scale
 from conftest import ROOT, project_files
 
-
-def write_cifar_layout(root, per_file=7, seed=0, protocol=pickle.HIGHEST_PROTOCOL):
-    """CIFAR-10 python batches: N x 3072 uint8, the R plane then G then B, row-major."""
-    rng = np.random.default_rng(seed)
-    folder = os.path.join(root, 'cifar-10-python', 'cifar-10-batches-py')
-    os.makedirs(folder)
-    images = {}
-    for name in ['data_batch_%d' % i for i in range(1, 6)] + ['test_batch']:
-        x = rng.integers(0, 256, (per_file, 32, 32, 3), dtype=np.uint8)
-        y = rng.integers(0, 10, per_file).tolist()
-        with open(os.path.join(folder, name), 'wb') as f:
-            pickle.dump({'batch_label': 'batch %s' % name, 'labels': y,
-                         'data': x.transpose(0, 3, 1, 2).reshape(per_file, 3072)}, f, protocol=protocol)
-        images[name] = (x, y)
-    return images
+from conftest import write_cifar_layout
 
 
 @pytest.mark.parametrize('where, protocol', [('', 2), ('cifar-10-python', 5),
@@ -251,25 +237,28 @@ def test_labels_are_the_classes_0_to_k_minus_1(tmp_path):
 
 def test_tfds_failures(tmp_path):
     """A missing module is said to be one, a failed download is one, a bug is not caught."""
-    with mock.patch.object(data_lib, '_reachable', return_value=None), \
-            mock.patch.object(tfds, 'load', side_effect=[AssertionError('not prepared'),
-                                                         ModuleNotFoundError('no', name='importlib_resources')]):
+    not_prepared = mock.patch.object(tfds, 'load', side_effect=AssertionError('not prepared'))
+    answers = mock.patch.object(tfds_sets, 'reachable', return_value=None)
+    with not_prepared, answers, mock.patch.object(tfds.core.DatasetBuilder, 'download_and_prepare',
+                                                  side_effect=ModuleNotFoundError('no', name='importlib_resources')):
         with pytest.raises(DataError, match="^tensorflow-datasets needs the Python module 'importlib_resources', "
                                             "which is not installed: a missing dependency"):
             data_lib.load('cifar', str(tmp_path / 'd'))
-    with mock.patch.object(data_lib, '_reachable', return_value=None), \
-            mock.patch.object(tfds, 'load', side_effect=[AssertionError('not prepared'),
-                                                         tfds.download.DownloadError('503 Service Unavailable')]):
+    with not_prepared, answers, mock.patch.object(tfds.core.DatasetBuilder, 'download_and_prepare',
+                                                  side_effect=tfds.download.DownloadError('503 Service Unavailable')):
         with pytest.raises(DataError, match=r'^tensorflow-datasets could not download cifar10 into data_dir=\S+ '
                                             r'\(503 Service Unavailable\); use local data instead'):
             data_lib.load('cifar', str(tmp_path / 'd'))
     with mock.patch.object(tfds, 'load', side_effect=AttributeError('a bug')):
         with pytest.raises(AttributeError, match='a bug'):
             data_lib.load('cifar', str(tmp_path / 'd'))
-    with mock.patch.object(data_lib, '_reachable', return_value='Name or service not known'):
+    with mock.patch.object(tfds_sets, 'reachable', return_value='Name or service not known'):
         with pytest.raises(DataError, match=r'^cifar10 is not in data_dir=\S+ and cannot be downloaded .*'
-                                            r'Name or service not known\); use local data instead'):
+                                            r'Name or service not known\); use local data instead: put the CIFAR-10 '
+                                            r'python version .* in data_dir, or pass your own images as data_set=npz '
+                                            r'data_dir=FILE.npz$'):
             data_lib.load('cifar', str(tmp_path / 'd'))
+    assert os.listdir(tmp_path) == []
 
 
 def test_no_other_way_to_unpickle():

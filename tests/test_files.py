@@ -1,4 +1,5 @@
-"""pixel_cnn_pp.files: the one atomic write (config.json, the history, compress.py's files)."""
+"""pixel_cnn_pp.files: the one atomic write (config.json, the history, compress.py's files),
+and removing what a failed operation created (Created; a save_dir's: test_savedir.py)."""
 
 import os
 
@@ -61,3 +62,31 @@ def test_config_and_history_write_through_it(tmp_path, monkeypatch):
     assert config.read(str(tmp_path)) == {'a': 1}
     assert savedir.read_history(history, 1) == [1.5]
     assert sorted(os.listdir(tmp_path)) == ['config.json', 'history.npz']
+
+
+def test_created_deep_removes_what_appeared_anywhere_inside(tmp_path):
+    """deep=True, as a download into a data_dir uses it: new files in folders that existed
+    go too (a failed download's temporary files in downloads/), and what existed stays,
+    even inside new ones' neighbours."""
+    data = tmp_path / 'data'
+    os.makedirs(data / 'downloads' / 'old')
+    (data / 'downloads' / 'old' / 'a.gz').write_bytes(b'x')
+    (data / 'notes.txt').write_text('mine')
+    created = files.Created(str(data), deep=True)
+    os.makedirs(data / 'downloads' / 'extracted')
+    os.makedirs(data / 'mnist' / '3.0.1.incomplete')
+    (data / 'downloads' / 'old' / 'b.gz.tmp.123').write_bytes(b'y')
+    os.symlink(str(data / 'downloads' / 'old'), str(data / 'link'))
+    created.remove()
+    assert sorted(os.path.relpath(os.path.join(r, n), data) for r, ds, fs in os.walk(data) for n in ds + fs) == [
+        'downloads', os.path.join('downloads', 'old'), os.path.join('downloads', 'old', 'a.gz'), 'notes.txt']
+
+
+def test_created_removes_the_missing_parents_it_made(tmp_path):
+    created = files.Created(str(tmp_path / 'a' / 'b' / 'data'), deep=True)
+    os.makedirs(tmp_path / 'a' / 'b' / 'data' / 'mnist')
+    created.remove()
+    assert os.listdir(tmp_path) == []
+    (tmp_path / 'f').write_text('a file where the folder would be')
+    files.Created(str(tmp_path / 'f' / 'data')).remove()  # leaves the file alone
+    assert os.listdir(tmp_path) == ['f']

@@ -4,6 +4,7 @@ sets (broken and hostile files included) and fitting them to a model."""
 import ast
 import os
 import struct
+import time
 import zlib
 from unittest import mock
 
@@ -12,8 +13,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from pixel_cnn_pp import images
+from pixel_cnn_pp import cli, images, tfds_sets
 from pixel_cnn_pp.datafiles import DataError
+
+from conftest import OFFLINE, SMALL_CKPT, run_in_process, run_script, write_cifar_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,7 +83,11 @@ def test_read_images(tmp_path):
      'neither x nor test_x'),
     (lambda d: np.savez(d / 'f.npz', x=np.zeros((1, 4, 4, 3))) or str(d / 'f.npz'), 'expected uint8 images'),
     (lambda d: np.savez(d / 'o.npz', x=np.array([{}], object)) or str(d / 'o.npz'), 'not a readable .npz'),
-    (lambda d: 'tfds:cifar10', 'expected tfds:NAME:SPLIT'),
+    (lambda d: 'tfds:cifar10:', r'^tfds:cifar10:: expected tfds:NAME\[:SPLIT\], e.g. tfds:svhn_cropped:test$'),
+    (lambda d: 'tfds::test', r'expected tfds:NAME\[:SPLIT\]'),
+    (lambda d: (d / 'notes.txt').write_text('my notes') and str(d / 'notes.txt'),
+     r'notes.txt: not an .npz \(expected an .npz file, a folder of images, or tfds:NAME\[:SPLIT\]\)$'),
+    (lambda d: np.save(d / 'a.npy', np.zeros((1, 4, 4, 3), np.uint8)) or str(d / 'a.npy'), r'a.npy: not an .npz'),
 ])
 def test_read_images_errors(tmp_path, make, message):
     with pytest.raises(DataError, match=message):
@@ -164,7 +171,7 @@ def test_a_grayscale_folder_stays_grayscale(tmp_path):
     np.testing.assert_array_equal(got, x)  # fit_images repeats it for a color model
 
 
-def test_tfds_missing_module_is_not_a_download_failure():
+def test_tfds_missing_module_is_not_a_download_failure(tmp_path):
     with mock.patch.object(tfds, 'load', side_effect=ModuleNotFoundError("No module named 'scipy'", name='scipy')):
         with pytest.raises(DataError, match="needs the Python module 'scipy', which is not installed: a "
                                             "missing dependency"):
@@ -172,9 +179,130 @@ def test_tfds_missing_module_is_not_a_download_failure():
     with mock.patch.object(tfds, 'load', side_effect=TypeError('a bug')):
         with pytest.raises(TypeError, match='a bug'):  # a programming error is not a data problem
             images.read_images('tfds:svhn_cropped:test')
-    with mock.patch.object(tfds, 'load', side_effect=tfds.download.DownloadError('HTTP 404')):
-        with pytest.raises(DataError, match='tfds:svhn_cropped:test: tensorflow-datasets could not load it .HTTP 404'):
-            images.read_images('tfds:svhn_cropped:test')
+    with mock.patch.object(tfds, 'load', side_effect=AssertionError('not prepared')), \
+            mock.patch.object(tfds_sets, 'reachable', return_value=None), \
+            mock.patch.object(tfds.core.DatasetBuilder, 'download_and_prepare',
+                              side_effect=tfds.download.DownloadError('HTTP 404')):
+        with pytest.raises(DataError, match=r'^tfds:svhn_cropped:test: tensorflow-datasets could not download '
+                                            r'svhn_cropped into data_dir=\S+ \(HTTP 404\); use local data instead: '
+                                            r'pass the images as an .npz or a folder of PNG/JPEG files$'):
+            images.read_images('tfds:svhn_cropped:test', str(tmp_path))
+
+
+def test_cifar10_from_the_python_batches_in_data_dir(tmp_path):
+    """tfds:cifar10[:SPLIT] reads the official batches when data_dir holds them (as train.py
+    does, data.read_tfds), with labels, never asking tensorflow-datasets; no split: test."""
+    written = write_cifar_layout(str(tmp_path))
+    with mock.patch.object(tfds, 'load', side_effect=AssertionError('not asked')):
+        for spec, batch in (('tfds:cifar10:test', 'test_batch'), ('tfds:cifar10', 'test_batch')):
+            x, y, keys = images.read_images(spec, str(tmp_path))
+            np.testing.assert_array_equal(x, written[batch][0])
+            np.testing.assert_array_equal(y, written[batch][1])
+        x, y, _ = images.read_images('tfds:cifar10:train', str(tmp_path / 'cifar-10-python'))
+        np.testing.assert_array_equal(x[7:14], written['data_batch_2'][0])
+        assert x.shape == (35, 32, 32, 3) and y.shape == (35,)
+        with pytest.raises(DataError, match=r"^tfds:cifar10:train\[:10\]: the CIFAR-10 python batches in \S+ "
+                                            r"have the splits train and test, not 'train\[:10\]'$"):
+            images.read_images('tfds:cifar10:train[:10]', str(tmp_path))
+
+
+def test_a_set_without_a_split_is_its_test_split():
+    with mock.patch.object(tfds_sets, 'load', return_value=[{'image': np.zeros((2, 4, 4, 1), np.uint8)}]) as load:
+        x, y, _ = images.read_images('tfds:mnist', 'data')
+    assert load.call_args.args[:3] == ('mnist', ['test'], 'data') and x.shape == (2, 4, 4, 1) and y is None
+
+
+def test_a_failed_download_leaves_data_dir_as_it_was(tmp_path, monkeypatch):
+    """What tensorflow-datasets created in data_dir before it failed (its set's folder, the
+    downloads' temporary files, in folders that were there before too) is removed again."""
+    data = tmp_path / 'data'
+    os.makedirs(data / 'downloads' / 'extracted')
+    (data / 'notes.txt').write_text('mine')
+    before = sorted(str(p) for p in data.rglob('*'))
+    for key, value in OFFLINE.items():
+        monkeypatch.setenv(key, value)
+
+    def fails_half_way(error):
+        def download_and_prepare(builder):
+            root = builder.data_dir_root
+            os.makedirs(os.path.join(root, 'mnist', '3.0.1.incomplete7'))
+            os.makedirs(os.path.join(root, 'downloads', 'extracted'), exist_ok=True)
+            os.makedirs(os.path.join(root, 'downloads', 'mnist'))
+            open(os.path.join(root, 'downloads', 'extracted', 'x.tmp.1'), 'w').close()
+            raise error
+        return download_and_prepare
+    with mock.patch.object(tfds_sets, 'reachable', return_value=None):
+        for error, raised, message in [
+                (tfds.download.DownloadError('Connection reset by peer'), DataError,
+                 r'^tfds:mnist:test: tensorflow-datasets could not download mnist into data_dir=\S+ '
+                 r'\(Connection reset by peer\)'),
+                (KeyboardInterrupt(), KeyboardInterrupt, None)]:  # interrupted: the same
+            with mock.patch.object(tfds.core.DatasetBuilder, 'download_and_prepare', fails_half_way(error)):
+                with pytest.raises(raised, match=message):
+                    images.read_images('tfds:mnist:test', str(data))
+            assert sorted(str(p) for p in data.rglob('*')) == before
+        with mock.patch.object(tfds.core.DatasetBuilder, 'download_and_prepare',
+                               fails_half_way(OSError(28, 'No space left on device'))):
+            with pytest.raises(DataError, match=r'could not download mnist .*No space left on device'):
+                images.read_images('tfds:mnist:test', str(tmp_path / 'new' / 'data'))
+    assert sorted(os.listdir(tmp_path)) == ['data']  # nor the data_dir (and its parent) it made
+
+
+def test_tensorflow_datasets_is_quiet_unless_verbose(tmp_path, caplog, monkeypatch):
+    """Its absl warnings (a folder without dataset_info.json, each time a set is looked for)
+    and progress bars are off while it is called, unless verbose; as they were after."""
+    from absl import logging as absl_logging
+    from tensorflow_datasets.core.utils import tqdm_utils
+    for key, value in OFFLINE.items():
+        monkeypatch.setenv(key, value)
+    verbosity = absl_logging.get_verbosity()
+    with mock.patch.object(tfds_sets, 'reachable', return_value='offline'):
+        for verbose in (False, True):
+            caplog.clear()
+            with pytest.raises(DataError, match='mnist is not in data_dir'):
+                images.read_images('tfds:mnist:test', str(tmp_path), verbose=verbose)
+            said = [r.getMessage() for r in caplog.records if r.levelno >= 30]
+            assert any('has no dataset_info.json' in m for m in said) is verbose, said
+            assert tqdm_utils._active and absl_logging.get_verbosity() == verbosity
+    with tfds_sets.quiet():
+        assert not tqdm_utils._active and absl_logging.get_verbosity() == absl_logging.ERROR
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('script, spec_flag', [('sample.py', '--complete'), ('score.py', '--in')])
+def test_offline_a_tfds_set_fails_at_once(tmp_path, script, spec_flag):
+    """Offline, a set neither prepared in --data_dir nor downloadable ends the script within
+    seconds (not tensorflow-datasets' minutes of retries) with one error naming the set, in
+    at most 3 lines after the model's, and nothing created in --data_dir."""
+    data = tmp_path / 'data'
+    data.mkdir()
+    began = time.time()
+    out = run_script(script, '--checkpoint=' + SMALL_CKPT, '%s=tfds:mnist:test' % spec_flag, '--data_dir=%s' % data,
+                     '--out=%s' % (tmp_path / 'c') if script == 'sample.py' else '--ood=tfds:mnist:train',
+                     env=dict(OFFLINE, TF_CPP_MIN_LOG_LEVEL=None), timeout=90)  # the console a user sees
+    seconds = time.time() - began
+    assert out.returncode == cli.USAGE, out.stderr
+    printed = out.stdout.splitlines()
+    assert printed[0].startswith('loaded ')
+    assert len(printed[1:] + out.stderr.splitlines()) <= 3, out.stdout + out.stderr
+    assert ('%s: error: ' % script) in out.stderr and 'tfds:mnist:test: mnist is not in --data_dir=%s and cannot be ' \
+        'downloaded (https://' % data in out.stderr and 'Traceback' not in out.stderr
+    assert seconds < 30
+    assert os.listdir(data) == [] and sorted(os.listdir(tmp_path)) == ['data']
+
+
+def test_offline_sample_py_completes_the_cifar10_test_batch_in_data_dir(tmp_path, monkeypatch):
+    """--complete=tfds:cifar10:test with the CIFAR-10 python batches in --data_dir: their
+    test batch's first images, offline."""
+    written = write_cifar_layout(str(tmp_path / 'data'))
+    for key, value in OFFLINE.items():
+        monkeypatch.setenv(key, value)
+    with mock.patch.object(tfds, 'load', side_effect=AssertionError('not asked')):
+        _, out, _ = run_in_process('sample.py', '--checkpoint=' + SMALL_CKPT, '--complete=tfds:cifar10:test',
+                                   '--data_dir=%s' % (tmp_path / 'data'), '--num_samples=2', '--samples_per_image=1',
+                                   '--out=%s' % (tmp_path / 'c'), '--noprogress', status=0)
+    assert 'cifar10:test: 7 images' in out
+    np.testing.assert_array_equal(np.load(tmp_path / 'c.npz')['given'], written['test_batch'][0][:2])
 
 
 def _module_imports(name):

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from pixel_cnn_pp import savedir
+from pixel_cnn_pp import files, savedir
 from pixel_cnn_pp.config import ConfigError
 
 
@@ -83,14 +83,15 @@ def test_leftovers_of_a_kill_are_removed_and_nothing_else(tmp_path):
 
 
 def test_failed_run_removes_only_what_it_created(tmp_path):
+    """As run.py uses files.Created on a save_dir (deep=False: new names at its top)."""
     os.makedirs(tmp_path / 'mine' / 'old')
     open(tmp_path / 'mine' / 'notes.txt', 'w').close()
-    created = savedir.Created(str(tmp_path / 'mine'))
+    created = files.Created(str(tmp_path / 'mine'))
     os.makedirs(tmp_path / 'mine' / 'tensorboard')
     open(tmp_path / 'mine' / 'config.json', 'w').close()
     created.remove()
     assert sorted(os.listdir(tmp_path / 'mine')) == ['notes.txt', 'old']
-    fresh = savedir.Created(str(tmp_path / 'new'))
+    fresh = files.Created(str(tmp_path / 'new'))
     os.makedirs(tmp_path / 'new' / 'tensorboard')
     fresh.remove()
     assert not os.path.exists(tmp_path / 'new')  # a folder the run made goes entirely

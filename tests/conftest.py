@@ -8,6 +8,7 @@ import os
 import pickle
 import runpy
 import subprocess
+import tarfile
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # as the scripts do, before TensorFlow
@@ -141,6 +142,56 @@ def script_env(**changes):
 
 # No network, at once, whatever the machine's: every proxy variable points at port 9 of this
 # machine, which refuses connections (urllib and tensorflow-datasets' requests both use them).
+def write_original(root, n_train=24, n_test=8, form='tar', seed=0):
+    """The original layout: one PNG per image, train_32x32/ and valid_32x32/ as uncompressed
+    tar archives (stored in shuffled order) or as folders. Returns the (train, test) images
+    in sorted file-name order."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(root, exist_ok=True)
+    expected = []
+    for split, n in (('train_32x32', n_train), ('valid_32x32', n_test)):
+        x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        names = ['%s/%07d.png' % (split, i) for i in rng.permutation(10 ** 6)[:n]]
+        if form == 'tar':
+            with tarfile.open(os.path.join(root, split + '.tar'), 'w') as tar:
+                for name, image in zip(names, x):
+                    png = tf.io.encode_png(image).numpy()
+                    info = tarfile.TarInfo(name)
+                    info.size = len(png)
+                    tar.addfile(info, io.BytesIO(png))
+        else:
+            os.makedirs(os.path.join(root, split))
+            for name, image in zip(names, x):
+                tf.io.write_file(os.path.join(root, name), tf.io.encode_png(image))
+        expected.append(x[np.argsort(names)])
+    return tuple(expected)
+
+
+def write_imagenet32(root, train_sizes=(10, 12), n_test=7, form='npz', train_dir='', test_dir='', seed=0):
+    """Imagenet32 batches train_data_batch_1.. and val_data: data uint8 (N, 3072), the R, G, B
+    planes of 32x32 images; labels 1..1000 (1 and 1000 included); train batches with a mean.
+    As .npz files or as pickles without extension. Returns (train_x, train_y, test_x, test_y)
+    as load should give them: NHWC images and 0-based labels."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for name, n in [('train_data_batch_%d' % (i + 1), n) for i, n in enumerate(train_sizes)] + [('val_data', n_test)]:
+        x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        y = np.concatenate([[1, 1000], rng.integers(1, 1001, n - 2)])
+        d = {'data': x.transpose(0, 3, 1, 2).reshape(n, 3072), 'labels': y.tolist()}
+        if name != 'val_data':
+            d['mean'] = d['data'].mean(0)
+        folder = os.path.join(root, test_dir if name == 'val_data' else train_dir)
+        os.makedirs(folder, exist_ok=True)
+        if form == 'npz':
+            np.savez(os.path.join(folder, name + '.npz'), **d)
+        else:
+            with open(os.path.join(folder, name), 'wb') as f:
+                pickle.dump(d, f, protocol=2)
+        out.append((x, (y - 1).astype(np.int32)))
+    train, test = out[:-1], out[-1]
+    return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])) + test
+
+
 OFFLINE = dict({k: 'http://127.0.0.1:9' for k in ('https_proxy', 'http_proxy', 'HTTPS_PROXY', 'HTTP_PROXY')},
                no_proxy='', NO_PROXY='')
 

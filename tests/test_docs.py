@@ -1,15 +1,14 @@
 """The README and docs/ say what the code does: the names they list exist, their links and
-images point at files that exist, the README stays short, and its Python snippet runs."""
+images point at files that exist, the README stays short. (Their commands and the README's
+Python block run in test_documented_commands.py.)"""
 
 import importlib
 import os
 import re
 
-import numpy as np
 import pytest
 
 from conftest import ROOT
-import pixel_cnn_pp
 
 DOCS = os.path.join(ROOT, 'docs')
 PAGES = [os.path.join(ROOT, 'README.md')] + sorted(
@@ -108,25 +107,3 @@ def test_readme_is_short_shows_its_images_and_links_every_docs_page():
     linked = {os.path.normpath(t.partition('#')[0]) for t, _ in links(os.path.join(ROOT, 'README.md'))}
     for page in PAGES[1:]:
         assert os.path.relpath(page, ROOT) in linked, '%s is not linked from the README' % page
-
-
-def test_readme_python_snippet_runs_outside_the_repository(tmp_path, monkeypatch):
-    """The README's Python block, on a tiny model saved where the README loads 'save_cpu',
-    run with the working directory outside the repository. The naive sampler stands in for
-    the fast one (the same images, as test_sampling checks): tracing the fast sampler would
-    triple this test's time."""
-    snippet = re.search(r'^```python\n(.*?)^```', section(read(os.path.join(ROOT, 'README.md')), 'Python'),
-                        re.S | re.M).group(1)
-    model = pixel_cnn_pp.PixelCNNPP(nr_resnet=1, nr_filters=8, nr_logistic_mix=2, image_shape=(4, 4, 3))
-    model(np.zeros([1, 4, 4, 3], np.float32))
-    model.save(str(tmp_path / 'tiny.keras'))
-    assert "'save_cpu'" in snippet
-    monkeypatch.chdir(tmp_path)
-    scope = {}
-    assert snippet.count('seed=0') == 2
-    exec(snippet.replace("'save_cpu'", repr('tiny.keras')).replace('seed=0', "seed=0, method='naive'"), scope)
-    nats, pixels = scope['nats'], scope['pixels']
-    assert nats.shape == (4,) and np.all(np.isfinite(scope['bpd']))
-    np.testing.assert_allclose(np.asarray(pixels).sum(axis=(1, 2)), nats, rtol=1e-4)
-    assert scope['samples'].shape == (16, 4, 4, 3) and scope['samples'].dtype == np.uint8
-    assert np.array_equal(scope['done'][:, :2], scope['images'][:, :2])

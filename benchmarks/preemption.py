@@ -63,7 +63,7 @@ def boundary_costs():
             single = microseconds(run._after_step)
     finally:
         run.close()
-    agreed = run_lib._AgreedSaves(chief=True, workers=1)
+    agreed = run_lib._AgreedSaves(chief=True, workers=1, worker_id=0)
     step = int(run.trainer.optimizer.step.numpy())
     lookup = microseconds(lambda: agreed.due(step))
     handler = None

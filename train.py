@@ -23,7 +23,7 @@ from absl import app, flags
 import keras
 import tensorflow as tf
 
-from pixel_cnn_pp import cli, config, run, training
+from pixel_cnn_pp import cli, config, run, savedir, stopping, training
 from pixel_cnn_pp import data as data_lib
 from pixel_cnn_pp.config import ConfigError, ModelConfig, TrainConfig
 
@@ -158,7 +158,7 @@ def run_configs(strategy):
     ModelConfig or None): the flags, or with --load_params the run's config.json and the
     flags given that may change."""
     values = dict({k: FLAGS[k].value for k in TRAIN_FLAGS}, replicas=strategy.num_replicas_in_sync)
-    model = {k: FLAGS[k].value for k in ModelConfig.ARCHITECTURE}
+    model = {k: FLAGS[k].value for k in ModelConfig.ARCHITECTURE + ('dropout_p',)}
     if not FLAGS.load_params:
         return model, TrainConfig(**values), FLAGS.class_conditional, None
     given = {k: v for k, v in values.items() if k == 'replicas' or FLAGS[k].present}
@@ -200,11 +200,11 @@ def main(argv):
         raise app.UsageError('--load_params: %s' % cli.flag_message(e)) from None
     except training.Diverged as e:
         raise FloatingPointError(cli.flag_message(e)) from None
-    except run.WriteError as e:
+    except savedir.WriteError as e:
         raise OSError('cannot write %s (%s); the run stopped%s' % (
             e.filename, e.strerror, ', its latest checkpoint is %s' % e.latest if e.latest else
             ' before its first checkpoint')) from None
-    except run.Preempted as e:
+    except stopping.Preempted as e:
         print('%s: %s; resume with: python train.py --save_dir=%s --load_params'
               % (os.path.basename(sys.argv[0]), e, FLAGS.save_dir), file=sys.stderr, flush=True)
         sys.exit(128 + (e.signum or signal.SIGTERM))

@@ -22,8 +22,8 @@ import numpy as np
 import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pixel_cnn_pp import data as data_lib, images, run as run_lib, training  # noqa: E402
-from pixel_cnn_pp.config import ModelConfig, TrainConfig  # noqa: E402
+from pixel_cnn_pp import images, savedir, stopping, training  # noqa: E402
+from pixel_cnn_pp.config import ModelConfig  # noqa: E402
 
 flags.DEFINE_list('sizes', ['small', 'paper'], 'Models whose step time to measure: small, paper')
 flags.DEFINE_integer('batch_size', 16, 'Images per step')
@@ -47,24 +47,15 @@ def microseconds(fn):
 
 
 def boundary_costs():
-    """The single-process boundary of a real (tiny) started Run, and the multi-worker checks."""
-    rng = np.random.default_rng(0)
-    data = data_lib.Data(rng.integers(0, 256, (8, 8, 8, 3), dtype=np.uint8), None,
-                         rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8), None, 0)
-    model = ModelConfig(nr_resnet=1, nr_filters=8, nr_logistic_mix=2, image_shape=(8, 8, 3))
-    config = TrainConfig(data_set='npz', batch_size=4, init_batch_size=4, max_epochs=1, num_samples=0,
-                         progress=False, save_minutes=30.)
+    """The single-process policy's check at a step boundary (stopping.Local, neither a signal
+    nor the clock due), and the multi-worker checks."""
+    trainer = training.Trainer(ModelConfig(nr_resnet=1, nr_filters=8, nr_logistic_mix=2, image_shape=(8, 8, 3)))
     save_dir = tempfile.mkdtemp()
-    run = run_lib.Run(model, config, os.path.join(save_dir, 'save'), data, run_lib.default_strategy())
-    run.open()
-    try:
-        run.start()
-        with run.stop:
-            single = microseconds(run._after_step)
-    finally:
-        run.close()
-    agreed = run_lib._AgreedSaves(chief=True, workers=1, worker_id=0)
-    step = int(run.trainer.optimizer.step.numpy())
+    saves = savedir.Checkpoints(trainer, save_dir, os.path.join(save_dir, 'history.npz'), True, 30., time.monotonic)
+    with stopping.Local(saves) as policy:
+        single = microseconds(lambda: policy.at_boundary(trainer.step()))
+    agreed = stopping.AgreedSaves(chief=True, workers=1, worker_id=0)
+    step = trainer.step()
     lookup = microseconds(lambda: agreed.due(step))
     handler = None
     try:  # the handler's check at a boundary, in its local mode (no coordination service to ask)
@@ -85,8 +76,7 @@ def boundary_costs():
 
 
 def step_seconds(size):
-    kwargs = dict(SIZES[size], dropout_p=0.5)
-    trainer = training.Trainer(tf.distribute.get_strategy(), kwargs, (32, 32, 3))
+    trainer = training.Trainer(ModelConfig(**SIZES[size], image_shape=(32, 32, 3)))
     x = np.random.default_rng(0).integers(0, 256, (FLAGS.batch_size, 32, 32, 3), dtype=np.uint8)
     trainer.initialize(images.scale(x))
     batch = (tf.constant(images.scale(x)), tf.zeros(FLAGS.batch_size, tf.int32), tf.ones(FLAGS.batch_size))

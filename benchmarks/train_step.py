@@ -29,6 +29,7 @@ import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pixel_cnn_pp import cli, training  # noqa: E402
+from pixel_cnn_pp.config import ModelConfig, TrainConfig  # noqa: E402
 import profiling  # noqa: E402
 
 cli.define_model_flags()
@@ -63,9 +64,11 @@ def main(argv):
     rng = np.random.default_rng(0)
     x = tf.constant((rng.integers(0, 256, shape) - 127.5) / 127.5, tf.float32)
     device = '/gpu:0' if tf.config.list_physical_devices('GPU') else '/cpu:0'
-    trainer = training.Trainer(tf.distribute.OneDeviceStrategy(device), cli.model_kwargs(),
-                               shape[1:], jit_compile=FLAGS.xla, precision=FLAGS.precision,
-                               accum_steps=FLAGS.accum_steps, recompute=FLAGS.recompute)
+    model = ModelConfig(**{k: FLAGS[k].value for k in ModelConfig.ARCHITECTURE}, dropout_p=FLAGS.dropout_p,
+                        image_shape=shape[1:])
+    run = TrainConfig(xla=FLAGS.xla, precision=FLAGS.precision, accum_steps=FLAGS.accum_steps,
+                      recompute=FLAGS.recompute)
+    trainer = training.Trainer(model, run, tf.distribute.OneDeviceStrategy(device))
     trainer.initialize(x[:FLAGS.batch_size])
     batch = (x, tf.zeros(shape[0], tf.int32), tf.ones(shape[0]))
     for _ in range(FLAGS.warmup):

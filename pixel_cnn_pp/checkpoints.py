@@ -1,5 +1,4 @@
-"""Checkpoints and loading: the run config (config.json), the variables of our checkpoints
-and of the official TF1 ones (tf.train.Saver), the check that a checkpoint's data files are
+"""Checkpoints and loading: the variables of our checkpoints and of the official TF1 ones (tf.train.Saver), the check that a checkpoint's data files are
 complete, and `load`, the one loader of a trained model (save_dir, checkpoint, .keras file,
 official checkpoint such as params_cifar.ckpt)."""
 
@@ -20,7 +19,7 @@ from pixel_cnn_pp.model import PixelCNNPP
 # The groups of our training checkpoint (training.Trainer) that hold weights.
 PARAMS, EMA = 'params', 'ema'
 OFFICIAL_EMA_SUFFIX = '/ExponentialMovingAverage'
-OVERRIDES = ModelConfig.ARCHITECTURE + ('image_shape', 'num_labels', 'dropout_p', 'dtype')
+OVERRIDES = config.field_names(ModelConfig) + ('dtype',)
 
 
 class IncompleteCheckpoint(Exception):
@@ -33,17 +32,6 @@ class IncompleteCheckpoint(Exception):
 READ_ERRORS = (tf.errors.OpError, IndexError, IncompleteCheckpoint)
 KINDS = ('a save_dir of train.py, one of its checkpoints (save/ckpt-12), a .keras file, or an '
          'official TF1 checkpoint prefix (params_cifar.ckpt)')
-
-
-# ---------------------------------------------------------------------- run config
-
-def model_config(model):
-    """What config.json records of a built PixelCNNPP (config.ModelConfig as a dict)."""
-    return ModelConfig.of_model(model).to_dict()
-
-
-read_config = config.read    # config.json of a run, or None where there is none
-write_config = config.write  # atomically
 
 
 # ---------------------------------------------------------------------- checkpoint variables
@@ -114,11 +102,10 @@ def assign_weights(model, reader, kind, use_ema, path):
         var.assign(values[name])
 
 
-def _built(config, channels, **extras):
-    """A built PixelCNNPP of this ModelConfig for images of `channels` (extras: dropout_p,
-    dtype)."""
-    model = PixelCNNPP(**config.model_kwargs(), image_shape=config.image_shape, num_labels=config.num_labels,
-                       **extras)
+def _built(config, channels, dtype=None):
+    """A built PixelCNNPP of this ModelConfig for images of `channels`, computing in dtype
+    (a Keras dtype policy; None: float32)."""
+    model = PixelCNNPP(**config.kwargs(), **({'dtype': dtype} if dtype else {}))
     model.build((None, 4, 4, channels), (None, config.num_labels) if config.num_labels else None)
     return model
 
@@ -305,11 +292,10 @@ def _load_keras(path, use_ema, overrides):
     inferred = dict({k: getattr(model, k) for k in ModelConfig.ARCHITECTURE if k != 'resnet_nonlinearity'},
                     channels=model.channels, num_labels=model.num_labels,
                     nonlinearities=(model.resnet_nonlinearity,))
-    wanted, extras = ModelConfig.from_checkpoint(path, inferred, {'image_shape': model.image_shape}, overrides)
-    if wanted == ModelConfig.of_model(model) and extras.get('dropout_p', model.dropout_p) == model.dropout_p \
-            and 'dtype' not in extras:
+    wanted = ModelConfig.from_checkpoint(path, inferred, ModelConfig.of_model(model).to_dict(), overrides)
+    if wanted == ModelConfig.of_model(model) and 'dtype' not in overrides:
         return model
-    rebuilt = _built(wanted, model.channels, **extras)
+    rebuilt = _built(wanted, model.channels, overrides.get('dtype'))
     for name, var in rebuilt.official_variables().items():
         var.assign(model.official_variables()[name])
     return rebuilt
@@ -369,8 +355,8 @@ def _load_checkpoint(prefix, run_dir, use_ema, overrides):
     if 'conv2d_0/V' not in names:
         raise ValueError('%s has no %s weights' % (prefix, 'EMA' if use_ema else 'raw'))
     inferred = config.checkpoint_architecture({name: shapes[key] for name, key in names.items()}, prefix)
-    saved = read_config(run_dir) if kind == 'ours' else None
-    wanted, extras = ModelConfig.from_checkpoint(prefix, inferred, saved, overrides)
-    model = _built(wanted, inferred['channels'], **extras)
+    saved = config.read(run_dir) if kind == 'ours' else None
+    wanted = ModelConfig.from_checkpoint(prefix, inferred, saved, overrides)
+    model = _built(wanted, inferred['channels'], overrides.get('dtype'))
     assign_weights(model, reader, kind, use_ema, prefix)
     return model

@@ -54,14 +54,6 @@ def define_model_flags():
     _define_model_flags((5, 160, 10, 'concat_elu', False))
 
 
-def model_kwargs():
-    """PixelCNNPP's arguments from the model flags (and --dropout_p where defined)."""
-    kwargs = {k: FLAGS[k].value for k in config.ModelConfig.ARCHITECTURE}
-    if 'dropout_p' in FLAGS:
-        kwargs['dropout_p'] = FLAGS.dropout_p
-    return kwargs
-
-
 def given_model_flags():
     """The model flags given on the command line: {name: value}."""
     return {k: FLAGS[k].value for k in config.ModelConfig.ARCHITECTURE if FLAGS[k].present}

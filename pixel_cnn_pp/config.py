@@ -1,7 +1,7 @@
 """What a model and a training run are, validated once: `ModelConfig` (PixelCNNPP's
-architecture, the image shape, the number of labels) and `TrainConfig` (the settings of the
-official train.py's loop), both recorded in a run's config.json, and the rule of what a
-resumed run may change (`resume`).
+architecture, dropout, the image shape, the number of labels: everything its constructor
+takes) and `TrainConfig` (the settings of the official train.py's loop), both recorded in a
+run's config.json, and the rule of what a resumed run may change (`resume`).
 
 Errors are `ConfigError`s that name the fields (Python argument names, never command-line
 flags; cli.py translates them)."""
@@ -98,14 +98,15 @@ def _in_range(obj, name, low, high, low_open=False, high_open=False):
 
 
 def check_dropout_p(dropout_p):
-    """The rule of dropout_p (the model's and the run's): in [0, 1)."""
+    """The rule of dropout_p: in [0, 1)."""
     _in_range(types.SimpleNamespace(dropout_p=dropout_p), 'dropout_p', 0., 1., high_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """A PixelCNNPP's architecture (the official model flags), the image shape it is trained
-    on and its number of labels (0: unconditional)."""
+    """A PixelCNNPP: its architecture (the official model flags), the image shape it is
+    trained on, its number of labels (0: unconditional) and its dropout (the official
+    --dropout_p, which only training applies). PixelCNNPP(**config.kwargs()) builds it."""
     nr_resnet: int = 5
     nr_filters: int = 160
     nr_logistic_mix: int = 10
@@ -113,6 +114,7 @@ class ModelConfig:
     energy_distance: bool = False
     image_shape: Tuple[int, int, int] = (32, 32, 3)
     num_labels: int = 0
+    dropout_p: float = 0.5
 
     def __post_init__(self):
         _positive_int(self, 'nr_resnet', 'nr_filters', 'nr_logistic_mix')
@@ -123,12 +125,14 @@ class ModelConfig:
         object.__setattr__(self, 'image_shape', check_image_shape(self.image_shape))
         if isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int) or self.num_labels < 0:
             raise ConfigError('num_labels must be an integer >= 0, got %r' % (self.num_labels,), 'num_labels')
+        check_dropout_p(self.dropout_p)
 
+    # the fields a checkpoint's variables say (and the official model flags)
     ARCHITECTURE = ('nr_resnet', 'nr_filters', 'nr_logistic_mix', 'resnet_nonlinearity', 'energy_distance')
 
-    def model_kwargs(self):
-        """PixelCNNPP's architecture arguments."""
-        return {k: getattr(self, k) for k in self.ARCHITECTURE}
+    def kwargs(self):
+        """PixelCNNPP's arguments."""
+        return dict(dataclasses.asdict(self), image_shape=tuple(self.image_shape))
 
     def to_dict(self):
         return dict(dataclasses.asdict(self), image_shape=list(self.image_shape))
@@ -141,15 +145,15 @@ class ModelConfig:
     @classmethod
     def of_model(cls, model):
         """The config of a built PixelCNNPP."""
-        return cls(**{k: getattr(model, k) for k in cls.ARCHITECTURE},
-                   image_shape=model.image_shape, num_labels=model.num_labels)
+        return cls(**{f.name: getattr(model, f.name) for f in dataclasses.fields(cls)})
 
     @classmethod
     def from_checkpoint(cls, path, inferred, saved, overrides):
         """The config of the model a checkpoint at `path` holds: from what its shapes imply
         (`inferred`, checkpoint_architecture's), its run's config.json (`saved`, or None) and
         the caller's overrides (pixel_cnn_pp.load's); an override the checkpoint contradicts
-        is a ConfigError naming both values (config.json contradicting it, a ValueError). Returns (ModelConfig, {dropout_p, dtype: the overrides of them})."""
+        is a ConfigError naming both values (config.json contradicting it, a ValueError).
+        dropout_p: the override, else config.json's, else the default."""
         saved, given = dict(saved or {}), dict(overrides)
         kwargs = {}
         for key in ('nr_resnet', 'nr_filters', 'nr_logistic_mix', 'energy_distance', 'num_labels'):
@@ -182,8 +186,8 @@ class ModelConfig:
                               % (image_shape, path, channels), 'image_shape')
         if kwargs['nr_logistic_mix'] is None:
             kwargs.pop('nr_logistic_mix')
-        return (cls(**kwargs, image_shape=image_shape),
-                {key: given[key] for key in ('dropout_p', 'dtype') if key in given})
+        dropout_p = given.get('dropout_p', saved.get('dropout_p', cls.dropout_p))
+        return cls(**kwargs, image_shape=image_shape, dropout_p=dropout_p)
 
 
 def checkpoint_architecture(shapes, path):
@@ -226,7 +230,6 @@ class TrainConfig:
     accum_steps: int = 1
     learning_rate: float = 0.001
     lr_decay: float = 0.999995
-    dropout_p: float = 0.5
     polyak_decay: float = 0.9995
     max_epochs: int = 5000
     max_steps_per_epoch: Optional[int] = None
@@ -266,7 +269,6 @@ class TrainConfig:
         _in_range(self, 'learning_rate', 0., float('inf'))
         _in_range(self, 'lr_decay', 0., 1., low_open=True)
         _in_range(self, 'polyak_decay', 0., 1., low_open=True)
-        check_dropout_p(self.dropout_p)
         _in_range(self, 'mutation_rate', 0., 1.)
         _in_range(self, 'l2_weight', 0., float('inf'))
         _in_range(self, 'save_minutes', 0., float('inf'))

@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from pixel_cnn_pp import checkpoints, data, nn, scoring, updates
-from pixel_cnn_pp.config import PRECISIONS, ModelConfig
+from pixel_cnn_pp.config import TrainConfig
 from pixel_cnn_pp.model import PixelCNNPP
 
 
@@ -66,72 +66,64 @@ class Evaluator:
 
 
 class Trainer:
-    """A PixelCNNPP, its Polyak-averaged copy (used for evaluation and sampling), the
-    official Adam, and the distributed train and test steps. `model_kwargs` are
-    PixelCNNPP's arguments; `num_labels` > 0 conditions on one-hot labels.
+    """A PixelCNNPP of `model_config` (a config.ModelConfig), its Polyak-averaged copy (used
+    for evaluation and sampling), the official Adam, and the distributed train and test steps
+    under `strategy` (default: the current one), with the settings of `train_config` (a
+    config.TrainConfig; its batch and epoch settings are the run's, not the Trainer's):
 
-    precision='mixed_bfloat16' or 'mixed_float16' trains in that compute dtype (variables,
-    Adam, EMA and the loss stay float32; float16 adds dynamic loss scaling); evaluation
-    uses the float32 EMA model in every case.
+    - learning_rate, lr_decay, polyak_decay: the official update rule (updates.py);
+    - precision 'mixed_bfloat16' or 'mixed_float16': the compute dtype of training (variables,
+      Adam, EMA and the loss stay float32; float16 adds dynamic loss scaling); evaluation uses
+      the float32 EMA model in every case;
+    - mutation_rate, l2_weight: for background models of the likelihood ratio (Ren et al.
+      2019): each sub-pixel of each training batch replaced with that probability by a uniform
+      value in 0..255 (stateless, from seed and the step, so a resumed run mutates alike);
+      l2_weight * (sum of the squared weights) added to the training objective (not to the
+      reported loss);
+    - accum_steps K: each replica's batch split into K micro-batches whose gradients are
+      summed, one after the other, before the one update (the update of a batch K times larger
+      in the memory of one micro-batch); recompute: the gated ResNet blocks' activations
+      recomputed in the backward pass instead of kept (the same numbers, about half the
+      memory); xla: the loss and gradients compiled by XLA; seed: dropout and mutation."""
 
-    For background models of the likelihood ratio (Ren et al. 2019): mutation_rate > 0
-    replaces each sub-pixel of each training batch with that probability by a uniform value
-    in 0..255 (stateless, from `seed` and the step, so a resumed run mutates alike), and
-    l2_weight > 0 adds l2_weight * (sum of the squared weights) to the training objective
-    (not to the reported loss).
-
-    accum_steps=K splits each replica's batch into K micro-batches whose gradients are summed,
-    one after the other, before the one update: the update of a batch K times larger in the
-    memory of one micro-batch. recompute=True recomputes the gated ResNet blocks' activations in
-    the backward pass instead of keeping them (the same numbers, about half the memory)."""
-
-    def __init__(self, strategy, model_kwargs, image_shape, num_labels=0, learning_rate=1e-3,
-                 lr_decay=0.999995, polyak_decay=0.9995, jit_compile=False, precision='float32',
-                 mutation_rate=0., l2_weight=0., seed=0, accum_steps=1, recompute=False):
-        if precision not in PRECISIONS:
-            raise ValueError('precision must be one of %s, got %r' % (PRECISIONS, precision))
-        if not 0. <= mutation_rate <= 1. or l2_weight < 0.:
-            raise ValueError('mutation_rate must be in [0, 1] and l2_weight >= 0, got %r and %r'
-                             % (mutation_rate, l2_weight))
-        if accum_steps < 1:
-            raise ValueError('accum_steps must be >= 1, got %r' % accum_steps)
-        self.mutation_rate, self.l2_weight, self.seed = mutation_rate, l2_weight, seed
-        self.accum_steps, self.recompute = accum_steps, bool(recompute)
-        self.strategy = strategy
-        self.model_kwargs = dict(model_kwargs)
-        self.image_shape = tuple(image_shape)
-        self.num_labels = num_labels
+    def __init__(self, model_config, train_config=TrainConfig(), strategy=None):
+        self.model_config, self.train_config = model_config, train_config
+        self.strategy = strategy = strategy or tf.distribute.get_strategy()
+        c = train_config
         with strategy.scope():
-            self.model = PixelCNNPP(**self.model_kwargs, image_shape=image_shape, num_labels=num_labels,
-                                    dtype=precision)
-            self.ema_model = PixelCNNPP(**dict(self.model_kwargs, dropout_p=0.), image_shape=image_shape,
-                                        num_labels=num_labels)
-            x = tf.zeros((1,) + self.image_shape)
+            self.model = PixelCNNPP(**model_config.kwargs(), dtype=c.precision)
+            self.ema_model = PixelCNNPP(**dict(model_config.kwargs(), dropout_p=0.))
+            x = tf.zeros((1,) + model_config.image_shape)
             for m in (self.model, self.ema_model):
                 m(x, h=self.one_hot(tf.zeros([1], tf.int32)))
             self.params = _tf_variables(self.model.official_variables())
             self.shadows = _tf_variables(self.ema_model.official_variables())
-            self.optimizer = updates.Adam(self.params, learning_rate, lr_decay)
-            self.ema = updates.ExponentialMovingAverage(self.params, self.shadows, polyak_decay)
+            self.optimizer = updates.Adam(self.params, c.learning_rate, c.lr_decay)
+            self.ema = updates.ExponentialMovingAverage(self.params, self.shadows, c.polyak_decay)
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name='epoch')
             self.epoch_step = tf.Variable(0, dtype=tf.int64, trainable=False, name='epoch_step')
             # in every precision, so that checkpoints resume in any other
             self.loss_scale = updates.DynamicLossScale()
-        self.scale_loss = precision == 'mixed_float16'
+        self.scale_loss = c.precision == 'mixed_float16'
         self.checkpoint = tf.train.Checkpoint(
             **{checkpoints.PARAMS: self.params, checkpoints.EMA: self.shadows}, adam=self.optimizer,
             epoch=self.epoch, epoch_step=self.epoch_step, loss_scale=self.loss_scale)
         self._train_step = tf.function(self._distributed_train_step, autograph=False)
         self.evaluator = Evaluator(strategy, self.ema_model)
-        self._loss_and_grads = tf.function(self._loss_and_grads_fn, jit_compile=jit_compile, autograph=False)
+        self._loss_and_grads = tf.function(self._loss_and_grads_fn, jit_compile=c.xla, autograph=False)
 
     # ------------------------------------------------------------------ pieces
 
+    def step(self):
+        """The updates made so far (the official code's step, Adam's t)."""
+        return int(self.optimizer.step.numpy())
+
     def one_hot(self, y):
-        return tf.one_hot(y, self.num_labels) if self.num_labels else None
+        K = self.model_config.num_labels
+        return tf.one_hot(y, K) if K else None
 
     def bits_per_dim(self, nats, num_images):
-        return float(scoring.bits_per_dim(-nats / num_images, self.image_shape))
+        return float(scoring.bits_per_dim(-nats / num_images, self.model_config.image_shape))
 
     # ------------------------------------------------------------------ init
 
@@ -141,7 +133,7 @@ class Trainer:
         the values before this init, g = 1 and b = 0, so its early test bits/dim and samples
         come from a mostly uninitialised network until the average forgets them.)"""
         x_init = tf.convert_to_tensor(x_init, tf.float32)
-        h = self.one_hot(tf.convert_to_tensor(y_init)) if self.num_labels else None
+        h = self.one_hot(tf.convert_to_tensor(y_init)) if self.model_config.num_labels else None
         with self.strategy.scope():
             self.model(x_init, h=h, training=True, init=True)
             self.ema.reset()
@@ -151,10 +143,11 @@ class Trainer:
     def _loss_and_grads_fn(self, x, y, seed):
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(image_loss(self.model, x, self.one_hot(y), training=True, seed=seed,
-                                            recompute=self.recompute))
+                                            recompute=self.train_config.recompute))
             objective = loss
-            if self.l2_weight:  # once in the gradients summed over replicas and micro-batches
-                objective += self.l2_weight / (self.strategy.num_replicas_in_sync * self.accum_steps) * tf.add_n(
+            c = self.train_config
+            if c.l2_weight:  # once in the gradients summed over replicas and micro-batches
+                objective += c.l2_weight / (self.strategy.num_replicas_in_sync * c.accum_steps) * tf.add_n(
                     [tf.reduce_sum(tf.square(p)) for p in self.params.values()])
             scaled = objective * self.loss_scale.scale if self.scale_loss else objective
         grads = tape.gradient(scaled, list(self.params.values()))
@@ -166,7 +159,7 @@ class Trainer:
         """The loss and gradients of a replica's batch as the sum over its accum_steps
         micro-batches, run one after the other (a while loop, so that only one micro-batch's
         activations are alive at a time); micro-batch k drops out with seed folded with k."""
-        K = self.accum_steps
+        K = self.train_config.accum_steps
         xs = tf.reshape(x, [K, x.shape[0] // K] + x.shape[1:].as_list())
         ys = tf.reshape(y, [K, -1])
 
@@ -187,12 +180,12 @@ class Trainer:
             ctx = tf.distribute.get_replica_context()
             # one stateless stream per step and replica: a resumed run draws what the
             # uninterrupted one did
-            stream = tf.stack([tf.constant(self.seed, tf.int64), self.optimizer.step *
+            stream = tf.stack([tf.constant(self.train_config.seed, tf.int64), self.optimizer.step *
                                ctx.num_replicas_in_sync + tf.cast(ctx.replica_id_in_sync_group, tf.int64)])
-            if self.mutation_rate:
-                x = data.mutate(x, self.mutation_rate, stream)
+            if self.train_config.mutation_rate:
+                x = data.mutate(x, self.train_config.mutation_rate, stream)
             dropout_seed = tf.random.experimental.stateless_fold_in(stream, 1)
-            if self.accum_steps == 1:
+            if self.train_config.accum_steps == 1:
                 loss, grads = self._loss_and_grads(x, y, dropout_seed)
             else:
                 loss, grads = self._accumulate(x, y, dropout_seed)
@@ -226,9 +219,9 @@ class Trainer:
         (other than a float16 overflow, which the loss scale handles), raises
         FloatingPointError and leaves the weights as they were before this step."""
         per_replica = self.strategy.experimental_local_results(batch[0])[0].shape[0]
-        if per_replica % self.accum_steps:
+        if per_replica % self.train_config.accum_steps:
             raise ValueError('a replica\'s batch of %d images does not split into accum_steps=%d '
-                             'micro-batches' % (per_replica, self.accum_steps))
+                             'micro-batches' % (per_replica, self.train_config.accum_steps))
         loss, bad_pixels, finite = self._train_step(batch)
         loss, bad_pixels = float(loss), float(bad_pixels)
         step = int(self.optimizer.step.numpy()) + 1
@@ -253,11 +246,4 @@ class Trainer:
     def evaluate(self, batches, stop=None):
         """Test bits/dim of the EMA weights over the batches (every image counted once); stop:
         see Evaluator.evaluate."""
-        return self.evaluator.evaluate(batches, self.image_shape, stop)
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def config(self):
-        """What config.json records of this run."""
-        return dict(ModelConfig.of_model(self.model).to_dict(), mutation_rate=self.mutation_rate,
-                    l2_weight=self.l2_weight, accum_steps=self.accum_steps, recompute=self.recompute)
+        return self.evaluator.evaluate(batches, self.model_config.image_shape, stop)

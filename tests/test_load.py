@@ -14,8 +14,8 @@ import tensorflow as tf
 
 from conftest import FIXTURES, SMALL_CKPT, assert_close_to_official, images, initialised, run_in_process
 import pixel_cnn_pp
-from pixel_cnn_pp.config import ConfigError
-from pixel_cnn_pp import PixelCNNPP, checkpoints
+from pixel_cnn_pp.config import ConfigError, ModelConfig
+from pixel_cnn_pp import PixelCNNPP, checkpoints, config as config_lib
 from pixel_cnn_pp.training import Trainer
 
 OFFICIAL_CONFIGS = os.path.join(FIXTURES, 'official_configs')
@@ -156,7 +156,7 @@ def test_official_checkpoints_of_other_configs(run):
     model = pixel_cnn_pp.load(prefix, **overrides)
     for key in ('nr_resnet', 'nr_filters', 'nr_logistic_mix', 'resnet_nonlinearity'):
         assert getattr(model, key) == config[key], key
-    assert (model.num_labels or 0) == config['num_labels']
+    assert model.num_labels == config['num_labels']
     h = tf.one_hot(ref['y'], config['num_labels']) if config['num_labels'] else None
     assert_close_to_official(model(ref['x'], h=h), ref['logits_ema'])
     nats = pixel_cnn_pp.log_prob(model, ref['x_uint8'], h=h)
@@ -173,16 +173,15 @@ def run_dir(tmp_path_factory, one_replica):
     """A save_dir as train.py leaves it: config.json and a checkpoint of a trainer whose raw
     and EMA weights differ."""
     d = str(tmp_path_factory.mktemp('run'))
-    trainer = Trainer(one_replica, dict(nr_resnet=1, nr_filters=6, nr_logistic_mix=2,
-                                        resnet_nonlinearity='elu', dropout_p=0.),
-                      (8, 12, 3), num_labels=5)
+    trainer = Trainer(ModelConfig(nr_resnet=1, nr_filters=6, nr_logistic_mix=2, resnet_nonlinearity='elu',
+                                  dropout_p=0., image_shape=(8, 12, 3), num_labels=5), strategy=one_replica)
     trainer.initialize(images((4, 8, 12, 3)), np.arange(4))
     # the raw weights move away from the EMA ones, as training moves them (a train step
     # would cost its tracing and check nothing more here: test_training tests the steps)
     rng = np.random.default_rng(3)
     for var in trainer.params.values():
         var.assign_add(rng.normal(0., 0.05, var.shape).astype(np.float32))
-    checkpoints.write_config(d, trainer.config())
+    config_lib.write(d, (trainer.model_config, trainer.train_config))
     path = tf.train.CheckpointManager(trainer.checkpoint, d, max_to_keep=3).save(checkpoint_number=2)
     return d, path, trainer
 

@@ -57,13 +57,14 @@ def tmpfs(size):
 
 # ---------------------------------------------------------------------- a stop at the epoch's end
 
-from pixel_cnn_pp import config as config_lib, data as data_lib, run as run_lib  # noqa: E402
+from pixel_cnn_pp import config as config_lib, data as data_lib, run as run_lib, savedir, stopping  # noqa: E402
 from pixel_cnn_pp.config import ModelConfig, TrainConfig  # noqa: E402
 from pixel_cnn_pp.training import Trainer  # noqa: E402
 
-END_MODEL = ModelConfig(nr_resnet=1, nr_filters=8, nr_logistic_mix=2, image_shape=(8, 8, 3))
+END_MODEL = ModelConfig(nr_resnet=1, nr_filters=8, nr_logistic_mix=2, image_shape=(8, 8, 3), dropout_p=0.5)
+NO_DROPOUT = dataclasses.replace(END_MODEL, dropout_p=0.)
 END_RUN = TrainConfig(data_set='npz', batch_size=4, init_batch_size=4, max_epochs=1, max_steps_per_epoch=4,
-                      save_interval=1, num_samples=0, seed=7, dropout_p=0.5, progress=False)
+                      save_interval=1, num_samples=0, seed=7, progress=False)
 # with samples: two epochs, two batches of samples each
 SAMPLES_RUN = dataclasses.replace(END_RUN, max_epochs=2, num_samples=2)
 EPOCH_LINE = re.compile(r'^Iteration (\d+), time = \d+s, train bits_per_dim = (\S+), test bits_per_dim = (\S+)$', re.M)
@@ -93,15 +94,15 @@ def signal_at(monkeypatch, n):
     """SIGTERM to this process at the n-th stop check of the epoch's end (the evaluation asks
     before each of its batches, then the samples before each of theirs)."""
     asked = []
-    stop_requested = run_lib.Run._stop_requested
+    abandon = stopping.Local.abandon
 
     def signal_midway(self):
         asked.append(1)
         if len(asked) == n:
             os.kill(os.getpid(), signal.SIGTERM)
-        return stop_requested(self)
+        return abandon(self)
 
-    monkeypatch.setattr(run_lib.Run, '_stop_requested', signal_midway)
+    monkeypatch.setattr(stopping.Local, 'abandon', signal_midway)
 
 
 def assert_stopped_at_the_epoch_end(e, save):
@@ -126,7 +127,7 @@ def test_a_signal_during_the_evaluation_abandons_it_and_resume_evaluates(tmp_pat
     from pixel_cnn_pp import training
     save = tmp_path / 'save'
     signal_at(monkeypatch, 2)
-    with pytest.raises(run_lib.Preempted) as e:
+    with pytest.raises(stopping.Preempted) as e:
         run_lib.train(END_MODEL, END_RUN, str(save), end_data())
     train_bpd = assert_stopped_at_the_epoch_end(e, save)
     assert not EPOCH_LINE.findall(capsys.readouterr().out)
@@ -152,7 +153,7 @@ def test_a_signal_during_the_samples_abandons_them_and_resume_is_exact(tmp_path,
     straight_dir, straight_state, straight_lines = uninterrupted(SAMPLES_RUN, tmp_path / 'straight')
     save = tmp_path / 'save'
     signal_at(monkeypatch, 4)  # 2 evaluation batches, then the samples
-    with pytest.raises(run_lib.Preempted) as e:
+    with pytest.raises(stopping.Preempted) as e:
         run_lib.train(END_MODEL, SAMPLES_RUN, str(save), end_data())
     assert_stopped_at_the_epoch_end(e, save)
     assert EPOCH_LINE.findall(capsys.readouterr().out) == straight_lines[:1]
@@ -252,15 +253,15 @@ def test_signal_checkpoints_the_step_and_resume_is_exact(tmp_path, monkeypatch, 
     weights, Adam state and history, bit for bit (dropout on)."""
     save = str(tmp_path / 'save')
     data = end_data(24)
-    save_method = run_lib.Run.save
+    save_method = savedir.Checkpoints.save
 
-    def save_with_second_signal(self):
+    def save_with_second_signal(self, step):
         os.kill(os.getpid(), signum)  # arrives while stopping: ignored
-        return save_method(self)
+        return save_method(self, step)
 
     step_hook(monkeypatch, lambda step: step == 3 and os.kill(os.getpid(), signum))
-    monkeypatch.setattr(run_lib.Run, 'save', save_with_second_signal)
-    with pytest.raises(run_lib.Preempted) as e:
+    monkeypatch.setattr(savedir.Checkpoints, 'save', save_with_second_signal)
+    with pytest.raises(stopping.Preempted) as e:
         run_lib.train(END_MODEL, STEPS_RUN, save, data)
     assert (e.value.signum, e.value.step) == (signum, 3) and e.value.checkpoint.endswith('ckpt-3')
     assert tf.train.latest_checkpoint(save).endswith('ckpt-3')
@@ -285,11 +286,10 @@ def test_time_based_checkpoints(tmp_path, monkeypatch):
     now = [0.]
     step_hook(monkeypatch, lambda step: now.__setitem__(0, now[0] + 20.))
     saved = []
-    save_method = run_lib.Run.save
-    monkeypatch.setattr(run_lib.Run, 'save', lambda self: saved.append(
-        int(self.trainer.optimizer.step.numpy())) or save_method(self))
-    train = dataclasses.replace(STEPS_RUN, max_epochs=1, max_steps_per_epoch=7, save_minutes=1., dropout_p=0.)
-    run_lib.train(END_MODEL, train, str(tmp_path), end_data(28), clock=lambda: now[0])
+    save_method = savedir.Checkpoints.save
+    monkeypatch.setattr(savedir.Checkpoints, 'save', lambda self, step: saved.append(step) or save_method(self, step))
+    train = dataclasses.replace(STEPS_RUN, max_epochs=1, max_steps_per_epoch=7, save_minutes=1.)
+    run_lib.train(NO_DROPOUT, train, str(tmp_path), end_data(28), clock=lambda: now[0])
     assert saved == [3, 6, 7]
     assert sorted(p.name for p in tmp_path.glob('ckpt-*.index')) == ['ckpt-3.index', 'ckpt-6.index',
                                                                       'ckpt-7.index']
@@ -302,7 +302,7 @@ def test_a_failed_write_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, mo
     run resumes from it; nothing half-written is left to be taken for a checkpoint."""
     save = str(tmp_path / 'save')
     data = end_data(24)
-    train = dataclasses.replace(STEPS_RUN, max_epochs=1, save_steps=2, dropout_p=0.)
+    train = dataclasses.replace(STEPS_RUN, max_epochs=1, save_steps=2)
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, 'No space left on device')
@@ -320,13 +320,13 @@ def test_a_failed_write_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, mo
         monkeypatch.setattr(tf.train.CheckpointManager, 'save', failing_save)
         path = os.path.join(save, 'ckpt-4')
     elif what == 'history':
-        step_hook(monkeypatch, lambda step: step == 3 and monkeypatch.setattr(run_lib.savedir.np, 'savez', full))
+        step_hook(monkeypatch, lambda step: step == 3 and monkeypatch.setattr(savedir.np, 'savez', full))
         path = os.path.join(save, 'test_bpd_npz.npz')
     else:
         monkeypatch.setattr(config_lib.json, 'dump', full)
         path = os.path.join(save, 'config.json')
-    with pytest.raises(run_lib.WriteError) as e:
-        run_lib.train(END_MODEL, train, save, data)
+    with pytest.raises(savedir.WriteError) as e:
+        run_lib.train(NO_DROPOUT, train, save, data)
     assert e.value.filename == path and e.value.errno in (errno.ENOSPC, errno.EIO)
     assert 'No space left on device' in e.value.strerror
     monkeypatch.undo()
@@ -398,14 +398,13 @@ def test_a_worker_acknowledges_agreed_saves_under_its_own_index():
     """A worker's watcher acknowledges each save the chief announces under its own index, from
     its very first acknowledgement (the chief waits for the acknowledgements of indices 1..n-1:
     one under another index would leave it waiting for ever)."""
-    from pixel_cnn_pp import run
-    key = run._AgreedSaves.KEY
-    service = FakeCoordinationService({key % 0: '7', key % 1: '12', key % 2: run._AgreedSaves.STOP})
-    agreed = run._AgreedSaves(chief=False, workers=3, worker_id=2, context=service)
+    key = stopping.AgreedSaves.KEY
+    service = FakeCoordinationService({key % 0: '7', key % 1: '12', key % 2: stopping.AgreedSaves.STOP})
+    agreed = stopping.AgreedSaves(chief=False, workers=3, worker_id=2, context=service)
     agreed.watcher.join(30)
     assert service.set == {key % 0 + '_ack_2': '1', key % 1 + '_ack_2': '1'}
     assert agreed.due(7) and agreed.due(12) and not agreed.due(7)
     chief = FakeCoordinationService({key % 0 + '_ack_1': '1', key % 0 + '_ack_2': '1'})
-    agreed = run._AgreedSaves(chief=True, workers=3, worker_id=0, context=chief)
+    agreed = stopping.AgreedSaves(chief=True, workers=3, worker_id=0, context=chief)
     agreed.announce(5)
     assert chief.set == {key % 0: '5'} and agreed.due(5) and agreed.watcher is None

@@ -163,7 +163,7 @@ def run_configs(strategy):
         return model, TrainConfig(**values), FLAGS.class_conditional, None
     given = {k: v for k, v in values.items() if k == 'replicas' or FLAGS[k].present}
     given.update({k: v for k, v in model.items() if FLAGS[k].present})
-    model_config, train_config, changed, unrecorded = run.resume_configs(FLAGS.save_dir, given)
+    model_config, train_config, changed, unrecorded = config.resume_from(FLAGS.save_dir, given)
     if FLAGS['class_conditional'].present and FLAGS.class_conditional != bool(model_config.num_labels):
         raise app.UsageError('--class_conditional=%s, but the run in %s being resumed is %s' % (
             FLAGS.class_conditional, FLAGS.save_dir, 'conditioned on %d labels' % model_config.num_labels

@@ -352,3 +352,13 @@ def resume(saved, given, save_dir='.'):
     unrecorded = [k for k in train_fields if k not in saved]
     model, train = run_configs(merged)
     return model, train, changed, unrecorded
+
+
+def resume_from(save_dir, given):
+    """resume() on save_dir's config.json; a save_dir with no config.json is a
+    ConfigError."""
+    saved = read(save_dir)
+    if saved is None:
+        raise ConfigError('save_dir=%s holds no %s: no run to continue (resume=True continues the '
+                          'run that save_dir holds)' % (save_dir, CONFIG_FILE), 'save_dir', 'resume')
+    return resume(saved, given, save_dir)

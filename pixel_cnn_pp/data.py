@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from pixel_cnn_pp import config, imagenet, tfds_sets
 from pixel_cnn_pp.datafiles import DataError, first_line, is_npz, load_pickle
+from pixel_cnn_pp.config import ConfigError
 from pixel_cnn_pp.images import scale
 
 CIFAR_DIR = os.path.join('cifar-10-python', 'cifar-10-batches-py')
@@ -292,3 +293,27 @@ def test_batches(strategy, data, per_replica_batch):
     padded = -np.ones(-(-n // global_batch) * global_batch, np.int64)
     padded[:n] = np.arange(n)
     return Batches(strategy, data.test_x, data.test_y, padded.reshape(-1, global_batch), per_replica_batch)
+
+
+def check_fits(data, model_config, train_config, replicas):
+    """That a run of these configs on `replicas` replicas can train on data (config.ConfigErrors
+    naming the field), before anything is written."""
+    shape = tuple(data.train_x.shape[1:])
+    if train_config.replicas != replicas:
+        raise ConfigError('replicas=%d but the strategy has %d replicas' % (train_config.replicas, replicas),
+                          'replicas')
+    if shape != model_config.image_shape:
+        raise ConfigError('the data set\'s images are %s but image_shape=%s'
+                          % ('x'.join(map(str, shape)), 'x'.join(map(str, model_config.image_shape))),
+                          'image_shape')
+    if model_config.num_labels and model_config.num_labels != data.num_labels:
+        raise ConfigError('num_labels=%d but the data set has %s labels'
+                          % (model_config.num_labels, data.num_labels), 'num_labels')
+    update = train_config.update_images
+    if len(data.train_x) < update:
+        raise ConfigError('%d training images make no update of %d (batch_size x %d replicas x %d '
+                          'accum_steps)' % (len(data.train_x), update, train_config.replicas,
+                                            train_config.accum_steps), 'batch_size', 'accum_steps')
+    if train_config.init_batch_size > len(data.train_x):
+        raise ConfigError('init_batch_size=%d is more than the %d training images'
+                          % (train_config.init_batch_size, len(data.train_x)), 'init_batch_size')

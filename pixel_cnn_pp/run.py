@@ -1,9 +1,11 @@
 """A training run: the official train.py's loop, top to bottom, in a save_dir that survives
-real machines. Read beside the official train.py: the data-dependent init (its
-`initializer` run on the first batch), then per epoch the training steps (`optimizer` on
-each feed: the update and the Polyak average, Trainer.train_step), the test bits/dim of the
-averaged weights (`bits_per_dim_test` summed over the test set), the epoch's line, and every
-save_interval epochs the samples (`sample_from_model`) and a checkpoint (`saver.save`).
+real machines. Read it beside the official train.py's part under `perform training`; the
+comments here are its own (`# init`, `# train for one epoch`, `# compute likelihood over test
+data`, `# log progress to console`, `# generate samples from the model`, `# save params`):
+`train` is its set-up and `# init` (the data-dependent init on init_batch_size images, or
+--load_params' restore), `epochs` its epoch loop (`sess.run([bits_per_dim, optimizer])` is
+Trainer.train_step: the update, then the Polyak average), `write_samples` its
+`sample_from_model` and plotting.
 
 What it calls, each a job of its own: training.Trainer (the steps' mathematics),
 savedir.py (the folder, its lock, checkpoints, history and failed writes), stopping.py
@@ -19,7 +21,6 @@ import tensorflow as tf
 
 from pixel_cnn_pp import config as config_lib, data as data_lib, files, images, progress, sampling, savedir, \
     stopping, training
-from pixel_cnn_pp.config import ConfigError
 
 
 def train(model_config, train_config, save_dir, data, strategy=None, resume=False, clock=time.monotonic):
@@ -30,8 +31,8 @@ def train(model_config, train_config, save_dir, data, strategy=None, resume=Fals
     c = train_config
     strategy = strategy or tf.distribute.OneDeviceStrategy(
         '/gpu:0' if tf.config.list_physical_devices('GPU') else '/cpu:0')
-    check(model_config, train_config, data, strategy)
-    chief = is_chief(strategy)
+    data_lib.check_fits(data, model_config, train_config, strategy.num_replicas_in_sync)
+    chief = stopping.is_chief(strategy)
     task = getattr(getattr(strategy, 'cluster_resolver', None), 'task_id', 0)
     directory = save_dir if chief else os.path.join(save_dir, 'worker%d' % task)  # the others keep their own
     created = files.Created(save_dir) if chief and not resume else None  # removed if it fails unsaved
@@ -44,12 +45,13 @@ def train(model_config, train_config, save_dir, data, strategy=None, resume=Fals
             saves = savedir.Checkpoints(trainer, directory, os.path.join(save_dir, 'test_bpd_%s.npz' % c.data_set),
                                         chief, c.save_minutes, clock)
             print('%s over %d replica(s); each update: %d replica(s) x %d micro-batch(es) x %d images = %d images'
-                  % (strategy_name(strategy), c.replicas, c.replicas, c.accum_steps, c.batch_size, c.update_images))
+                  % (stopping.strategy_name(strategy), c.replicas, c.replicas, c.accum_steps, c.batch_size, c.update_images))
+            # init
             if resume:
                 print('restoring parameters from', saves.restore())
             else:
                 saves.refuse_existing(save_dir)
-                print('initializing the model...')  # official: sess.run(initializer, init feed)
+                print('initializing the model...')
                 first = data_lib.epoch_order(len(data.train_x), c.seed, 0)[:c.init_batch_size]
                 trainer.initialize(images.scale(data.train_x[first]),
                                    data.train_y[first] if model_config.num_labels else None)
@@ -58,7 +60,7 @@ def train(model_config, train_config, save_dir, data, strategy=None, resume=Fals
                                 lambda: config_lib.write(save_dir, (model_config, train_config)))
             writer = tf.summary.create_file_writer(os.path.join(save_dir, 'tensorboard')) if chief \
                 else tf.summary.create_noop_writer()
-            policy = stopping.Cluster(saves, strategy, chief, trainer.step) if is_cluster(strategy) \
+            policy = stopping.Cluster(saves, strategy, chief, trainer.step) if stopping.is_cluster(strategy) \
                 else stopping.Local(saves)
             print('starting training', flush=True)
             try:
@@ -81,7 +83,7 @@ def epochs(trainer, saves, policy, data, c, model_config, save_dir):
     steps = min(steps, c.max_steps_per_epoch or steps)
     for epoch in range(int(trainer.epoch.numpy()), c.max_epochs):
         begin = time.time()
-        # train for one epoch (official: for d in train_data: sess.run([bits_per_dim, optimizer]))
+        # train for one epoch (from where a resumed run stopped)
         skip = int(trainer.epoch_step.numpy())
         losses, ran, seconds, t0 = saves.start_epoch(epoch), 0, 0., time.time()
         bar = progress.bar(steps, enabled=c.progress, stateful_metrics=['bits_per_dim', 'images/s'])
@@ -103,14 +105,16 @@ def epochs(trainer, saves, policy, data, c, model_config, save_dir):
                 policy.at_boundary(step)
             t0 = time.time()
         step = trainer.step()
-        # test the averaged weights (official: bits_per_dim_test over test_data); until the
-        # epoch is counted done, a stop abandons it and the resumed run tests it again
+        # compute likelihood over test data, with the averaged weights (until the epoch is
+        # counted done, a stop abandons it, and the resumed run computes it again)
         test_bpd = trainer.evaluate(test_batches, stop=policy.abandon)
         if test_bpd is None:
             policy.stop(step)
         train_bpd = float(np.mean(losses)) if losses else float('nan')
+        # log progress to console
         print('Iteration %d, time = %ds, train bits_per_dim = %.4f, test bits_per_dim = %.4f'
               % (epoch, time.time() - begin, train_bpd, test_bpd), flush=True)
+        # generate samples from the model
         if epoch % c.save_interval == 0 and c.num_samples and not write_samples(
                 trainer, policy, saves, c, model_config, epoch, save_dir):
             policy.stop(step)
@@ -122,7 +126,8 @@ def epochs(trainer, saves, policy, data, c, model_config, save_dir):
         tf.summary.scalar('lr', float(trainer.optimizer.lr.numpy()), step=step)
         if ran:
             tf.summary.scalar('images_per_second', ran * c.update_images / max(seconds, 1e-9), step=step)
-        if epoch % c.save_interval == 0 or epoch == c.max_epochs - 1:  # official: saver.save
+        # save params (and the last epoch's, which the official code may leave unsaved)
+        if epoch % c.save_interval == 0 or epoch == c.max_epochs - 1:
             saves.save(step)
         policy.at_boundary(step, epoch_end=True)
 
@@ -146,58 +151,3 @@ def write_samples(trainer, policy, saves, c, model_config, epoch, save_dir):
     tf.summary.image('samples', drawn[:16], step=trainer.step(), max_outputs=16)
     print('wrote %s.png and .npz' % prefix)
     return True
-
-
-def check(model_config, train_config, data, strategy):
-    """What needs the data and the strategy to check, before anything is written."""
-    shape = tuple(data.train_x.shape[1:])
-    if train_config.replicas != strategy.num_replicas_in_sync:
-        raise ConfigError('replicas=%d but the strategy has %d replicas'
-                          % (train_config.replicas, strategy.num_replicas_in_sync), 'replicas')
-    if shape != model_config.image_shape:
-        raise ConfigError('the data set\'s images are %s but image_shape=%s'
-                          % ('x'.join(map(str, shape)), 'x'.join(map(str, model_config.image_shape))),
-                          'image_shape')
-    if model_config.num_labels and model_config.num_labels != data.num_labels:
-        raise ConfigError('num_labels=%d but the data set has %s labels'
-                          % (model_config.num_labels, data.num_labels), 'num_labels')
-    update = train_config.update_images
-    if len(data.train_x) < update:
-        raise ConfigError('%d training images make no update of %d (batch_size x %d replicas x %d '
-                          'accum_steps)' % (len(data.train_x), update, train_config.replicas,
-                                            train_config.accum_steps), 'batch_size', 'accum_steps')
-    if train_config.init_batch_size > len(data.train_x):
-        raise ConfigError('init_batch_size=%d is more than the %d training images'
-                          % (train_config.init_batch_size, len(data.train_x)), 'init_batch_size')
-
-
-def is_chief(strategy):
-    """Whether this process writes the run's files (the chief of a cluster, else worker 0)."""
-    resolver = getattr(strategy, 'cluster_resolver', None)
-    if resolver is None or not resolver.task_type:
-        return True
-    if resolver.task_type == 'chief':
-        return True
-    return resolver.task_type == 'worker' and resolver.task_id == 0 and \
-        'chief' not in resolver.cluster_spec().as_dict()
-
-
-def strategy_name(strategy):
-    """tf.distribute's public name of the strategy's class."""
-    return next((name for name in ('MultiWorkerMirroredStrategy', 'MirroredStrategy', 'OneDeviceStrategy')
-                 if isinstance(strategy, getattr(tf.distribute, name))), type(strategy).__name__)
-
-
-def is_cluster(strategy):
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
-        bool(strategy.cluster_resolver.cluster_spec().jobs)
-
-
-def resume_configs(save_dir, given):
-    """config.resume on save_dir's config.json; a save_dir with no config.json is a
-    ConfigError."""
-    saved = config_lib.read(save_dir)
-    if saved is None:
-        raise ConfigError('save_dir=%s holds no %s: no run to continue (resume=True continues the '
-                          'run that save_dir holds)' % (save_dir, config_lib.CONFIG_FILE), 'save_dir', 'resume')
-    return config_lib.resume(saved, given, save_dir)

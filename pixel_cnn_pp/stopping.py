@@ -190,3 +190,25 @@ class Cluster(Local):
             self.checkpoints.save_on_time(step)
         elif self.chief and self.checkpoints.time_is_up(step):
             self.agreed.announce(step + 1)
+
+
+def is_chief(strategy):
+    """Whether this process writes the run's files (the chief of a cluster, else worker 0)."""
+    resolver = getattr(strategy, 'cluster_resolver', None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == 'chief':
+        return True
+    return resolver.task_type == 'worker' and resolver.task_id == 0 and \
+        'chief' not in resolver.cluster_spec().as_dict()
+
+
+def strategy_name(strategy):
+    """tf.distribute's public name of the strategy's class."""
+    return next((name for name in ('MultiWorkerMirroredStrategy', 'MirroredStrategy', 'OneDeviceStrategy')
+                 if isinstance(strategy, getattr(tf.distribute, name))), type(strategy).__name__)
+
+
+def is_cluster(strategy):
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and \
+        bool(strategy.cluster_resolver.cluster_spec().jobs)

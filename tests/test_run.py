@@ -269,7 +269,7 @@ def test_signal_checkpoints_the_step_and_resume_is_exact(tmp_path, monkeypatch, 
     assert not os.path.exists(os.path.join(save, 'lock'))
     assert signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL)  # restored
     monkeypatch.undo()
-    model, train, changed, _ = run_lib.resume_configs(save, {})
+    model, train, changed, _ = config_lib.resume_from(save, {})
     assert (model, train, changed) == (END_MODEL, STEPS_RUN, [])
     run_lib.train(model, train, save, data, resume=True)
     state, history = straight_run
@@ -338,7 +338,7 @@ def test_a_failed_write_stops_the_run_and_keeps_the_last_checkpoint(tmp_path, mo
     from pixel_cnn_pp import checkpoints
     assert checkpoints.load(save).checkpoint_path.endswith('ckpt-2')
     if what == 'checkpoint':  # (the resume from ckpt-2 after either failure is the same)
-        run_lib.train(*run_lib.resume_configs(save, {})[:2], save, data, resume=True)
+        run_lib.train(*config_lib.resume_from(save, {})[:2], save, data, resume=True)
         assert tf.train.latest_checkpoint(save).endswith('ckpt-5')
 
 

@@ -70,11 +70,28 @@ def flag_name(field):
     return FLAG_OF_FIELD.get(field, field)
 
 
+def as_flag(field, value, name_only=False):
+    """A setting as the command line writes it: --batch_size=16, --load_params for
+    resume=True, --noema for ema=False; its Python name where no flag of this script sets it."""
+    flag = flag_name(field)
+    if flag not in FLAGS:
+        return config.as_argument(field, value, name_only)
+    if name_only or value is config.NO_VALUE:
+        return '--' + flag
+    if isinstance(value, bool):
+        return '--%s%s' % ('' if value else 'no', flag)
+    if isinstance(value, (tuple, list)):
+        value = ','.join(map(str, value))
+    return '--%s=%s' % (flag, value)
+
+
 def flag_message(error):
-    """A library error's message with the fields it names (`error.fields`, e.g. of a
-    config.ConfigError) written as the flags that set them: `batch_size=16` becomes
-    `--batch_size=16`, `resume=True` `--load_params` (an error without `fields`: those of
-    UNNAMED_FIELDS). The one place that knows both."""
+    """A library error's message with the settings it names written as the flags that set
+    them (as_flag): a config.ConfigError renders its own placeholders. (Others, and messages
+    without placeholders: the fields they name, `error.fields` or UNNAMED_FIELDS, found in
+    the text.) The one place that knows both names."""
+    if isinstance(error, config.ConfigError) and error.values:
+        return error.render(as_flag)
     text = str(error)
     for field in getattr(error, 'fields', None) or UNNAMED_FIELDS:
         flag = flag_name(field)

@@ -25,12 +25,43 @@ MIXTURE_PARAMS = {1: 3, 3: 10}  # outputs per logistic of the mixture, by channe
 
 
 class ConfigError(ValueError):
-    """A setting that cannot be, or cannot be combined: `fields` are the names (Python
-    arguments / config fields) its message mentions."""
+    """A setting that cannot be, or cannot be combined. `message` is one sentence in which the
+    settings it names stand as {field} (written field=value), {field:name} (the name alone) or
+    {field=_key} (field with another value, values['_key']); `values` gives each one's value,
+    the first keyword the field at fault. `fields` are their names. str(e) writes them as
+    Python arguments (batch_size=16), cli.py as the flags that set them (--batch_size=16),
+    from one table: no sentence is rewritten. (A message without placeholders names its
+    fields as positional arguments.)"""
 
-    def __init__(self, message, *fields):
-        super().__init__(message)
-        self.fields = fields
+    PLACEHOLDER = re.compile(r'\{(\w+)(?:(:name)|=(_\w+))?\}')
+
+    def __init__(self, message, *fields, **values):
+        self.template, self.values = message, values
+        self.fields = tuple(k for k in values if not k.startswith('_')) + fields
+        super().__init__(self.render(as_argument))
+
+    @property
+    def field(self):
+        """The setting at fault."""
+        return self.fields[0] if self.fields else None
+
+    def render(self, write):
+        """The message with each setting written by write(field, value, name_only) (value:
+        NO_VALUE where none was given)."""
+        def setting(m):
+            field = m.group(1)
+            if field not in self.fields:  # not a placeholder: text of the message (a path's braces)
+                return m.group(0)
+            return write(field, self.values.get(m.group(3) or field, NO_VALUE), bool(m.group(2)))
+        return self.PLACEHOLDER.sub(setting, self.template)
+
+
+NO_VALUE = object()
+
+
+def as_argument(field, value, name_only=False):
+    """A setting as Python writes it: `batch_size=16`, `resume=True`, or the name alone."""
+    return field if name_only or value is NO_VALUE else '%s=%s' % (field, value)
 
 
 def fits(shape, channels=CHANNELS):
@@ -41,44 +72,50 @@ def fits(shape, channels=CHANNELS):
     return sizes_fit and (len(shape) < 3 or shape[2] in channels)
 
 
-def _raise(error, message, field):
-    raise error(message, field) if issubclass(error, ConfigError) else error(message)
+def refuse(field, problem, error=ConfigError):
+    """Raises `error` (a ConfigError unless told) saying `problem` of the argument `field`,
+    named where it is an identifier (a placeholder), else written as it is."""
+    placeholder = '{%s:name}' % field if field.isidentifier() else field
+    if issubclass(error, ConfigError):
+        raise error('%s %s' % (placeholder, problem), field) if field.isidentifier() else error(
+            '%s %s' % (field, problem))
+    raise error('%s %s' % (field, problem))
 
 
 def check_image_shape(shape, field='image_shape', error=ConfigError):
-    """The shape rule (`fits`) of an image shape (H, W, C), named `field` in the error
-    (`error`, a ConfigError unless told). Returns the shape as a tuple of ints."""
+    """The shape rule (`fits`) of an image shape (H, W, C) named `field` (`error`: the type
+    raised, a ConfigError unless told). Returns the shape as a tuple of ints."""
     try:
         shape = tuple(int(d) for d in shape)
     except (TypeError, ValueError):
-        _raise(error, '%s must be (H, W, C), got %r' % (field, shape), field)
+        refuse(field, 'must be (H, W, C), got %r' % (shape,), error)
     if len(shape) != 3 or not fits(shape):
-        _raise(error, '%s must be (H, W, C) with H and W positive multiples of 4 and C = 1 or 3, '
-               'got %r' % (field, shape), field)
+        refuse(field, 'must be (H, W, C) with H and W positive multiples of 4 and C = 1 or 3, got %r'
+               % (shape,), error)
     return shape
 
 
 def check_channels(channels, field, shape=None, error=ConfigError):
     """The shape rule's C: 1 (grayscale) or 3 (RGB), of `field` (of that shape)."""
     if channels not in CHANNELS:
-        _raise(error, '%s must have 1 (grayscale) or 3 (RGB) channels, got %s'
-               % (field, 'shape %s' % (tuple(shape),) if shape is not None else channels), field)
+        refuse(field, 'must have 1 (grayscale) or 3 (RGB) channels, got %s'
+               % ('shape %s' % (tuple(shape),) if shape is not None else channels), error)
 
 
 def check_images(shape, field='images', channels=CHANNELS, error=ConfigError):
-    """The shape rule of a batch of images (N, H, W, C), named `field` in the error;
-    `channels`: the C allowed (a built model's own). Returns the shape as a tuple."""
+    """The shape rule of a batch of images (N, H, W, C) named `field`; `channels`: the C
+    allowed (a built model's own). Returns the shape as a tuple."""
     shape = tuple(shape)
     if len(shape) != 4:
-        _raise(error, '%s must be a 4-D batch of images (N, H, W, C), got shape %s' % (field, shape), field)
+        refuse(field, 'must be a 4-D batch of images (N, H, W, C), got shape %s' % (shape,), error)
     if shape[3] not in channels:
         if channels == CHANNELS:
             check_channels(shape[3], field, shape, error)
-        _raise(error, "%s must have %s channels (the model's), got shape %s"
-               % (field, ' or '.join(map(str, channels)), shape), field)
+        refuse(field, "must have %s channels (the model's), got shape %s" % (' or '.join(map(str, channels)), shape),
+               error)
     if not fits(shape[1:]):
-        _raise(error, '%s must have a height and width that are positive multiples of 4 (two stride-2 '
-               'downsamplings), got shape %s' % (field, shape), field)
+        refuse(field, 'must have a height and width that are positive multiples of 4 (two stride-2 '
+               'downsamplings), got shape %s' % (shape,), error)
     return shape
 
 
@@ -86,15 +123,15 @@ def _positive_int(obj, *names):
     for name in names:
         value = getattr(obj, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError('%s must be a positive integer, got %r' % (name, value), name)
+            raise ConfigError('{%s} is not a positive integer' % name, **{name: value})
 
 
 def _in_range(obj, name, low, high, low_open=False, high_open=False):
     value = getattr(obj, name)
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value or \
             value < low or value > high or (low_open and value == low) or (high_open and value == high):
-        raise ConfigError('%s must be in %s%g, %g%s, got %r' % (
-            name, '(' if low_open else '[', low, high, ')' if high_open else ']', value), name)
+        raise ConfigError('{%s} is not in %s%g, %g%s' % (
+            name, '(' if low_open else '[', low, high, ')' if high_open else ']'), **{name: value})
 
 
 def check_dropout_p(dropout_p):
@@ -119,12 +156,12 @@ class ModelConfig:
     def __post_init__(self):
         _positive_int(self, 'nr_resnet', 'nr_filters', 'nr_logistic_mix')
         if self.resnet_nonlinearity not in NONLINEARITIES:
-            raise ConfigError('resnet_nonlinearity must be one of %s, got %r'
-                              % (', '.join(NONLINEARITIES), self.resnet_nonlinearity), 'resnet_nonlinearity')
+            raise ConfigError('{resnet_nonlinearity} is not one of %s' % ', '.join(NONLINEARITIES),
+                              resnet_nonlinearity=self.resnet_nonlinearity)
         object.__setattr__(self, 'energy_distance', bool(self.energy_distance))
         object.__setattr__(self, 'image_shape', check_image_shape(self.image_shape))
         if isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int) or self.num_labels < 0:
-            raise ConfigError('num_labels must be an integer >= 0, got %r' % (self.num_labels,), 'num_labels')
+            raise ConfigError('{num_labels} is not an integer >= 0', num_labels=self.num_labels)
         check_dropout_p(self.dropout_p)
 
     # the fields a checkpoint's variables say (and the official model flags)
@@ -162,28 +199,27 @@ class ModelConfig:
                 raise ValueError('%s: its config.json says %s=%r but the checkpoint has %s=%r'
                                  % (path, key, saved[key], key, found))
             if key in given and key in inferred and given[key] != found:
-                raise ConfigError('%s=%r was given, but the checkpoint %s has %s'
-                                  % (key, given[key], path, 'no labels (unconditional)'
-                                     if key == 'num_labels' and not found else '%r' % (found,)), key)
+                raise ConfigError('{%s} was given, but the checkpoint %s has %s'
+                                  % (key, path, 'no labels (unconditional)' if key == 'num_labels' and not found
+                                     else '%r' % (found,)), **{key: given[key]})
             kwargs[key] = given.get(key, found)
         allowed = inferred['nonlinearities']
         nonlinearity = given.get('resnet_nonlinearity', saved.get('resnet_nonlinearity'))
         if nonlinearity is None and len(allowed) > 1:
             raise ConfigError("%s: the checkpoint's resnet blocks take %s, which its shapes cannot tell "
-                              'apart: pass resnet_nonlinearity' % (path, ' or '.join(map(repr, allowed))),
+                              'apart: pass {resnet_nonlinearity:name}' % (path, ' or '.join(map(repr, allowed))),
                               'resnet_nonlinearity')
         if nonlinearity is not None and nonlinearity not in allowed:
-            raise ConfigError('resnet_nonlinearity=%r was given, but the checkpoint %s has resnet '
-                              'blocks of %s' % (nonlinearity, path, ' or '.join(map(repr, allowed))),
-                              'resnet_nonlinearity')
+            raise ConfigError('{resnet_nonlinearity} was given, but the checkpoint %s has resnet blocks of %s'
+                              % (path, ' or '.join(map(repr, allowed))), resnet_nonlinearity=nonlinearity)
         kwargs['resnet_nonlinearity'] = nonlinearity or allowed[0]
         channels = inferred['channels']
         image_shape = tuple(given.get('image_shape') or saved.get('image_shape') or (32, 32))
         if len(image_shape) == 2:
             image_shape += (channels,)
         elif image_shape[2] != channels:
-            raise ConfigError('image_shape=%r was given, but the checkpoint %s is of %d-channel images'
-                              % (image_shape, path, channels), 'image_shape')
+            raise ConfigError('{image_shape} was given, but the checkpoint %s is of %d-channel images'
+                              % (path, channels), image_shape=image_shape)
         if kwargs['nr_logistic_mix'] is None:
             kwargs.pop('nr_logistic_mix')
         dropout_p = given.get('dropout_p', saved.get('dropout_p', cls.dropout_p))
@@ -251,11 +287,9 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.data_set not in DATA_SETS:
-            raise ConfigError('data_set must be one of %s, got %r' % (', '.join(DATA_SETS), self.data_set),
-                              'data_set')
+            raise ConfigError('{data_set} is not one of %s' % ', '.join(DATA_SETS), data_set=self.data_set)
         if self.precision not in PRECISIONS:
-            raise ConfigError('precision must be one of %s, got %r' % (', '.join(PRECISIONS), self.precision),
-                              'precision')
+            raise ConfigError('{precision} is not one of %s' % ', '.join(PRECISIONS), precision=self.precision)
         _positive_int(self, 'batch_size', 'replicas', 'accum_steps', 'max_epochs', 'init_batch_size',
                       'save_interval')
         if self.max_steps_per_epoch is not None:
@@ -263,9 +297,9 @@ class TrainConfig:
         for name in ('save_steps', 'num_samples'):
             if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or \
                     getattr(self, name) < 0:
-                raise ConfigError('%s must be an integer >= 0, got %r' % (name, getattr(self, name)), name)
+                raise ConfigError('{%s} is not an integer >= 0' % name, **{name: getattr(self, name)})
         if not isinstance(self.seed, int):
-            raise ConfigError('seed must be an integer, got %r' % (self.seed,), 'seed')
+            raise ConfigError('{seed} is not an integer', seed=self.seed)
         _in_range(self, 'learning_rate', 0., float('inf'))
         _in_range(self, 'lr_decay', 0., 1., low_open=True)
         _in_range(self, 'polyak_decay', 0., 1., low_open=True)
@@ -346,9 +380,9 @@ def resume(saved, given, save_dir='.'):
             changed.append((key, old, value))
             merged[key] = value
         else:
-            raise ConfigError('%s=%r, but the run in %s being resumed has %s=%r (%s): a resumed run '
-                              'keeps it, to be the run it would have been uninterrupted'
-                              % (key, value, save_dir, key, old, CONFIG_FILE), key)
+            raise ConfigError('{%s}, but the run in %s being resumed has {%s=_saved} (%s): a resumed run keeps it, '
+                              'to be the run it would have been uninterrupted' % (key, save_dir, key, CONFIG_FILE),
+                              **{key: value, '_saved': old})
     unrecorded = [k for k in train_fields if k not in saved]
     model, train = run_configs(merged)
     return model, train, changed, unrecorded
@@ -359,6 +393,6 @@ def resume_from(save_dir, given):
     ConfigError."""
     saved = read(save_dir)
     if saved is None:
-        raise ConfigError('save_dir=%s holds no %s: no run to continue (resume=True continues the '
-                          'run that save_dir holds)' % (save_dir, CONFIG_FILE), 'save_dir', 'resume')
+        raise ConfigError('{save_dir} holds no %s: no run to continue ({resume} continues the run that '
+                          '{save_dir:name} holds)' % CONFIG_FILE, save_dir=save_dir, resume=True)
     return resume(saved, given, save_dir)

@@ -300,20 +300,18 @@ def check_fits(data, model_config, train_config, replicas):
     naming the field), before anything is written."""
     shape = tuple(data.train_x.shape[1:])
     if train_config.replicas != replicas:
-        raise ConfigError('replicas=%d but the strategy has %d replicas' % (train_config.replicas, replicas),
-                          'replicas')
+        raise ConfigError('{replicas}, but the strategy has %d replicas' % replicas, replicas=train_config.replicas)
     if shape != model_config.image_shape:
-        raise ConfigError('the data set\'s images are %s but image_shape=%s'
-                          % ('x'.join(map(str, shape)), 'x'.join(map(str, model_config.image_shape))),
-                          'image_shape')
+        raise ConfigError('{image_shape}, but the data set\'s images are %s' % (shape,),
+                          image_shape=model_config.image_shape)
     if model_config.num_labels and model_config.num_labels != data.num_labels:
-        raise ConfigError('num_labels=%d but the data set has %s labels'
-                          % (model_config.num_labels, data.num_labels), 'num_labels')
-    update = train_config.update_images
-    if len(data.train_x) < update:
-        raise ConfigError('%d training images make no update of %d (batch_size x %d replicas x %d '
-                          'accum_steps)' % (len(data.train_x), update, train_config.replicas,
-                                            train_config.accum_steps), 'batch_size', 'accum_steps')
-    if train_config.init_batch_size > len(data.train_x):
-        raise ConfigError('init_batch_size=%d is more than the %d training images'
-                          % (train_config.init_batch_size, len(data.train_x)), 'init_batch_size')
+        raise ConfigError('{num_labels}, but the data set has %s labels' % data.num_labels,
+                          num_labels=model_config.num_labels)
+    c = train_config
+    if len(data.train_x) < c.update_images:
+        raise ConfigError('{batch_size} x %d replica(s) x {accum_steps} is more than the %d training images (no '
+                          'update)' % (c.replicas, len(data.train_x)), batch_size=c.batch_size,
+                          accum_steps=c.accum_steps)
+    if c.init_batch_size > len(data.train_x):
+        raise ConfigError('{init_batch_size} is more than the %d training images' % len(data.train_x),
+                          init_batch_size=c.init_batch_size)

@@ -30,9 +30,6 @@ LOCK_FILE = 'lock'
 class InUse(ConfigError):
     """Another run holds the save_dir."""
 
-    def __init__(self, message):
-        super().__init__(message, 'save_dir')
-
 
 class Lock:
     """An exclusive lock on a save_dir: a file holding the owner's pid, host and start time,
@@ -51,8 +48,8 @@ class Lock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise InUse('save_dir=%s is in use by another run (%s); wait for it to end or use '
-                            'another save_dir' % (os.path.dirname(self.path), self._owner_text()))
+                raise InUse('{save_dir} is in use by another run (%s); wait for it to end or use another '
+                            '{save_dir:name}' % self._owner_text(), save_dir=os.path.dirname(self.path))
             # the owner may have removed the file between our open and flock: lock the file
             # that is there now
             if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
@@ -64,9 +61,9 @@ class Lock:
             if owner.get('host') != socket.gethostname():
                 os.close(self.fd)  # the other host's lock file stays
                 self.fd = None
-                raise InUse('save_dir=%s holds the lock file of a run on host %s (%s); if that run '
-                            'has ended, delete %s' % (os.path.dirname(self.path), owner.get('host'),
-                                                      self._describe(owner), self.path))
+                raise InUse('{save_dir} holds the lock file of a run on host %s (%s); if that run has ended, '
+                            'delete %s' % (owner.get('host'), self._describe(owner), self.path),
+                            save_dir=os.path.dirname(self.path))
             print('warning: taking over the stale lock of %s, which is no longer running'
                   % self._describe(owner))
         info = json.dumps(dict(pid=os.getpid(), host=socket.gethostname(),
@@ -116,7 +113,7 @@ def opened(save_dir, chief):
             lock.release()  # a lock file written in part
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):  # the machine's, not the user's
             raise write_error(e.filename or (lock.path if lock else save_dir), e) from None
-        raise ConfigError('save_dir=%s cannot be written (%s)' % (save_dir, e.strerror or e), 'save_dir') from None
+        raise ConfigError('{save_dir} cannot be written (%s)' % (e.strerror or e), save_dir=save_dir) from None
     try:
         if chief:
             remove_leftovers(save_dir)
@@ -214,9 +211,8 @@ class Checkpoints:
         """A new run: its folder must hold no checkpoint (ConfigError naming save_dir)."""
         found = checkpoints.run_checkpoints(self.directory)
         if found:
-            raise ConfigError('save_dir=%s already holds checkpoints (%s): pass resume=True to continue '
-                              'it, or use another save_dir' % (save_dir, os.path.basename(found[0])),
-                              'save_dir', 'resume')
+            raise ConfigError('{save_dir} already holds checkpoints (%s): pass {resume} to continue it, or use '
+                              'another {save_dir:name}' % os.path.basename(found[0]), save_dir=save_dir, resume=True)
 
     def restore(self):
         """The newest readable checkpoint restored, and the history of its epochs and of the

@@ -102,7 +102,8 @@ def test_resume_refuses_what_would_change_the_run(field, value):
     with pytest.raises(ConfigError) as e:
         config.resume(SAVED, {field: value}, 'save')
     assert e.value.fields == (field,)
-    assert str(e.value).startswith('%s=%r, but the run in save being resumed has %s=%r'
+    assert e.value.values[field] == value and e.value.values['_saved'] == SAVED[field]
+    assert str(e.value).startswith('%s=%s, but the run in save being resumed has %s=%s'
                                    % (field, value, field, SAVED[field]))
 
 

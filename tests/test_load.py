@@ -107,7 +107,7 @@ def test_v1_single_file_checkpoint(tmp_path):
     (dict(nr_resnet=2), r'nr_resnet=2 was given, but the checkpoint .* has 1$'),
     (dict(nr_logistic_mix=10), r'nr_logistic_mix=10 was given, but .* has 5$'),
     (dict(num_labels=10), r'num_labels=10 was given, but the checkpoint .* has no labels'),
-    (dict(resnet_nonlinearity='elu'), r"resnet_nonlinearity='elu' was given, but .* 'concat_elu'"),
+    (dict(resnet_nonlinearity='elu'), r"resnet_nonlinearity=elu was given, but .* 'concat_elu'"),
     (dict(image_shape=(8, 8, 1)), r'image_shape=\(8, 8, 1\) was given, but .* 3-channel images'),
 ])
 def test_override_that_contradicts_the_checkpoint(overrides, message):

@@ -309,7 +309,7 @@ def test_short_usage_errors_from_the_command_line(tmp_path):
 
 @pytest.mark.parametrize('args, message', [
     (['--init_batch_size=9', '--batch_size=4'], '--init_batch_size=9 is more than the 8 training images'),
-    (['--batch_size=9'], '8 training images make no update of 9')])
+    (['--batch_size=9'], '--batch_size=9 x 1 replica(s) x --accum_steps=1 is more than the 8 training images')])
 def test_short_usage_errors(tmp_path, args, message):
     """Too few images for a batch: a message of at most two lines, before anything is written."""
     data = write_npz(tmp_path / 'data.npz', n_train=8)

@@ -5,7 +5,7 @@ from typing import NamedTuple, Optional
 import tensorflow as tf
 import keras
 
-from pixel_cnn_pp import config, nn
+from pixel_cnn_pp import config, fitting, nn
 
 ENERGY_DISTANCE_SAMPLES = 10
 
@@ -30,7 +30,7 @@ class Stage(NamedTuple):
 
 
 @nn.serializable
-class PixelCNNPP(keras.Model):
+class PixelCNNPP(fitting.KerasTraining, keras.Model):
     """PixelCNN++ as a Keras model: model(x, h=None, training=False, init=False) maps
     images x (B,H,W,C) in [-1, 1], C = 3 or 1, H and W divisible by 4, to the
     parameters of a discretized logistic mixture per pixel (B,H,W,10*nr_logistic_mix

@@ -84,20 +84,28 @@ class Trainer:
       summed, one after the other, before the one update (the update of a batch K times larger
       in the memory of one micro-batch); recompute: the gated ResNet blocks' activations
       recomputed in the backward pass instead of kept (the same numbers, about half the
-      memory); xla: the loss and gradients compiled by XLA; seed: dropout and mutation."""
+      memory); xla: the loss and gradients compiled by XLA; seed: dropout and mutation.
 
-    def __init__(self, model_config, train_config=TrainConfig(), strategy=None):
+    ema_model: a built PixelCNNPP to hold the averaged weights (Keras' fit: the model being
+    fitted, so that what it computes with are the weights the official code evaluates with);
+    the raw weights then start as its weights."""
+
+    def __init__(self, model_config, train_config=TrainConfig(), strategy=None, ema_model=None):
         self.model_config, self.train_config = model_config, train_config
         self.strategy = strategy = strategy or tf.distribute.get_strategy()
         c = train_config
         with strategy.scope():
             self.model = PixelCNNPP(**model_config.kwargs(), dtype=c.precision)
-            self.ema_model = PixelCNNPP(**dict(model_config.kwargs(), dropout_p=0.))
+            self.ema_model = ema_model or PixelCNNPP(**dict(model_config.kwargs(), dropout_p=0.))
             x = tf.zeros((1,) + model_config.image_shape)
             for m in (self.model, self.ema_model):
-                m(x, h=self.one_hot(tf.zeros([1], tf.int32)))
+                if not m.built:
+                    m(x, h=self.one_hot(tf.zeros([1], tf.int32)))
             self.params = _tf_variables(self.model.official_variables())
             self.shadows = _tf_variables(self.ema_model.official_variables())
+            if ema_model is not None:
+                for k, p in self.params.items():
+                    p.assign(self.shadows[k].read_value())
             self.optimizer = updates.Adam(self.params, c.learning_rate, c.lr_decay)
             self.ema = updates.ExponentialMovingAverage(self.params, self.shadows, c.polyak_decay)
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name='epoch')
@@ -129,13 +137,15 @@ class Trainer:
 
     def initialize(self, x_init, y_init=None):
         """The official data-dependent init on one batch (with dropout, as train.py), then
-        the EMA shadows start from the initialised weights. (The official shadows start from
+        the EMA shadows start from the initialised weights; its dropout masks are those of the
+        run's seed, so that fit and train.py start alike. (The official shadows start from
         the values before this init, g = 1 and b = 0, so its early test bits/dim and samples
         come from a mostly uninitialised network until the average forgets them.)"""
         x_init = tf.convert_to_tensor(x_init, tf.float32)
         h = self.one_hot(tf.convert_to_tensor(y_init)) if self.model_config.num_labels else None
+        seed = tf.constant([self.train_config.seed, -1], tf.int64)  # its dropout: a function of the seed
         with self.strategy.scope():
-            self.model(x_init, h=h, training=True, init=True)
+            self.model(x_init, h=h, training=True, init=True, seed=seed)
             self.ema.reset()
 
     # ------------------------------------------------------------------ steps
@@ -173,45 +183,68 @@ class Trainer:
                                        parallel_iterations=1)
         return loss, grads
 
-    def _distributed_train_step(self, batch):
-        def replica_step(x, y, weight):
-            del weight  # training batches are always full
-            bad_pixels = tf.reduce_sum(tf.cast(~tf.math.is_finite(x), tf.float32))
-            ctx = tf.distribute.get_replica_context()
-            # one stateless stream per step and replica: a resumed run draws what the
-            # uninterrupted one did
-            stream = tf.stack([tf.constant(self.train_config.seed, tf.int64), self.optimizer.step *
-                               ctx.num_replicas_in_sync + tf.cast(ctx.replica_id_in_sync_group, tf.int64)])
-            if self.train_config.mutation_rate:
-                x = data.mutate(x, self.train_config.mutation_rate, stream)
-            dropout_seed = tf.random.experimental.stateless_fold_in(stream, 1)
-            if self.train_config.accum_steps == 1:
-                loss, grads = self._loss_and_grads(x, y, dropout_seed)
-            else:
-                loss, grads = self._accumulate(x, y, dropout_seed)
+    def replica_step(self, x, y, optimizer=None):
+        """One official step on this replica's batch, in replica context (strategy.run here,
+        or Keras' fit): its loss and gradients, summed over the replicas, then the update and
+        the Polyak average. A step whose loss or gradients are not finite is not applied (on
+        any replica: the summed values are the same everywhere); under float16 loss scaling
+        that is an overflow and halves the scale. optimizer: a Keras optimizer in place of the
+        official Adam (Keras' compile(optimizer=...)), which sums the gradients itself and
+        applies every step. Returns (this replica's loss in nats, its NaN or inf pixels,
+        whether the step was finite)."""
+        bad_pixels = tf.reduce_sum(tf.cast(~tf.math.is_finite(x), tf.float32))
+        ctx = tf.distribute.get_replica_context()
+        # one stateless stream per step and replica: a resumed run draws what the
+        # uninterrupted one did
+        stream = tf.stack([tf.constant(self.train_config.seed, tf.int64), self.optimizer.step *
+                           ctx.num_replicas_in_sync + tf.cast(ctx.replica_id_in_sync_group, tf.int64)])
+        if self.train_config.mutation_rate:
+            x = data.mutate(x, self.train_config.mutation_rate, stream)
+        dropout_seed = tf.random.experimental.stateless_fold_in(stream, 1)
+        if self.train_config.accum_steps == 1:
+            loss, grads = self._loss_and_grads(x, y, dropout_seed)
+        else:
+            loss, grads = self._accumulate(x, y, dropout_seed)
+        if optimizer is not None:
+            optimizer.apply(grads, [v for v in self.model.official_variables().values()])
+            finite = tf.constant(True)
+        else:
             grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
             total_loss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss)
             finite = tf.logical_and(tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads]),
                                     tf.math.is_finite(total_loss))
 
-            def apply(strategy, grads, finite):
-                # A step whose loss or gradients are not finite is not applied (on any replica:
-                # the summed values are the same everywhere). Under float16 loss scaling that is
-                # an overflow and halves the scale; otherwise train_step reports divergence.
-                finite = strategy.experimental_local_results(finite)[0]
+        def apply(strategy, grads, finite):
+            finite = strategy.experimental_local_results(finite)[0]
+            if optimizer is None:
                 self.optimizer.apply_gradients(dict(zip(self.params, grads)), finite)
-                self.ema.apply(finite)
-                if self.scale_loss:
-                    self.loss_scale.update(finite)
-                updates.on_every_replica(self.epoch_step, lambda s: s.assign_add(1))
+            else:  # the step and the stream go on
+                updates.on_every_replica(self.optimizer.step, lambda s: s.assign_add(1))
+            self.ema.apply(finite)
+            if self.scale_loss:
+                self.loss_scale.update(finite)
+            updates.on_every_replica(self.epoch_step, lambda s: s.assign_add(1))
 
-            ctx.merge_call(apply, args=(grads, finite))
-            return loss, bad_pixels, finite
+        ctx.merge_call(apply, args=(grads if optimizer is None else (), finite))
+        return loss, bad_pixels, finite
+
+    def _distributed_train_step(self, batch):
+        def replica_step(x, y, weight):
+            del weight  # training batches are always full
+            return self.replica_step(x, y)
 
         loss, bad_pixels, finite = self.strategy.run(replica_step, args=batch)
         sum_ = tf.distribute.ReduceOp.SUM
         return (self.strategy.reduce(sum_, loss, axis=None), self.strategy.reduce(sum_, bad_pixels, axis=None),
                 self.strategy.experimental_local_results(finite)[0])
+
+    def state(self):
+        """The variables of training beside the averaged weights: the raw weights, Adam's
+        moments, step and learning rate, the epoch counters and the loss scale, in a fixed
+        order (what Keras' saving keeps of a fit: fitting.py)."""
+        return (list(self.params.values()) + list(self.optimizer.m.values()) + list(self.optimizer.v.values()) +
+                [self.optimizer.step, self.optimizer.lr, self.epoch, self.epoch_step, self.loss_scale.scale,
+                 self.loss_scale.good_steps])
 
     def train_step(self, batch):
         """One official step on a distributed batch; returns the loss summed over the batch,

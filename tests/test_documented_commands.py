@@ -398,3 +398,19 @@ def test_ctrl_c_under_tee_keeps_the_run(tmp_path):
     assert 'restoring parameters from save_cpu/ckpt-%d' % steps[0] in out.stdout
     assert re.search(r'^Iteration 0, time = ', out.stdout, re.M)
     assert glob.glob(str(tmp_path / 'save_cpu' / 'ckpt-500.index'))
+
+
+@pytest.mark.slow
+def test_the_fit_example_runs_as_written(tmp_path):
+    """docs/api.md's Keras example, as written, in a fresh process with the installed
+    package: it trains, evaluates, samples, and leaves model.keras that loads."""
+    text = open(os.path.join(ROOT, 'docs', 'api.md')).read()
+    example = re.search(r'^## Train with Keras.*?^```python\n(.*?)^```', text, re.S | re.M).group(1)
+    out = run(['-c', example + "\nprint('samples', samples.shape, samples.dtype)"], tmp_path)
+    ok(out, ['docs/api.md\'s fit example'])
+    assert re.search(r"\{'bits_per_dim': \d+\.\d+, 'loss': \d+\.\d+\}", out.stdout), out.stdout
+    assert 'samples (4, 16, 16, 3) uint8' in out.stdout
+    check = run(['-c', 'import keras, pixel_cnn_pp; print(keras.models.load_model("model.keras").image_shape)'],
+                tmp_path)
+    ok(check, ['load model.keras'])
+    assert check.stdout.strip().endswith('(16, 16, 3)')

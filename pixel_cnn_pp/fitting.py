@@ -198,6 +198,12 @@ class KerasTraining:
             metric.update_state(x, out)
         return self._report(nats, x)
 
+    def predict_step(self, batch):
+        """The network's output for a batch of images (uint8 or [-1, 1]; with labels for a
+        class-conditional model), with the model's weights."""
+        x, y = self._unpack(batch)
+        return self(x, h=tf.one_hot(y, self.num_labels) if self.num_labels else None)
+
     def _unpack(self, batch):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(batch)
         x = _scaled(x)

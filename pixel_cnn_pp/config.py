@@ -419,8 +419,9 @@ def resume(saved, given, save_dir='.'):
     value}, what the caller set explicitly) where allowed. Returns (ModelConfig,
     TrainConfig, changed, unrecorded): changed = [(field, old, new)] of the FREE fields given
     anew, unrecorded = the fields an older config.json does not hold (taken from `given` or
-    the defaults; not TrainConfig.DATA_FIELDS, whose defaults are what runs before them did). A given value of any other field that differs from the saved one is a
-    ConfigError naming the field and both values."""
+    the defaults; not TrainConfig.DATA_FIELDS, whose defaults are what runs before them
+    did). A given value of any other field that differs from the saved one is a ConfigError
+    naming the field and both values."""
     train_fields, model_fields = field_names(TrainConfig), field_names(ModelConfig)
     unknown = sorted(set(given) - set(train_fields) - set(model_fields))
     if unknown:

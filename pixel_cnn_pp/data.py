@@ -515,8 +515,8 @@ def _file_pipeline(x, y, index_batches, shape):
     images = x.dataset(np.maximum(index_batches.reshape(-1), 0)).batch(max(index_batches.shape[1], 1))
 
     def finish(images, idx):
-        return (tf.reshape(scale(images), shape + x.shape[1:]), tf.reshape(tf.gather(labels, tf.maximum(idx, 0)), shape),
-                tf.reshape(tf.cast(idx >= 0, tf.float32), shape))
+        return (tf.reshape(scale(images), shape + x.shape[1:]),
+                tf.reshape(tf.gather(labels, tf.maximum(idx, 0)), shape), tf.reshape(tf.cast(idx >= 0, tf.float32), shape))
 
     ds = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(index_batches))).map(finish)
     return ds.prefetch(2).with_options(_NO_AUTOTUNE)

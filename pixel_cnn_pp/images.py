@@ -114,6 +114,7 @@ class ImageSet(NamedTuple):
     keys: tuple  # the .npz keys read (('x', 'y'), ('test_x',), ...); () for a folder or tfds
     done: list  # what was done to fit them to the model (phrases), empty when nothing
     class_names: Optional[tuple]  # of a folder with class subfolders
+    total: int  # images in the set (more than images holds when a limit cut it)
 
 
 # Where else a set's images come from (the other forms of a SPEC).
@@ -172,7 +173,7 @@ def _read_folder(spec, shape, resize, class_names, limit):
         done.append('%d %s to %dx%d' % (n, 'resized and centre-cropped' if resize else 'zero-padded or centre-cropped',
                                         size[0], size[1]))
     x = folders.ImageFiles(paths, size + (channels,), fit, [i.depth == 16 for i in infos])[:]
-    return x, labels, found.class_names, done
+    return x, labels, found.class_names, done, len(found.paths)
 
 
 def read_set(spec, data_dir=None, verbose=False, shape=None, resize=False, class_names=None, limit=None):
@@ -185,11 +186,11 @@ def read_set(spec, data_dir=None, verbose=False, shape=None, resize=False, class
     image_size), else zero-padded or centre-cropped (fit_images); without it, images as they
     are (a folder's of one size). limit: the first `limit` images only. A folder's unreadable
     files are skipped, a warning line each. Errors (DataError) name the SPEC or the file."""
-    keys, names, done = (), None, []
+    keys, names, done, total = (), None, [], None
     if spec.startswith('tfds:'):
         x, y = _read_tfds(spec, data_dir, verbose)
     elif os.path.isdir(spec):
-        x, y, names, done = _read_folder(spec, shape, resize, class_names, limit)
+        x, y, names, done, total = _read_folder(spec, shape, resize, class_names, limit)
     elif os.path.isfile(spec):
         if not is_npz(spec):
             raise DataError('%s: not an .npz (expected %s)' % (spec, SPEC_FORMS))
@@ -209,15 +210,19 @@ def read_set(spec, data_dir=None, verbose=False, shape=None, resize=False, class
     check_channels(x.shape[-1], '%s: images' % spec, x.shape, error=DataError)
     if y is not None and len(y) != len(x):
         raise DataError('%s: %d labels for %d images' % (spec, len(y), len(x)))
+    total = len(x) if total is None else total
     if limit:
         x, y = x[:limit], None if y is None else y[:limit]
     if shape:
         if resize and x.shape[1:3] != tuple(shape[:2]):
             done.append('%d resized and centre-cropped to %dx%d' % (len(x), shape[0], shape[1]))
             x = folders.fit_array(x, shape[:2])
-        x, fitted = fit_images(x, shape)
+        try:
+            x, fitted = fit_images(x, shape)
+        except DataError as e:
+            raise e.within('%s: ' % spec) from None
         done += fitted
-    return ImageSet(x, y, keys, done, names)
+    return ImageSet(x, y, keys, done, names, total)
 
 
 def read_images(spec, data_dir=None, verbose=False):

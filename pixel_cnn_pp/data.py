@@ -274,11 +274,12 @@ def load_folder(data_dir, held_out=config.HELD_OUT, image_size=None, skip_unread
     else:
         size, odd = (infos[0].height, infos[0].width), images.odd_size(infos, paths)
         if odd:
-            raise DataError('{data_dir}: %s is %dx%d but %s is %dx%d: the images are not one size; %s' % (
-                odd[0], odd[1][1], odd[1][0], paths[0], size[1], size[0], RESIZE), data_dir=data_dir, image_size=None)
+            raise DataError('{data_dir}: %s is %dx%d but %s is %dx%d (height x width): the images are not one '
+                            'size; %s' % (odd[0], odd[1][0], odd[1][1], paths[0], size[0], size[1], RESIZE),
+                            data_dir=data_dir, image_size=None)
         if not config.fits(size):
-            raise DataError('{data_dir}: its images are %dx%d (%s, the first), and PixelCNN++ needs a height and '
-                            'width that are multiples of 4; %s' % (size[1], size[0], paths[0], RESIZE),
+            raise DataError('{data_dir}: its images are %dx%d (height x width; %s, the first), and PixelCNN++ '
+                            'needs a height and width that are multiples of 4; %s' % (size[0], size[1], paths[0], RESIZE),
                             data_dir=data_dir, image_size=None)
     files = folders.ImageFiles(paths, size + (C,), fit, [i.depth == 16 for i in infos])
     train_i, test_i = np.arange(n_train), np.arange(n_train, len(paths))

@@ -165,8 +165,8 @@ def _read_folder(spec, shape, resize, class_names, limit):
     odd = odd_size(infos, paths)
     size, fit, done = (infos[0].height, infos[0].width), None, []
     if odd and not shape:
-        raise DataError('%s: the images are not one size: %s is %dx%d, %s %dx%d' % (
-            root, odd[0], odd[1][1], odd[1][0], paths[0], infos[0].width, infos[0].height))
+        raise DataError('%s: the images are not one size: %s is %dx%d, %s %dx%d (height x width)' % (
+            root, odd[0], odd[1][0], odd[1][1], paths[0], infos[0].height, infos[0].width))
     if odd or (shape and resize and size != tuple(shape[:2])):
         size, fit = tuple(shape[:2]), 'resize' if resize else 'pad'
         n = sum((i.height, i.width) != size for i in infos)

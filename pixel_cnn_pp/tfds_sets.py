@@ -163,7 +163,8 @@ def label_names(name, data_dir=None):
     """The class names of a set's 'label' feature (a ClassLabel), or None."""
     import tensorflow_datasets as tfds
     try:
-        feature = _builder(name, data_dir).info.features.get('label')
+        features = _builder(name, data_dir).info.features
+        feature = features['label'] if 'label' in features.keys() else None
     except errors():
         return None
     if isinstance(feature, tfds.features.ClassLabel) and feature.names:

@@ -262,8 +262,11 @@ def decode(contents, channels, deep=False):
     def sixteen_bits():
         image = tf.io.decode_png(contents, channels=channels, dtype=tf.uint16)
         return tf.cast((tf.cast(image, tf.int32) * 255 + 32767) // 65535, tf.uint8)
-    return tf.cond(deep, sixteen_bits, lambda: tf.io.decode_image(contents, channels=channels,
-                                                                   expand_animations=False))
+
+    def eight_bits():  # gray: as the file has it (a BMP takes no channels=1), alpha dropped
+        image = tf.io.decode_image(contents, channels=0 if channels == 1 else channels, expand_animations=False)
+        return image[..., :1] if channels == 1 else image
+    return tf.cond(deep, sixteen_bits, eight_bits)
 
 
 def fit_image(image, size, method):

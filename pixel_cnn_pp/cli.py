@@ -87,8 +87,10 @@ def flag_message(error):
     """A library error's message with the settings it names written as the flags that set
     them (as_flag): a config.ConfigError renders its own placeholders. (An error of the old
     form, a message without placeholders and the fields it names as `error.fields`: each
-    found in the text.) The one place that knows both names."""
-    if isinstance(error, config.ConfigError) and error.values:
+    found in the text; other engineers' modules still raise some.) The one place that knows
+    both names."""
+    if isinstance(error, config.ConfigError) and (error.values or any(
+            m.group(1) in error.fields for m in error.PLACEHOLDER.finditer(error.template))):
         return error.render(as_flag)
     text = str(error)
     for field in getattr(error, 'fields', None) or ():

@@ -80,16 +80,17 @@ def skipped(unreadable, limit=10):
 def conversions(infos, paths, channels):
     """{phrase: [paths]} of what decoding to `channels` does to the files (folders.scan's
     infos): alpha dropped, 16 bits scaled to 8, gray repeated to RGB."""
-    notes = {'alpha channel dropped (RGBA or gray + alpha)': [], '16-bit PNG scaled to 8 bits': [],
-             'grayscale repeated to 3 channels (others are in color)' if channels == 3 else '': []}
+    color = any(info.channels >= 3 for info in infos)
+    gray = 'grayscale repeated to 3 channels (%s)' % ('others are in color' if color else "the model's are")
+    notes = {'alpha channel dropped (RGBA or gray + alpha)': [], '16-bit PNG scaled to 8 bits': [], gray: []}
     for info, path in zip(infos, paths):
         if info.channels in (2, 4):
             notes['alpha channel dropped (RGBA or gray + alpha)'].append(path)
         if info.depth == 16:
             notes['16-bit PNG scaled to 8 bits'].append(path)
         if channels == 3 and info.channels in (1, 2):
-            notes['grayscale repeated to 3 channels (others are in color)'].append(path)
-    return {k: v for k, v in notes.items() if k and v}
+            notes[gray].append(path)
+    return {k: v for k, v in notes.items() if v}
 
 
 def set_channels(infos, paths, channels=None):

@@ -319,3 +319,23 @@ def write_image_folder(root, classes=None, n=4, shape=(28, 28, 1), seed=0, split
                 ys.append(label)
         written[split] = (np.stack(xs), np.array(ys, np.int32) if classes else None)
     return written
+
+
+def write_tfds_set(data_dir, name='mnist', sizes=(('train', 40), ('test', 8)), seed=0):
+    """A tensorflow-datasets set prepared in data_dir as a download would leave it (its
+    registered features and version, random images and labels), so tfds.load(name,
+    data_dir=data_dir) reads it offline. Returns {split: (images, labels)}."""
+    import tensorflow_datasets as tfds
+    real = tfds.builder(name)
+    image, label = real.info.features['image'], real.info.features['label']
+    rng = np.random.default_rng(seed)
+    written = {split: (rng.integers(0, 256, (n,) + image.shape, dtype=np.uint8),
+                       rng.integers(0, label.num_classes, n)) for split, n in sizes}
+    builder = tfds.dataset_builders.TfDataBuilder(
+        name=name, version=str(real.version), features=real.info.features, data_dir=data_dir,
+        split_datasets={split: tf.data.Dataset.from_tensor_slices({'image': x, 'label': y})
+                        for split, (x, y) in written.items()})
+    from pixel_cnn_pp import tfds_sets
+    with tfds_sets.quiet():
+        builder.download_and_prepare()
+    return written

@@ -171,11 +171,7 @@ def load_npz(path, held_out=config.HELD_OUT):
     if not is_npz(path):
         raise DataError('{data_dir} is not an .npz (expected an .npz file with train_x and test_x, or x)',
                         data_dir=path)
-    try:
-        d = read_npz(path)
-    except DataError as e:
-        raise DataError('{data_dir} is not a readable .npz (%s)' % e.template.split(' (', 1)[-1].rstrip(')'),
-                        data_dir=path) from None
+    d = read_npz(path, what='{data_dir}', data_dir=path)
     if 'train_x' not in d and 'x' in d:
         y = None if 'y' not in d else check_labels(d['y'], len(d['x']), 'y', value=path)
         d['train_x'], d['train_y'], d['test_x'], d['test_y'] = _held_out(path, d['x'], y, held_out)

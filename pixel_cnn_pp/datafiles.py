@@ -95,17 +95,20 @@ def first_line(e):
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
-def read_npz(path, keys=None):
+def read_npz(path, keys=None, what=None, **values):
     """{key: array} of the .npz at path (only `keys`, when given), read with pickles refused
-    (an object array is not readable); a DataError naming the file if it is not an .npz
-    or not readable (truncated, not a zip)."""
+    (an object array is not readable); if it is not an .npz or not readable (truncated, not
+    a zip), a DataError naming it as `what` (a placeholder of values: '{data_dir}'), else
+    by its path."""
+    what = what or path
     if not is_npz(path):
-        raise DataError('%s: not an .npz file' % path)
+        raise DataError('%s is not an .npz file' % what, **values)
     try:
         with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in f.files if keys is None or k in keys}
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:  # truncated, object arrays
-        raise DataError('%s: not a readable .npz (%s: %s)' % (path, type(e).__name__, first_line(e))) from None
+        raise DataError('%s is not a readable .npz (%s: %s)' % (what, type(e).__name__, first_line(e)),
+                        **values) from None
 
 
 NPZ_MAGIC = (b'PK\x03\x04', b'PK\x05\x06')  # a zip archive's first bytes (an empty one's)

@@ -182,7 +182,7 @@ def scan(paths):
         except OSError as e:
             return None, e.strerror or str(e)
     with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
-        found = list(pool.map(one, paths, chunksize=256))
+        found = list(pool.map(one, paths))
     return Scanned([info for info, _ in found], [(p, why) for p, (_, why) in zip(paths, found) if why])
 
 
@@ -220,16 +220,15 @@ def listing(folder, class_names=None):
     except OSError as e:
         raise DataError('%s: not a readable folder (%s)' % (folder, e.strerror or e)) from None
     files = [n for n in entries if n.lower().endswith(IMAGE_FILES) and os.path.isfile(os.path.join(folder, n))]
-    folders = [n for n in entries if os.path.isdir(os.path.join(folder, n))]
-    below = {name: _images_below(os.path.join(folder, name)) for name in folders}
+    classes = [n for n in entries if os.path.isdir(os.path.join(folder, n))]
+    below = {name: _images_below(os.path.join(folder, name)) for name in classes}
     if files:
         if any(below.values()):
             raise DataError('%s holds both image files (%s) and folders of images (%s): a folder is flat, or has '
-                            'one subfolder per class' % (folder, files[0], next(n for n in folders if below[n])))
+                            'one subfolder per class' % (folder, files[0], next(n for n in classes if below[n])))
         return Listing([os.path.join(folder, n) for n in files], None, None)
     if not any(below.values()):
         raise DataError('%s: a folder with no PNG, JPEG, BMP or GIF images' % folder)
-    classes = folders
     empty = [name for name in classes if not below[name]]
     if empty:
         raise DataError('%s: the class folder %s holds no images' % (folder, empty[0]))
@@ -340,7 +339,7 @@ class ImageFiles:
     def _path_tensor(self):
         if self._paths is None:  # once, eagerly: each pipeline captures them, none copies them
             with tf.init_scope(), tf.device('/cpu:0'):
-                self._paths = tf.constant(self.paths), tf.constant(self.deep)
+                self._paths = tf.constant(self.paths, tf.string), tf.constant(self.deep, tf.bool)
         return self._paths
 
     def image(self, i):

@@ -8,10 +8,10 @@ bit, with the same model file on the same kind of machine.
     python compress.py --decompress --checkpoint=save --in=test.pcpp --out=back.npz
     python compress.py --decompress --checkpoint=save --in=test.pcpp --out=back/   # PNGs
 
---in as score.py reads sets (an .npz with x or test_x, a folder of PNG/JPEG, or
+--in as score.py reads sets (an .npz with x or test_x, a folder of image files, or
 tfds:NAME[:SPLIT]); images are coded as they are (H and W multiples of 4, the model's
 channels), never fitted. A class-conditional model codes each image given its label
-(the set's y), which the file stores.
+(the set's y, or its class folder's by the model's class names), which the file stores.
 """
 
 import os
@@ -32,8 +32,8 @@ cli.define_load_flags()
 flags.adopt_module_key_flags(cli)
 flags.DEFINE_boolean('decompress', False, 'Decode --in (a file this script wrote) instead')
 flags.DEFINE_string('in', None, 'Compressing: the images, an .npz (x or test_x; labels y or '
-                    'test_y), a folder of PNG/JPEG images, or tfds:NAME[:SPLIT]. With --decompress: '
-                    'the compressed file')
+                    'test_y), a folder of image files (labels: its class subfolders), or tfds:NAME[:SPLIT]. '
+                    'With --decompress: the compressed file')
 flags.DEFINE_string('out', None, 'Compressing: the file to write. With --decompress: an .npz (x, '
                     'and y for a conditional model) or a folder for PNG files (00000.png, ...; '
                     'labels.txt for a conditional model), new or empty')
@@ -64,9 +64,11 @@ def read_set(spec, model):
     """The images and labels of --in, as they are (refused unless the model codes them), and
     the .npz keys they come from."""
     try:
-        x, y, keys = images.read_images(spec, FLAGS.data_dir, verbose=FLAGS.verbose)
+        found = images.read_set(spec, FLAGS.data_dir, verbose=FLAGS.verbose,
+                                class_names=model.run_config.get('class_names'))
     except ValueError as e:
         raise app.UsageError('--in: %s' % cli.flag_message(e)) from None
+    x, y, keys = found.images, found.labels, found.keys
     C = model.channels
     if not config.fits(x.shape[1:], (C,)):
         raise app.UsageError('--in=%s: images %s; this model codes %d-channel images whose height '
@@ -74,7 +76,8 @@ def read_set(spec, model):
                              % (spec, 'x'.join(map(str, x.shape[1:])), C))
     if model.num_labels and y is None:
         raise app.UsageError('--in=%s has no labels: a class-conditional model codes each image '
-                             'given its label (an .npz with y, or a tfds set with labels)' % spec)
+                             'given its label (an .npz with y, a folder of class subfolders, or a tfds set '
+                             'with labels)' % spec)
     if model.num_labels and (y.min() < 0 or y.max() >= model.num_labels):
         raise app.UsageError('--in=%s: labels %d..%d, the model has %d' % (spec, y.min(), y.max(), model.num_labels))
     if not model.num_labels:

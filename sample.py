@@ -7,6 +7,7 @@ pixel_cnn_pp.load. Writes a PNG grid and an .npz of uint8 images.
     python sample.py --checkpoint=params_cifar.ckpt --temperature=0.8
     python sample.py --checkpoint=save_cond                # one grid row per class
     python sample.py --checkpoint=save_cond --labels=3,5
+    python sample.py --checkpoint=save_folder --labels=cat,dog  # class names (config.json)
     python sample.py --checkpoint=save --complete=test.npz --given_rows=16 --num_samples=8
 """
 
@@ -31,8 +32,9 @@ flags.DEFINE_integer('num_samples', 16, 'How many images (with --complete: how m
                      'many, the same number per class)', lower_bound=1)
 flags.DEFINE_integer('batch_size', 16, 'Images drawn at once', lower_bound=1)
 flags.DEFINE_integer('seed', 1, 'Random seed: the same seed gives the same images')
-flags.DEFINE_list('labels', None, 'For a class-conditional model: the labels to draw, cycled '
-                  '(default: every label, one grid row per label)')
+flags.DEFINE_list('labels', None, 'For a class-conditional model: the classes to draw, cycled, each '
+                  'a class name (those of its config.json: a folder\'s subfolders, a tfds set\'s label names) '
+                  'or an index (default: every class, one grid row per class)')
 flags.DEFINE_enum('method', 'fast', list(sampling.METHODS), 'fast: cached generation; naive: the '
                   'official loop, one forward pass of the whole network per pixel')
 flags.DEFINE_boolean('jit_compile', False, 'Compile the fast sampler\'s per-pixel loop with XLA: '
@@ -42,8 +44,9 @@ flags.DEFINE_float('temperature', 1., 'Mixture logits / T and logistic scales x 
                    'model; below 1 gives sharper, less varied images that are no longer samples '
                    'of the model', lower_bound=0.)
 flags.DEFINE_string('complete', None, 'Images to complete: an .npz (x, else test_x), a folder of '
-                    'PNG/JPEG files, or tfds:NAME[:SPLIT] (as score.py reads them); the first '
-                    '--num_samples are used, fitted to the model\'s image size')
+                    'image files (DIR/test of a folder with train/ and test/), or tfds:NAME[:SPLIT] (as '
+                    'score.py reads them); the first --num_samples are used, fitted to the model\'s image size '
+                    '(as in training when its config.json has an image_size)')
 flags.DEFINE_integer('given_rows', None, 'With --complete: how many top rows to keep (default: half '
                      'the image)', lower_bound=0)
 flags.DEFINE_integer('samples_per_image', 3, 'With --complete: completions of each image',
@@ -54,8 +57,10 @@ flags.DEFINE_string('out', None, 'Output prefix (default: samples, or completion
                     '--complete, in the checkpoint\'s folder)')
 
 
-def labels_to_draw(num_labels):
-    """(the label of every sample, or None for an unconditional model; images per grid row)."""
+def labels_to_draw(num_labels, names=None):
+    """(the label of every sample, or None for an unconditional model; images per grid row).
+    names: the model's class names (a --labels value that is one of them is that class, any
+    other an index)."""
     if not num_labels:
         if FLAGS.labels:
             raise app.UsageError('--labels is for a class-conditional model; this one has no labels')
@@ -63,19 +68,24 @@ def labels_to_draw(num_labels):
     if not FLAGS.labels:  # a class grid: one row per label
         per_class = -(-FLAGS.num_samples // num_labels)
         return np.repeat(np.arange(num_labels), per_class), per_class
-    try:
-        cycle = [int(l) for l in FLAGS.labels]
-    except ValueError:
-        cycle = [-1]
+    names = list(names or [])
+    cycle = []
+    for label in FLAGS.labels:
+        try:
+            cycle.append(names.index(label) if label in names else int(label))
+        except ValueError:
+            cycle.append(-1)
     if any(not 0 <= l < num_labels for l in cycle):
-        raise app.UsageError('--labels must be integers in [0, %d), got %s'
-                             % (num_labels, ','.join(FLAGS.labels)))
+        shown = ', '.join(names[:10]) + (', ...' if len(names) > 10 else '')
+        raise app.UsageError('--labels must be %sintegers in [0, %d), got %s' % (
+            'class names (%s) or ' % shown if names else '', num_labels, ','.join(FLAGS.labels)))
     return np.resize(cycle, FLAGS.num_samples), None
 
 
-def images_to_complete(shape):
+def images_to_complete(model):
     """The first --num_samples images of --complete, fitted to the model's shape."""
-    _, images = cli.read_image_set(FLAGS.complete, shape, FLAGS.data_dir, FLAGS.num_samples, 'complete')
+    _, images = cli.read_image_set(FLAGS.complete, model.image_shape, FLAGS.data_dir, FLAGS.num_samples, 'complete',
+                                   run=model.run_config)
     if len(images) < FLAGS.num_samples:
         print('--complete=%s holds %d images: completing all %d (--num_samples=%d asks for more)'
               % (FLAGS.complete, len(images), len(images), FLAGS.num_samples))
@@ -104,13 +114,13 @@ def main(argv):
         sampling.check_arguments(FLAGS.method, FLAGS.temperature, FLAGS.jit_compile)
     keras.utils.set_random_seed(FLAGS.seed)
     model = cli.load_model(FLAGS.checkpoint, use_ema=FLAGS.ema)
-    labels, per_row = labels_to_draw(model.num_labels)
+    labels, per_row = labels_to_draw(model.num_labels, model.run_config.get('class_names'))
     rows = 0 if not FLAGS.complete else model.image_shape[0] // 2 if FLAGS.given_rows is None else FLAGS.given_rows
     with cli.flag_errors():  # before a set is read (or downloaded) and anything written
         sampling.check(model, FLAGS.method, FLAGS.temperature, FLAGS.jit_compile, rows)
     given = None
     if FLAGS.complete:
-        originals = images_to_complete(model.image_shape)
+        originals = images_to_complete(model)
         given = np.repeat(originals, FLAGS.samples_per_image, axis=0)
         if labels is not None:
             labels = np.resize(labels, len(given))

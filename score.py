@@ -40,7 +40,8 @@ FLAGS = flags.FLAGS
 cli.define_load_flags()
 flags.adopt_module_key_flags(cli)
 flags.DEFINE_string('in', None, 'The in-distribution images: an .npz (x or test_x), a folder '
-                    'of PNG/JPEG images, or tfds:NAME[:SPLIT]')
+                    'of image files (PNG, JPEG, BMP, GIF; DIR/test of a folder with train/ and test/), or '
+                    'tfds:NAME[:SPLIT]; fitted to the model as in training')
 flags.DEFINE_multi_string('ood', None, 'An out-of-distribution set (as --in); repeat for several')
 flags.DEFINE_string('background', None, 'A background model (as --checkpoint), for the '
                     'likelihood_ratio score')
@@ -116,7 +117,7 @@ def main(argv):
         background = cli.load_model(FLAGS.background, use_ema=FLAGS.ema)
         with cli.flag_errors(prefix='--background=%s: ' % FLAGS.background):
             scoring.check_model(background)
-    sets = [cli.read_image_set(spec, model.image_shape, FLAGS.data_dir, flag=flag)
+    sets = [cli.read_image_set(spec, model.image_shape, FLAGS.data_dir, flag=flag, run=model.run_config)
             for flag, spec in [('in', FLAGS['in'].value)] + [('ood', spec) for spec in FLAGS.ood or []]]
     names = [name for name, _ in sets]
     if len(set(names)) != len(names):

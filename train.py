@@ -1,5 +1,5 @@
-"""Trains a PixelCNN++ on CIFAR-10, downsampled ImageNet or your own images: the official
-train.py on tf.distribute (one GPU, several with MirroredStrategy, several machines with
+"""Trains a PixelCNN++ on CIFAR-10, downsampled ImageNet or your own images (a folder of
+image files, an .npz, any tensorflow-datasets set): the official train.py on tf.distribute (one GPU, several with MirroredStrategy, several machines with
 MultiWorkerMirroredStrategy when TF_CONFIG is set). --mode=eval prints a checkpoint's
 test bits/dim.
 
@@ -7,6 +7,7 @@ test bits/dim.
     python train.py --save_dir=save --load_params              # resume it, same settings
     python train.py --mode=eval --save_dir=save                # latest checkpoint, EMA
     python train.py --mode=eval --checkpoint=params_cifar.ckpt # the official one
+    python train.py --data_set=folder --data_dir=photos --save_dir=save_mine --class_conditional
 
 This script only turns flags into configs (pixel_cnn_pp.config) and library errors into
 messages; the loop is pixel_cnn_pp.run. SIGTERM or Ctrl-C during training writes a
@@ -16,6 +17,7 @@ checkpoint of the last completed step and exits with status 143 (SIGTERM) or 130
 import os
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow: its C++ warnings hidden (0: all)
 import pixel_cnn_pp  # noqa: E402,F401  (first: TensorFlow imported without its start-up notices)
+import dataclasses
 import signal
 import sys
 
@@ -29,10 +31,22 @@ from pixel_cnn_pp.config import ConfigError, ModelConfig, TrainConfig
 
 FLAGS = flags.FLAGS
 # data I/O
-flags.DEFINE_string('data_dir', 'data', 'Location for the dataset (for --data_set=npz: the .npz file)')
+flags.DEFINE_string('data_dir', 'data', 'Location for the dataset (for --data_set=folder: the folder of '
+                    'images; npz: the .npz file; tfds: where tensorflow-datasets keeps it)')
 flags.DEFINE_string('save_dir', 'save', 'Location for parameter checkpoints and samples')
-flags.DEFINE_enum('data_set', 'cifar', list(config.DATA_SETS),
-                  'cifar | imagenet (downsampled 32x32) | npz (your own train_x/test_x arrays)')
+flags.DEFINE_string('data_set', 'cifar', 'cifar | imagenet (downsampled 32x32) | folder (your images: '
+                    '--data_dir/train and test, or one folder of which --held_out is held out; flat, or one '
+                    'subfolder per class) | npz (your arrays: train_x and test_x, or x; labels y) | '
+                    'tfds:NAME[:SPLIT] (a tensorflow-datasets set, e.g. tfds:mnist)')
+flags.DEFINE_list('image_size', None, 'H,W (or one number): resize and centre-crop every image to it '
+                  '(multiples of 4; recorded, and applied again by every script that reads images for the '
+                  'model). Default: the images as they are (of one size, multiples of 4)')
+flags.DEFINE_float('held_out', config.HELD_OUT, 'Of a set without a test split (a folder without test/, an '
+                   '.npz of x, a tfds split): the share of each class held out as the test set (a fixed seed)')
+flags.DEFINE_boolean('skip_unreadable', False, 'Leave out (and name) empty or unreadable image files of a '
+                     '--data_set=folder instead of refusing the set')
+flags.DEFINE_string('cache', '', 'With --data_set=folder: keep the decoded images in this file (a .npy; '
+                    'built on first use, rebuilt when the files change) and read them from it')
 flags.DEFINE_integer('save_interval', 20, 'Every how many epochs to write checkpoint/samples?',
                      lower_bound=1)
 flags.DEFINE_boolean('load_params', False, 'Resume the run in --save_dir from its latest checkpoint, '
@@ -91,11 +105,16 @@ flags.DEFINE_float('save_minutes', 30., 'Also checkpoint at the first step bound
 flags.adopt_module_key_flags(cli)
 
 
-TRAIN_FLAGS = tuple(f for f in config.field_names(TrainConfig) if f != 'replicas')
+TRAIN_FLAGS = tuple(f for f in config.field_names(TrainConfig) if f not in ('replicas', 'class_names'))
+DATA_FLAGS = ('image_size', 'held_out', 'skip_unreadable')  # a model's own (config.json) unless given
 
 
 def check_flags():
-    """What the flags' bounds cannot say (absl checks those as it parses)."""
+    """What the flags' bounds cannot say (absl checks those as it parses), and the data
+    settings' rules (config.py)."""
+    with cli.flag_errors():
+        config.check_data_set(FLAGS.data_set)
+        config.check_image_size(FLAGS.image_size)
     for name in ('dropout_p', 'lr_decay', 'polyak_decay'):
         if FLAGS[name].value == (1. if name == 'dropout_p' else 0.):
             raise app.UsageError('--%s must be in %s, got %g' % (
@@ -129,21 +148,30 @@ def make_strategy():
     return tf.distribute.MirroredStrategy(devices)
 
 
-def load_data(class_conditional, data_set=None, data_dir=None):
+def load_data(c, class_conditional, model_config=None):
+    """The data of TrainConfig c (a ConfigError, DataError or OSError: a usage error naming
+    the flag or file); model_config: a trained model's (its classes and channels)."""
     try:
-        return data_lib.load(data_set or FLAGS.data_set, data_dir or FLAGS.data_dir, class_conditional,
-                             verbose=FLAGS.verbose)
+        return data_lib.load(c.data_set, c.data_dir, class_conditional, verbose=FLAGS.verbose,
+                             image_size=c.image_size, held_out=c.held_out, skip_unreadable=c.skip_unreadable,
+                             cache=c.cache, class_names=c.class_names if model_config else None,
+                             channels=model_config and model_config.image_shape[2], progress_bar=FLAGS.progress)
     except (ValueError, OSError) as e:
         raise app.UsageError(cli.flag_message(e))
 
 
 def evaluate(strategy):
     """--mode=eval: the test bits/dim of a trained model's EMA weights (--noema: its raw
-    ones) on --data_set."""
+    ones) on --data_set, read with the data settings of its config.json (unless given)."""
     path = FLAGS.checkpoint or FLAGS.save_dir
     with strategy.scope():
         model = cli.load_model(path, use_ema=FLAGS.ema)
-    data = load_data(bool(model.num_labels))
+    run = model.run_config
+    settings = {k: FLAGS[k].value if FLAGS[k].present or k not in run else run[k] for k in DATA_FLAGS}
+    with cli.flag_errors():
+        c = TrainConfig(data_set=FLAGS.data_set, data_dir=FLAGS.data_dir, cache=FLAGS.cache,
+                        class_names=run.get('class_names') if model.num_labels else None, **settings)
+    data = load_data(c, bool(model.num_labels), ModelConfig.of_model(model))
     if model.num_labels and model.num_labels != data.num_labels:
         raise app.UsageError('the model is conditioned on %d labels but --data_set=%s has %d'
                              % (model.num_labels, FLAGS.data_set, data.num_labels))
@@ -158,6 +186,7 @@ def run_configs(strategy):
     ModelConfig or None): the flags, or with --load_params the run's config.json and the
     flags given that may change."""
     values = dict({k: FLAGS[k].value for k in TRAIN_FLAGS}, replicas=strategy.num_replicas_in_sync)
+    values['image_size'] = config.check_image_size(values['image_size'])  # H,W as config.json has it
     model = {k: FLAGS[k].value for k in ModelConfig.ARCHITECTURE + ('dropout_p',)}
     if not FLAGS.load_params:
         return model, TrainConfig(**values), FLAGS.class_conditional, None
@@ -186,10 +215,12 @@ def main(argv):
         return
     try:
         model, train_config, conditional, model_config = run_configs(strategy)
-        data = load_data(conditional, train_config.data_set, train_config.data_dir)
+        data = load_data(train_config, conditional, model_config)
         if model_config is None:
             model_config = ModelConfig(**model, image_shape=data.train_x.shape[1:],
                                        num_labels=data.num_labels if conditional else 0)
+        if train_config.class_names is None and data.class_names:  # recorded in config.json
+            train_config = dataclasses.replace(train_config, class_names=data.class_names)
         cli.note_no_gpu(model_config.to_dict(), tf.config.list_physical_devices('GPU'))
         run.train(model_config, train_config, FLAGS.save_dir, data, strategy, resume=FLAGS.load_params)
     except ConfigError as e:

@@ -61,8 +61,6 @@ def given_model_flags():
 
 # the config fields whose flag has another name (pixel_cnn_pp.config, run.train)
 FLAG_OF_FIELD = {'replicas': 'nr_gpu', 'resume': 'load_params'}
-# the arguments an error without `fields` (datafiles.DataError) may name
-UNNAMED_FIELDS = ('data_set', 'data_dir', 'class_conditional')
 
 
 def flag_name(field):
@@ -87,13 +85,15 @@ def as_flag(field, value, name_only=False):
 
 def flag_message(error):
     """A library error's message with the settings it names written as the flags that set
-    them (as_flag): a config.ConfigError renders its own placeholders. (Others, and messages
-    without placeholders: the fields they name, `error.fields` or UNNAMED_FIELDS, found in
-    the text.) The one place that knows both names."""
-    if isinstance(error, config.ConfigError) and error.values:
+    them (as_flag): a config.ConfigError renders its own placeholders. (An error of the old
+    form, a message without placeholders and the fields it names as `error.fields`: each
+    found in the text; other engineers' modules still raise some.) The one place that knows
+    both names."""
+    if isinstance(error, config.ConfigError) and (error.values or any(
+            m.group(1) in error.fields for m in error.PLACEHOLDER.finditer(error.template))):
         return error.render(as_flag)
     text = str(error)
-    for field in getattr(error, 'fields', None) or UNNAMED_FIELDS:
+    for field in getattr(error, 'fields', None) or ():
         flag = flag_name(field)
         if flag not in FLAGS:
             continue
@@ -157,8 +157,26 @@ def load_model(path, use_ema=True):
         model = checkpoints.load(path, use_ema=use_ema, **load_overrides())
     except ValueError as e:
         raise app.UsageError(flag_message(e)) from None
+    model.run_config = run_config(model, path)
     print(loaded_line(model, path, use_ema))
     return model
+
+
+def run_config(model, path):
+    """The config.json of the training run a model loaded from `path` comes from (a
+    save_dir or one of its checkpoints), if it is that model's (its image_shape and
+    num_labels): what the scripts apply again to the images they read for it (image_size,
+    class_names). {} for a .keras file, an official checkpoint, a run without one."""
+    if str(path).endswith('.keras'):
+        return {}
+    try:
+        saved = config.read(model.folder) or {}
+    except config.ConfigError:
+        return {}
+    if tuple(saved.get('image_shape') or ()) != tuple(model.image_shape) or \
+            saved.get('num_labels', 0) != model.num_labels:
+        return {}
+    return saved
 
 
 def loaded_line(model, path, use_ema=True):
@@ -199,22 +217,23 @@ def npz_keys(keys):
     return ', read from the .npz key%s %s' % ('s' if len(keys) > 1 else '', ' and '.join(keys)) if keys else ''
 
 
-def read_image_set(spec, shape, data_dir=None, limit=None, flag=None):
-    """images.read_images (tensorflow-datasets quiet unless --verbose) and fit_images: (the
-    set's name, its first `limit` images fitted to a model's shape); prints what was read
-    and done to it. A bad SPEC is a UsageError (naming --flag when given)."""
+def read_image_set(spec, shape, data_dir=None, limit=None, flag=None, run=None):
+    """images.read_set (tensorflow-datasets quiet unless --verbose) fitted to a model's shape:
+    (the set's name, its first `limit` images); prints what was read and done to it. run: the
+    model's run_config (its images resized and centre-cropped to its image_size, as in
+    training, rather than padded or cropped). A bad SPEC is a UsageError (naming --flag when
+    given)."""
     where = '--%s: ' % flag if flag else ''
+    run = run or {}
     try:
-        found, _, keys = images.read_images(spec, data_dir, verbose=FLAGS['verbose'].value)
+        found = images.read_set(spec, data_dir, verbose=FLAGS['verbose'].value, shape=shape,
+                                resize=bool(run.get('image_size')), class_names=run.get('class_names'), limit=limit)
     except ValueError as e:
         raise app.UsageError(where + flag_message(e)) from None  # e names SPEC
-    try:
-        fitted, done = images.fit_images(found[:limit], shape)
-    except ValueError as e:
-        raise app.UsageError('%s%s: %s' % (where, spec, e)) from None
     name = spec[len('tfds:'):] if spec.startswith('tfds:') else os.path.basename(spec.rstrip('/'))
-    print('%s: %d images%s%s' % (name, len(found), ' (%s)' % ', '.join(done) if done else '', npz_keys(keys)))
-    return name, fitted
+    print('%s: %d images%s%s' % (name, found.total, ' (%s)' % ', '.join(found.done) if found.done else '',
+                                 npz_keys(found.keys)))
+    return name, found.images
 
 
 def progress_bar(target, unit_name='step', stateful_metrics=None):

@@ -18,7 +18,9 @@ from pixel_cnn_pp import files
 CONFIG_FILE = 'config.json'
 NONLINEARITIES = ('concat_elu', 'elu', 'relu')
 PRECISIONS = ('float32', 'mixed_bfloat16', 'mixed_float16')
-DATA_SETS = ('cifar', 'imagenet', 'npz')
+DATA_SETS = ('cifar', 'imagenet', 'npz', 'folder')  # and tfds:NAME[:SPLIT], any tensorflow-datasets set
+TFDS = 'tfds:'
+HELD_OUT = 0.1  # the share of a set without a test split held out as its test set
 CHANNELS = (1, 3)  # grayscale, RGB
 MULTIPLE = 4       # of H and W: the network halves them twice
 MIXTURE_PARAMS = {1: 3, 3: 10}  # outputs per logistic of the mixture, by channels (nn.num_mixture_params)
@@ -117,6 +119,42 @@ def check_images(shape, field='images', channels=CHANNELS, error=ConfigError):
         refuse(field, 'must have a height and width that are positive multiples of 4 (two stride-2 '
                'downsamplings), got shape %s' % (shape,), error)
     return shape
+
+
+def is_tfds(data_set):
+    """Whether a data set (or a SPEC) names a tensorflow-datasets set: tfds:NAME[:SPLIT]."""
+    return isinstance(data_set, str) and data_set.startswith(TFDS)
+
+
+def check_data_set(data_set):
+    """The rule of data_set: one of DATA_SETS, or tfds:NAME[:SPLIT] (a split may hold colons:
+    train[:10%])."""
+    if is_tfds(data_set):
+        parts = data_set.split(':', 2)
+        if all(parts[1:]):
+            return
+        raise ConfigError('{data_set} is not tfds:NAME[:SPLIT] (e.g. tfds:mnist, tfds:svhn_cropped:train)',
+                          data_set=data_set)
+    if data_set not in DATA_SETS:
+        raise ConfigError('{data_set} is not one of %s, or tfds:NAME[:SPLIT]' % ', '.join(DATA_SETS),
+                          data_set=data_set)
+
+
+def check_image_size(image_size):
+    """The rule of image_size (what images are resized and centre-cropped to): None, or
+    (H, W) positive multiples of 4 (one number: square). Returns it as a tuple of ints."""
+    if image_size is None:
+        return None
+    size = image_size if isinstance(image_size, (list, tuple)) else [image_size]
+    try:
+        size = tuple(int(s) for s in size if not isinstance(s, bool) and int(s) == float(s))
+    except (TypeError, ValueError):
+        size = ()
+    size = size * 2 if len(size) == 1 else size
+    if len(size) != 2 or not fits(size):
+        raise ConfigError('{image_size} is not H,W (or one number) with H and W positive multiples of 4',
+                          image_size=image_size)
+    return size
 
 
 def _positive_int(obj, *names):
@@ -259,8 +297,13 @@ class TrainConfig:
     """The settings of a training run (the official train.py's flags beyond the model's, and
     ours). Those in FREE may change when a run is resumed; any other one would make the
     resumed run differ from an uninterrupted one."""
-    data_set: str = 'cifar'
+    data_set: str = 'cifar'        # DATA_SETS, or tfds:NAME[:SPLIT]
     data_dir: str = 'data'
+    image_size: Optional[Tuple[int, int]] = None  # images resized and centre-cropped to (H, W); None: as they are
+    held_out: float = HELD_OUT     # of a set without a test split: the share held out (seeded, fixed) to test on
+    skip_unreadable: bool = False  # an empty or unreadable image file: skipped (named), instead of refused
+    cache: str = ''                # a file to keep a folder's decoded images in (read from it on later runs)
+    class_names: Optional[Tuple[str, ...]] = None  # the data's classes (label k is class_names[k]), recorded
     batch_size: int = 16           # per replica and micro-batch
     replicas: int = 1
     accum_steps: int = 1
@@ -282,12 +325,25 @@ class TrainConfig:
     xla: bool = False
     progress: bool = True
 
-    FREE = ('data_dir', 'max_epochs', 'init_batch_size', 'save_interval', 'save_steps', 'save_minutes',
+    FREE = ('data_dir', 'cache', 'max_epochs', 'init_batch_size', 'save_interval', 'save_steps', 'save_minutes',
             'num_samples', 'recompute', 'xla', 'progress')
 
+    # recorded since these fields exist; a config.json without them is of a run that had their defaults
+    DATA_FIELDS = ('image_size', 'held_out', 'skip_unreadable', 'cache', 'class_names')
+
     def __post_init__(self):
-        if self.data_set not in DATA_SETS:
-            raise ConfigError('{data_set} is not one of %s' % ', '.join(DATA_SETS), data_set=self.data_set)
+        check_data_set(self.data_set)
+        object.__setattr__(self, 'image_size', check_image_size(self.image_size))
+        _in_range(self, 'held_out', 0., 1., low_open=True, high_open=True)
+        object.__setattr__(self, 'skip_unreadable', bool(self.skip_unreadable))
+        if not isinstance(self.cache, str):
+            raise ConfigError('{cache} is not a file path', cache=self.cache)
+        if self.class_names is not None:
+            names = self.class_names
+            if isinstance(names, str) or not isinstance(names, (list, tuple)) or \
+                    not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+                raise ConfigError('{class_names} is not a list of distinct names', class_names=names)
+            object.__setattr__(self, 'class_names', tuple(names))
         if self.precision not in PRECISIONS:
             raise ConfigError('{precision} is not one of %s' % ', '.join(PRECISIONS), precision=self.precision)
         _positive_int(self, 'batch_size', 'replicas', 'accum_steps', 'max_epochs', 'init_batch_size',
@@ -363,8 +419,9 @@ def resume(saved, given, save_dir='.'):
     value}, what the caller set explicitly) where allowed. Returns (ModelConfig,
     TrainConfig, changed, unrecorded): changed = [(field, old, new)] of the FREE fields given
     anew, unrecorded = the fields an older config.json does not hold (taken from `given` or
-    the defaults). A given value of any other field that differs from the saved one is a
-    ConfigError naming the field and both values."""
+    the defaults; not TrainConfig.DATA_FIELDS, whose defaults are what runs before them
+    did). A given value of any other field that differs from the saved one is a ConfigError
+    naming the field and both values."""
     train_fields, model_fields = field_names(TrainConfig), field_names(ModelConfig)
     unknown = sorted(set(given) - set(train_fields) - set(model_fields))
     if unknown:
@@ -372,7 +429,7 @@ def resume(saved, given, save_dir='.'):
     merged, changed = dict(saved), []
     for key, value in given.items():
         old = saved.get(key)
-        if key == 'image_shape' and old is not None:
+        if isinstance(old, list) and isinstance(value, (list, tuple)):  # JSON has no tuples
             old, value = tuple(old), tuple(value)
         if key not in saved or old == value:
             merged[key] = value
@@ -383,7 +440,7 @@ def resume(saved, given, save_dir='.'):
             raise ConfigError('{%s}, but the run in %s being resumed has {%s=_saved} (%s): a resumed run keeps it, '
                               'to be the run it would have been uninterrupted' % (key, save_dir, key, CONFIG_FILE),
                               **{key: value, '_saved': old})
-    unrecorded = [k for k in train_fields if k not in saved]
+    unrecorded = [k for k in train_fields if k not in saved and k not in TrainConfig.DATA_FIELDS]
     model, train = run_configs(merged)
     return model, train, changed, unrecorded
 

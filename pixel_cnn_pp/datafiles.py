@@ -1,16 +1,28 @@
 """What reading a user's data file may do: raise DataError (bad data, named by the
 argument or file, quoting the error behind it in one line: first_line), never run code
 from the file (load_pickle), and tell an .npz from other files before NumPy reads it
-(is_npz)."""
+(is_npz, read_npz)."""
 
 import pickle
+import zipfile
+import zlib
 
 import numpy as np
 
+from pixel_cnn_pp.config import ConfigError
 
-class DataError(ValueError):
-    """A data set, file or argument that cannot be used, with a message naming it (by its
-    Python argument name; cli.py says the flag instead)."""
+
+class DataError(ConfigError):
+    """A data set, file or argument that cannot be used: a config.ConfigError whose message
+    holds the settings it names as placeholders (`DataError('{data_dir} is not an .npz',
+    data_dir=path)`: str() says data_dir=path, cli.py --data_dir=path), or a plain sentence
+    naming a file."""
+
+    def within(self, prefix):
+        """The same error with `prefix` before its message (what a caller adds: the SPEC
+        it was reading)."""
+        positional = tuple(f for f in self.fields if f not in self.values)
+        return DataError(prefix + self.template, *positional, **self.values)
 
 
 class _Refused(pickle.UnpicklingError):
@@ -81,6 +93,22 @@ def first_line(e):
     """An exception's first line, or its type if it says nothing: what a one-line error
     quotes of the error behind it."""
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def read_npz(path, keys=None, what=None, **values):
+    """{key: array} of the .npz at path (only `keys`, when given), read with pickles refused
+    (an object array is not readable); if it is not an .npz or not readable (truncated, not
+    a zip), a DataError naming it as `what` (a placeholder of values: '{data_dir}'), else
+    by its path."""
+    what = what or path
+    if not is_npz(path):
+        raise DataError('%s is not an .npz file' % what, **values)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files if keys is None or k in keys}
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:  # truncated, object arrays
+        raise DataError('%s is not a readable .npz (%s: %s)' % (what, type(e).__name__, first_line(e)),
+                        **values) from None
 
 
 NPZ_MAGIC = (b'PK\x03\x04', b'PK\x05\x06')  # a zip archive's first bytes (an empty one's)

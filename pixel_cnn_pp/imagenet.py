@@ -32,8 +32,9 @@ MISSING = ('expected the original downsampled ImageNet 32x32 (train_32x32.tar an
            'or their extracted folders; van den Oord et al. 2016, mirrored e.g. on Academic '
            'Torrents) or Imagenet32 (train_data_batch_1..10 and val_data, from '
            'Imagenet32_train_npz.zip and Imagenet32_val_npz.zip or their pickle versions; '
-           'Chrabaszcz et al. 2017, image-net.org after login), in data_dir or a folder in it. '
-           'Arrays of your own: data_set=npz data_dir=FILE.npz.')
+           'Chrabaszcz et al. 2017, image-net.org after login), in {data_dir:name} or a folder in it. '
+           'Images of your own: {data_set=_folder} {data_dir=_dir}.')
+OWN_IMAGES = {'_folder': 'folder', '_dir': 'DIR'}  # MISSING's values
 
 
 class Source(NamedTuple):
@@ -368,7 +369,8 @@ def load(data_dir, progress=True):
     without write access to data_dir, the data is converted into memory instead."""
     src = _locate(data_dir)
     if src is None:
-        raise DataError('data_set=imagenet: nothing in data_dir=%s; %s' % (data_dir, MISSING))
+        raise DataError('{data_set}: nothing in {data_dir}; ' + MISSING, data_dir=data_dir, data_set='imagenet',
+                        **OWN_IMAGES)
     cache = os.path.join(data_dir, CACHE)
     print('ImageNet 32x32: %s; cache %s' % (src.description, cache))
     fingerprint = _fingerprint(src, data_dir)

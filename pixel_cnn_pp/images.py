@@ -1,25 +1,25 @@
 """Images as the official code sees them and the files they come from or go to: the
 uint8 <-> [-1, 1] convention (make_feed_dict's scaling), the sample grid (plotting.img_tile),
-PNG output, and reading image sets (an .npz, a folder of PNG/JPEG files,
-tfds:NAME[:SPLIT]) and fitting them to a model's shape.
+PNG output, and reading image sets from a SPEC (an .npz, a folder of image files,
+tfds:NAME[:SPLIT]: read_set) and fitting them to a model's shape.
 
-Reading a folder never decodes what it should not: a file whose header announces more
-than MAX_PIXELS pixels, one that is not a PNG or JPEG, and a broken or truncated one are
-each skipped with one warning line naming it; RGBA (and gray + alpha) lose their alpha
-channel, 16-bit PNGs are scaled to 8 bits, and grayscale images in a folder that also has
-color ones are repeated to 3 channels, each said in one warning line."""
+A folder is read as train.py reads it (folders.py): nothing is decoded that should not be,
+and a file whose header announces more than MAX_PIXELS pixels, one that is not an image,
+and a broken or truncated one are each skipped with one warning line naming it; RGBA (and
+gray + alpha) lose their alpha channel, 16-bit PNGs are scaled to 8 bits, and grayscale
+images in a folder that also has color ones are repeated to 3 channels, each said in one
+warning line."""
 
 import os
-import struct
-import zipfile
-import zlib
+from typing import NamedTuple, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import files
+from pixel_cnn_pp import files, folders
 from pixel_cnn_pp.config import check_channels
-from pixel_cnn_pp.datafiles import DataError, is_npz
+from pixel_cnn_pp.datafiles import DataError, is_npz, read_npz
+from pixel_cnn_pp.folders import IMAGE_FILES, JPEG_SIGNATURE, MAX_PIXELS, PNG_SIGNATURE, header  # noqa: F401
 
 
 def scale(x):
@@ -59,108 +59,67 @@ def write_samples(images, prefix):
     files.write_atomically(prefix + '.npz', lambda f: np.savez(f, samples=np.asarray(images)))
 
 
-IMAGE_FILES = ('.png', '.jpg', '.jpeg')
-MAX_PIXELS = 64 * 10 ** 6  # a larger header is refused before decoding (a decompression bomb)
-PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
-JPEG_SIGNATURE = b'\xff\xd8\xff'
-
-
-def header(data):
-    """(kind 'png' or 'jpeg', height, width, bit depth) from a file's first bytes, without
-    decoding it: the PNG IHDR chunk, the JPEG frame header (SOF marker; None for its sizes
-    if the bytes end before it); None if the bytes are neither."""
-    if data[:8] == PNG_SIGNATURE and data[12:16] == b'IHDR' and len(data) >= 25:
-        width, height, depth = struct.unpack('>IIB', data[16:25])
-        return 'png', height, width, depth
-    if data[:3] != JPEG_SIGNATURE:
-        return None
-    i = 2
-    while i + 9 <= len(data):  # segments: FF marker, 2-byte length, payload
-        if data[i] != 0xFF:
-            break
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            depth, height, width = struct.unpack('>BHH', data[i + 4:i + 9])
-            return 'jpeg', height, width, depth
-        i += 2 + struct.unpack('>H', data[i + 2:i + 4])[0]
-    return 'jpeg', None, None, None
-
-
-def _decode(data):
-    """(uint8 (H, W, C) image with C in 1 or 3, what was converted: a list of phrases) of a
-    PNG or JPEG file's bytes, or a DataError saying why it is not read."""
-    head = header(data)
-    if head is None:
-        raise DataError('not a PNG or JPEG file')
-    kind, height, width, depth = head
-    if height is None:
-        raise DataError('a broken or truncated JPEG (no frame header)')
-    if height * width > MAX_PIXELS:
-        raise DataError('its header says %dx%d pixels, more than the %d megapixels read (not decoded)'
-                        % (width, height, MAX_PIXELS // 10 ** 6))
-    if not height or not width:
-        raise DataError('its header says %dx%d pixels' % (width, height))
-    try:
-        if kind == 'png':
-            image = tf.io.decode_png(data, dtype=tf.uint16 if depth == 16 else tf.uint8).numpy()
-        else:
-            image = tf.io.decode_jpeg(data).numpy()
-    except (tf.errors.OpError, ValueError) as e:
-        why = getattr(e, 'message', str(e)).split('}} ')[-1].split(' [Op:')[0].strip()
-        raise DataError('a broken or truncated %s (%s)' % (kind.upper(), why.splitlines()[0] if why else
-                                                           type(e).__name__)) from None
-    done = []
-    if image.dtype == np.uint16:  # nearest of the 256 levels: v * 255 / 65535, rounded
-        image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-        done.append('16-bit PNG scaled to 8 bits')
-    if image.shape[-1] in (2, 4):
-        if (image[..., -1] < 255).any():
-            done.append('transparent pixels: alpha dropped')
-        image = image[..., :-1]
-    return image, done
-
-
-def _read_folder(folder):
-    """The PNG/JPEG images of a folder (sorted by file name), read as the module docstring
-    says; files of other extensions are ignored."""
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_FILES))
-    images, paths, notes = [], [], {}
-    for name in names:
-        path = os.path.join(folder, name)
-        try:
-            with open(path, 'rb') as f:
-                image, done = _decode(f.read())
-        except OSError as e:
-            print('warning: skipped %s: %s' % (path, e.strerror or e))
-            continue
-        except DataError as e:
-            print('warning: skipped %s: %s' % (path, e))
-            continue
-        for phrase in done:
-            notes.setdefault(phrase, []).append(path)
-        images.append(image)
-        paths.append(path)
-    if not images:
-        raise DataError('%s: a folder with no readable PNG or JPEG images' % folder)
-    if len({image.shape[-1] for image in images}) > 1:
-        for k, image in enumerate(images):
-            if image.shape[-1] == 1:
-                images[k] = np.repeat(image, 3, axis=-1)
-                notes.setdefault('grayscale repeated to 3 channels (others are in color)', []).append(paths[k])
+def _phrases(notes):
+    """Prints one warning line per phrase of notes ({phrase: [paths]}): the file, or how
+    many and the first."""
     for phrase, which in notes.items():
-        print('warning: %s: %s' % (phrase, which[0] if len(which) == 1 else
-                                   '%d images (the first: %s)' % (len(which), which[0])))
-    shapes = {image.shape for image in images}
-    if len(shapes) > 1:
-        raise DataError('%s: the images have different shapes %s' % (folder, sorted(shapes)[:3]))
-    return np.stack(images)
+        if which:
+            print('warning: %s: %s' % (phrase, which[0] if len(which) == 1 else
+                                       '%d images (the first: %s)' % (len(which), which[0])))
+
+
+def skipped(unreadable, limit=10):
+    """Prints the files scan found unreadable, one warning line each (the first `limit`,
+    then how many more)."""
+    for path, why in unreadable[:limit]:
+        print('warning: skipped %s: %s' % (path, why))
+    if len(unreadable) > limit:
+        print('warning: skipped %d more unreadable files' % (len(unreadable) - limit))
+
+
+def conversions(infos, paths, channels):
+    """{phrase: [paths]} of what decoding to `channels` does to the files (folders.scan's
+    infos): alpha dropped, 16 bits scaled to 8, gray repeated to RGB."""
+    color = any(info.channels >= 3 for info in infos)
+    gray = 'grayscale repeated to 3 channels (%s)' % ('others are in color' if color else "the model's are")
+    notes = {'alpha channel dropped (RGBA or gray + alpha)': [], '16-bit PNG scaled to 8 bits': [], gray: []}
+    for info, path in zip(infos, paths):
+        if info.channels in (2, 4):
+            notes['alpha channel dropped (RGBA or gray + alpha)'].append(path)
+        if info.depth == 16:
+            notes['16-bit PNG scaled to 8 bits'].append(path)
+        if channels == 3 and info.channels in (1, 2):
+            notes[gray].append(path)
+    return {k: v for k, v in notes.items() if v}
+
+
+def set_channels(infos, paths, channels=None):
+    """The channels a set of files is decoded to: `channels` (a model's), or 3 if any file
+    is in color, else 1. A color file for a 1-channel model is a DataError naming it."""
+    color = next((p for info, p in zip(infos, paths) if info.channels >= 3), None)
+    if channels == 1 and color:
+        raise DataError('%s is in color, and the model\'s images are grayscale (1 channel)' % color)
+    return channels or (3 if color else 1)
+
+
+def odd_size(infos, paths):
+    """(path, (height, width)) of the first file not of the first file's size, or None."""
+    first = (infos[0].height, infos[0].width)
+    return next(((p, (i.height, i.width)) for i, p in zip(infos, paths) if (i.height, i.width) != first), None)
+
+
+class ImageSet(NamedTuple):
+    """A set of images read from a SPEC (read_set)."""
+    images: np.ndarray  # uint8 (N, H, W, C)
+    labels: Optional[np.ndarray]  # (N,) integers, or None
+    keys: tuple  # the .npz keys read (('x', 'y'), ('test_x',), ...); () for a folder or tfds
+    done: list  # what was done to fit them to the model (phrases), empty when nothing
+    class_names: Optional[tuple]  # of a folder with class subfolders
+    total: int  # images in the set (more than images holds when a limit cut it)
 
 
 # Where else a set's images come from (the other forms of a SPEC).
-IMAGES_ROUTE = 'pass the images as an .npz or a folder of PNG/JPEG files'
+IMAGES_ROUTE = 'pass the images as an .npz or a folder of image files'
 SPEC_FORMS = 'an .npz file, a folder of images, or tfds:NAME[:SPLIT]'
 
 
@@ -176,30 +135,67 @@ def _read_tfds(spec, data_dir, verbose):
         [(x, y)] = data.read_tfds(parts[1], [parts[2] if len(parts) == 3 else 'test'], data_dir,
                                   [IMAGES_ROUTE], verbose)
     except DataError as e:
-        raise DataError('%s: %s' % (spec, e)) from None
+        raise e.within('%s: ' % spec) from None
     return x, y
 
 
-def read_images(spec, data_dir=None, verbose=False):
-    """A set of uint8 images (N, H, W, C), its labels (or None) and the .npz keys it was read
-    from (('x', 'y'), ('test_x',), ...; () for a folder or tfds) from a SPEC: an .npz (key
-    x, else test_x; labels y, else test_y), a folder of PNG/JPEG files (sorted by name, read
-    as the module docstring says), or tfds:NAME[:SPLIT] (_read_tfds; verbose:
-    tensorflow-datasets' progress bars and warnings). Errors (DataError) name the SPEC or
-    the file."""
-    keys = ()
+def folder_split(folder):
+    """The folder a SPEC that is a folder stands for: DIR/test when DIR holds train/ and
+    test/ (train.py's layout), DIR/train when it holds train/ alone, else DIR."""
+    train, test = folders.splits(folder)
+    return test or train
+
+
+def _read_folder(spec, shape, resize, class_names, limit):
+    """A folder's images as read_set reads them (unreadable files skipped with a warning
+    each)."""
+    root = folder_split(spec)
+    if root != spec:
+        print('%s: reading %s' % (spec, root))
+    found = folders.listing(root, class_names)
+    paths = found.paths[:limit] if limit else found.paths
+    scanned = folders.scan(paths)
+    skipped(scanned.unreadable)
+    keep = [k for k, info in enumerate(scanned.infos) if info is not None]
+    if not keep:
+        raise DataError('%s: a folder with no readable image files (%d unreadable)' % (root, len(paths)))
+    infos, paths = [scanned.infos[k] for k in keep], [paths[k] for k in keep]
+    labels = None if found.labels is None else found.labels[keep]
+    channels = set_channels(infos, paths, shape[2] if shape else None)
+    _phrases(conversions(infos, paths, channels))
+    odd = odd_size(infos, paths)
+    size, fit, done = (infos[0].height, infos[0].width), None, []
+    if odd and not shape:
+        raise DataError('%s: the images are not one size: %s is %dx%d, %s %dx%d (height x width)' % (
+            root, odd[0], odd[1][0], odd[1][1], paths[0], infos[0].height, infos[0].width))
+    if odd or (shape and resize and size != tuple(shape[:2])):
+        size, fit = tuple(shape[:2]), 'resize' if resize else 'pad'
+        n = sum((i.height, i.width) != size for i in infos)
+        done.append('%d %s to %dx%d' % (n, 'resized and centre-cropped' if resize else 'zero-padded or centre-cropped',
+                                        size[0], size[1]))
+    x = folders.ImageFiles(paths, size + (channels,), fit, [i.depth == 16 for i in infos])[:]
+    return x, labels, found.class_names, done, len(found.paths)
+
+
+def read_set(spec, data_dir=None, verbose=False, shape=None, resize=False, class_names=None, limit=None):
+    """The ImageSet of a SPEC: an .npz (key x, else test_x; labels y, else test_y), a folder
+    of image files (folder_split; flat, or one subfolder per class: its labels, by
+    class_names when given (a model's classes), else the sorted subfolder names), or
+    tfds:NAME[:SPLIT] (_read_tfds; verbose: tensorflow-datasets' progress bars and
+    warnings). shape: a model's (H, W, C), which the images are fitted to: resized and
+    centre-cropped (fit_image) if `resize` (the model was trained so: its config.json's
+    image_size), else zero-padded or centre-cropped (fit_images); without it, images as they
+    are (a folder's of one size). limit: the first `limit` images only. A folder's unreadable
+    files are skipped, a warning line each. Errors (DataError) name the SPEC or the file."""
+    keys, names, done, total = (), None, [], None
     if spec.startswith('tfds:'):
         x, y = _read_tfds(spec, data_dir, verbose)
     elif os.path.isdir(spec):
-        x, y = _read_folder(spec), None
+        x, y, names, done, total = _read_folder(spec, shape, resize, class_names, limit)
     elif os.path.isfile(spec):
         if not is_npz(spec):
             raise DataError('%s: not an .npz (expected %s)' % (spec, SPEC_FORMS))
-        try:
-            with np.load(spec, allow_pickle=False) as f:
-                arrays = {k: f[k] for k in f.files if k in ('x', 'y', 'test_x', 'test_y')}
-        except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:
-            raise DataError('%s: not a readable .npz (%s)' % (spec, e)) from None
+        arrays = read_npz(spec, ('x', 'y', 'test_x', 'test_y'))
         key = 'x' if 'x' in arrays else 'test_x'
         if key not in arrays:
             raise DataError('%s: the .npz has neither x nor test_x' % spec)
@@ -215,7 +211,26 @@ def read_images(spec, data_dir=None, verbose=False):
     check_channels(x.shape[-1], '%s: images' % spec, x.shape, error=DataError)
     if y is not None and len(y) != len(x):
         raise DataError('%s: %d labels for %d images' % (spec, len(y), len(x)))
-    return x, y, keys
+    total = len(x) if total is None else total
+    if limit:
+        x, y = x[:limit], None if y is None else y[:limit]
+    if shape:
+        if resize and x.shape[1:3] != tuple(shape[:2]):
+            done.append('%d resized and centre-cropped to %dx%d' % (len(x), shape[0], shape[1]))
+            x = folders.fit_array(x, shape[:2])
+        try:
+            x, fitted = fit_images(x, shape)
+        except DataError as e:
+            raise e.within('%s: ' % spec) from None
+        done += fitted
+    return ImageSet(x, y, keys, done, names, total)
+
+
+def read_images(spec, data_dir=None, verbose=False):
+    """A set of uint8 images (N, H, W, C), its labels (or None) and the .npz keys it was read
+    from, as they are: read_set without a model's shape."""
+    found = read_set(spec, data_dir, verbose)
+    return found.images, found.labels, found.keys
 
 
 def fit_images(images, shape):

@@ -42,7 +42,8 @@ def train(model_config, train_config, save_dir, data, strategy=None, resume=Fals
             keras.utils.set_random_seed(c.seed)  # the initial weights: Python, NumPy, TF, Keras
             with strategy.scope():
                 trainer = training.Trainer(model_config, train_config, strategy)
-            saves = savedir.Checkpoints(trainer, directory, os.path.join(save_dir, 'test_bpd_%s.npz' % c.data_set),
+            history = os.path.join(save_dir, 'test_bpd_%s.npz' % data_lib.file_stem(c.data_set))
+            saves = savedir.Checkpoints(trainer, directory, history,
                                         chief, c.save_minutes, clock)
             print('%s over %d replica(s); each update: %d replica(s) x %d micro-batch(es) x %d images = %d images'
                   % (stopping.strategy_name(strategy), c.replicas, c.replicas, c.accum_steps, c.batch_size, c.update_images))
@@ -145,7 +146,7 @@ def write_samples(trainer, policy, saves, c, model_config, epoch, save_dir):
                                      seed=c.seed * 100003 + epoch * 101 + i,
                                      method='naive' if model_config.energy_distance else 'fast'))
     drawn = np.concatenate(drawn)
-    prefix = os.path.join(save_dir, '%s_sample%d' % (c.data_set, epoch))
+    prefix = os.path.join(save_dir, '%s_sample%d' % (data_lib.file_stem(c.data_set), epoch))
     if saves.chief:
         savedir.written(prefix + '.png', lambda: images.write_samples(drawn, prefix))
     tf.summary.image('samples', drawn[:16], step=trainer.step(), max_outputs=16)

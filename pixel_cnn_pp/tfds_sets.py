@@ -102,14 +102,16 @@ def _prepare(builder, where):
         raise
 
 
-def load(name, splits, data_dir=None, routes=(), verbose=False, download=True):
+def load(name, splits, data_dir=None, routes=(), verbose=False, download=True, route_values=None):
     """The splits (e.g. ['train', 'test']) of tensorflow-datasets' set `name` (NAME or
     NAME/CONFIG), as a list of dicts of arrays ('image', 'label' if it has labels): the
     copy prepared in data_dir (None: tensorflow-datasets' default), else downloaded and
     prepared there if the set's source answers, else a DataError naming the local `routes`
-    (phrases saying where else the images can come from). download=False: None if it is not
-    prepared there."""
+    (phrases saying where else the images can come from, whose settings are placeholders
+    of DataError: {data_dir:name}, and route_values' others). download=False: None if it is
+    not prepared there."""
     instead = '; use local data instead: %s' % ', or '.join(routes) if routes else ''
+    values = dict(route_values or {})
     where = data_dir
     try:
         import tensorflow_datasets as tfds
@@ -124,18 +126,47 @@ def load(name, splits, data_dir=None, routes=(), verbose=False, download=True):
             url = next(iter(builder.url_infos or ()), None)  # none: a set of manual downloads
             why = url and reachable(url)
             if why:
-                raise DataError('%s is not in data_dir=%s and cannot be downloaded (%s: %s)%s'
-                                % (name, where, url, why, instead))
+                raise DataError('%s is not in {data_dir} and cannot be downloaded (%s: %s)%s'
+                                % (name, url, why, instead), data_dir=where, **values)
             try:
                 _prepare(builder, where)
             except errors() as e:  # a failed download, an unwritable folder, a full disk
-                raise DataError('tensorflow-datasets could not download %s into data_dir=%s (%s)%s'
-                                % (name, where, first_line(e), instead)) from None
+                raise DataError('tensorflow-datasets could not download %s into {data_dir} (%s)%s'
+                                % (name, first_line(e), instead), data_dir=where, **values) from None
             return _read(name, splits, data_dir)
     except DataError:
         raise
     except ModuleNotFoundError as e:
         raise missing_dependency(e) from e
     except errors() as e:  # an unknown name or split, a broken copy
-        raise DataError('tensorflow-datasets could not load %s from data_dir=%s (%s)'
-                        % (name, where, first_line(e))) from None
+        raise DataError('tensorflow-datasets could not load %s from {data_dir} (%s)'
+                        % (name, first_line(e)), data_dir=where) from None
+
+
+def _builder(name, data_dir):
+    import tensorflow_datasets as tfds
+    with quiet():
+        return tfds.builder(name, data_dir=data_dir)
+
+
+def splits(name, data_dir=None):
+    """The split names of a set prepared in data_dir (load it first), or None when
+    tensorflow-datasets does not say (a set it has not prepared, a mock)."""
+    try:
+        found = list(_builder(name, data_dir).info.splits.keys())
+    except errors():
+        return None
+    return found or None
+
+
+def label_names(name, data_dir=None):
+    """The class names of a set's 'label' feature (a ClassLabel), or None."""
+    import tensorflow_datasets as tfds
+    try:
+        features = _builder(name, data_dir).info.features
+        feature = features['label'] if 'label' in features.keys() else None
+    except errors():
+        return None
+    if isinstance(feature, tfds.features.ClassLabel) and feature.names:
+        return tuple(str(n) for n in feature.names)
+    return None

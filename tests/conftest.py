@@ -279,3 +279,63 @@ def pytest_configure(config):
         if probe.nodeid != 'test_x@group':
             raise pytest.UsageError('pytest %s ignores xdist_group under --dist loadgroup (pytest-xdist#1386): '
                                     'install the pytest of requirements.txt' % pytest.__version__)
+
+
+# ---------------------------------------------------------------------- image folders
+
+def encode_image(image, kind='png'):
+    """The bytes of a uint8 (H, W, C) image as a file of `kind`: png, jpeg (TensorFlow's
+    encoders), bmp or gif (Pillow's; gif: RGB through its palette, exact for images of at
+    most 256 colours)."""
+    if kind == 'png':
+        return tf.io.encode_png(image).numpy()
+    if kind == 'jpeg':
+        return tf.io.encode_jpeg(image).numpy()
+    from PIL import Image
+    out = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out, kind.upper())
+    return out.getvalue()
+
+
+def write_image_folder(root, classes=None, n=4, shape=(28, 28, 1), seed=0, splits=('train', 'test'),
+                       kind='png'):
+    """A folder of random images as train.py reads one: root/SPLIT/CLASS/NNN.png for each of
+    `splits` (() : the images straight in root) and `classes` (None: flat), n images each (a
+    dict {split: n} for other numbers). Returns {split (or None): (images, labels or None)}
+    in the order a reader takes them: classes sorted, then files."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for split in splits or (None,):
+        count = n[split] if isinstance(n, dict) else n
+        xs, ys = [], []
+        for label, name in enumerate(sorted(classes) if classes else [None]):
+            folder = os.path.join(*[p for p in (root, split, name) if p])
+            os.makedirs(folder, exist_ok=True)
+            for k in range(count):
+                x = rng.integers(0, 256, shape, dtype=np.uint8)
+                with open(os.path.join(folder, '%03d.%s' % (k, kind)), 'wb') as f:
+                    f.write(encode_image(x, kind))
+                xs.append(x)
+                ys.append(label)
+        written[split] = (np.stack(xs), np.array(ys, np.int32) if classes else None)
+    return written
+
+
+def write_tfds_set(data_dir, name='mnist', sizes=(('train', 40), ('test', 8)), seed=0):
+    """A tensorflow-datasets set prepared in data_dir as a download would leave it (its
+    registered features and version, random images and labels), so tfds.load(name,
+    data_dir=data_dir) reads it offline. Returns {split: (images, labels)}."""
+    import tensorflow_datasets as tfds
+    real = tfds.builder(name)
+    image, label = real.info.features['image'], real.info.features['label']
+    rng = np.random.default_rng(seed)
+    written = {split: (rng.integers(0, 256, (n,) + image.shape, dtype=np.uint8),
+                       rng.integers(0, label.num_classes, n)) for split, n in sizes}
+    builder = tfds.dataset_builders.TfDataBuilder(
+        name=name, version=str(real.version), features=real.info.features, data_dir=data_dir,
+        split_datasets={split: tf.data.Dataset.from_tensor_slices({'image': x, 'label': y})
+                        for split, (x, y) in written.items()})
+    from pixel_cnn_pp import tfds_sets
+    with tfds_sets.quiet():
+        builder.download_and_prepare()
+    return written

@@ -11,8 +11,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from pixel_cnn_pp import data as data_lib
+from pixel_cnn_pp import cli, data as data_lib
 from pixel_cnn_pp import datafiles, tfds_sets
+from pixel_cnn_pp.config import ConfigError
 from pixel_cnn_pp.datafiles import DataError
 from pixel_cnn_pp.images import scale
 from conftest import ROOT, project_files
@@ -47,13 +48,17 @@ def test_npz_and_checks(tmp_path):
              test_x=rng.integers(0, 256, (2, 8, 12, 1), dtype=np.uint8))
     d = data_lib.load('npz', str(tmp_path / 'gray.npz'))
     assert d.train_x.shape == (5, 8, 12, 1) and d.num_labels == 0 and d.train_y is None
-    with pytest.raises(DataError, match='^class_conditional needs labels: npz has none'):
+    with pytest.raises(DataError) as e:
         data_lib.load('npz', str(tmp_path / 'gray.npz'), class_conditional=True)
+    assert e.value.field == 'class_conditional' and e.value.values == {'class_conditional': True, 'data_set': 'npz'}
+    assert str(e.value) == 'class_conditional needs labels: data_set=npz has none'
     np.savez(tmp_path / 'float.npz', train_x=np.zeros((2, 8, 8, 3)), test_x=np.zeros((2, 8, 8, 3)))
-    with pytest.raises(DataError, match='must be uint8'):
+    with pytest.raises(DataError, match='must be uint8') as e:
         data_lib.load('npz', str(tmp_path / 'float.npz'))
-    with pytest.raises(DataError, match='^data_set must be one of cifar.imagenet.npz'):
+    assert e.value.field == 'data_set'
+    with pytest.raises(ConfigError) as e:
         data_lib.load('mnist', str(tmp_path))
+    assert e.value.field == 'data_set' and 'is not one of cifar, imagenet, npz, folder, or tfds:NAME' in str(e.value)
 
 
 def test_constant_images_get_a_warning(capsys):
@@ -222,8 +227,10 @@ def test_labels_are_the_classes_0_to_k_minus_1(tmp_path):
         data_lib.load('npz', _npz(tmp_path / 'million.npz', [0, 1, 2, 1000000], [0]))
     with pytest.raises(DataError, match=r'the largest label of train_y is 2 and only 2 of the 3 values'):
         data_lib.load('npz', _npz(tmp_path / 'gap.npz', [0, 2, 2], [0]))
-    with pytest.raises(DataError, match=r'^npz test labels 3, 7 are not classes of the training set \(0\.\.2\)'):
+    with pytest.raises(DataError, match=r'^data_set=npz: its test labels 3, 7 are not classes of the training set '
+                                        r'\(0\.\.2\)') as e:
         data_lib.load('npz', _npz(tmp_path / 'test.npz', [0, 1, 2], [7, 0, 3, 3]))
+    assert e.value.field == 'data_set'
     with pytest.raises(DataError, match=r'train_y must be 3 integer labels >= 0 .*int64 \(3,\) with negatives'):
         data_lib.load('npz', _npz(tmp_path / 'neg.npz', [0, -1, 1], [0]))
     with pytest.raises(DataError, match=r'test_y must be 1 integer labels >= 0 .*float64'):
@@ -231,7 +238,7 @@ def test_labels_are_the_classes_0_to_k_minus_1(tmp_path):
     labels = np.arange(10)
     data = data_lib.Data(np.zeros((10, 4, 4, 3), np.uint8), labels, np.zeros((1, 4, 4, 3), np.uint8),
                          np.array([10]), 10)
-    with pytest.raises(DataError, match=r'cifar test labels 10 are not classes of the training set \(0\.\.9\)'):
+    with pytest.raises(DataError, match=r'cifar: its test labels 10 are not classes of the training set \(0\.\.9\)'):
         data_lib.check(data, 'cifar', True)
 
 
@@ -255,9 +262,13 @@ def test_tfds_failures(tmp_path):
     with mock.patch.object(tfds_sets, 'reachable', return_value='Name or service not known'):
         with pytest.raises(DataError, match=r'^cifar10 is not in data_dir=\S+ and cannot be downloaded .*'
                                             r'Name or service not known\); use local data instead: put the CIFAR-10 '
-                                            r'python version .* in data_dir, or pass your own images as data_set=npz '
-                                            r'data_dir=FILE.npz$'):
+                                            r'python version .* in data_dir, or pass your own images as '
+                                            r'data_set=folder data_dir=DIR \(or data_set=npz data_dir=FILE.npz\)$') as e:
             data_lib.load('cifar', str(tmp_path / 'd'))
+    assert e.value.fields == ('data_dir', 'data_set') and e.value.values['data_dir'] == str(tmp_path / 'd')
+    with mock.patch.object(cli, 'FLAGS', {'data_dir': None, 'data_set': None}):  # train.py's flags
+        assert cli.flag_message(e.value).endswith('in --data_dir, or pass your own images as --data_set=folder '
+                                                  '--data_dir=DIR (or --data_set=npz --data_dir=FILE.npz)')
     assert os.listdir(tmp_path) == []
 
 

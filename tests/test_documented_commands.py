@@ -28,8 +28,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import (FIXTURES, OFFLINE, ROOT, project_files, uint8_images, write_cifar_layout, write_imagenet32,
-                      write_original)
+from conftest import (FIXTURES, OFFLINE, ROOT, project_files, uint8_images, write_cifar_layout, write_image_folder,
+                      write_imagenet32, write_original, write_tfds_set)
 
 PAGES = [p for p in project_files('.md') if p == 'README.md' or re.fullmatch(r'docs/[^/]+\.md', p)]
 # Who runs a documented command this module does not.
@@ -146,9 +146,13 @@ def ok(out, argv):
 
 def write_inputs(d):
     """The files the commands name, written here: CIFAR-10's python batches in data/ (as the
-    CIFAR-10 download unpacked), both forms of downsampled ImageNet, image sets, the official
-    checkpoint."""
+    CIFAR-10 download unpacked), mnist prepared there (as tensorflow-datasets' download leaves
+    it), both forms of downsampled ImageNet, image sets (folders of image files too), the
+    official checkpoint."""
     write_cifar_layout(os.path.join(d, 'data'), per_file=16)
+    write_tfds_set(os.path.join(d, 'data'), 'mnist')
+    write_image_folder(os.path.join(d, 'photos'), n=24, shape=(40, 48, 3), splits=(), kind='jpeg')
+    write_image_folder(os.path.join(d, 'digits'), classes=['one', 'seven', 'zero'], n={'train': 6, 'test': 2})
     write_original(os.path.join(d, 'data', 'imagenet'), n_train=40, n_test=8)
     write_imagenet32(os.path.join(d, 'data', 'imagenet32'), train_sizes=(20, 20), n_test=8)
     rng = np.random.default_rng(5)

@@ -31,11 +31,13 @@ def test_nothing_found(tmp_path):
     assert imagenet.find(str(tmp_path / 'absent')) is None
     (tmp_path / 'train_32x32.tar').write_bytes(b'')  # half of a form is not a form
     assert imagenet.find(str(tmp_path)) is None
-    with pytest.raises(DataError, match='^data_set=imagenet: nothing in data_dir') as e:
+    with pytest.raises(DataError, match='^data_set=imagenet: nothing in data_dir=') as e:
         imagenet.load(str(tmp_path))
+    assert e.value.field == 'data_dir' and e.value.values['data_dir'] == str(tmp_path)
     for words in ('train_32x32.tar', 'valid_32x32.tar', 'train_data_batch_1', 'val_data',
-                  'Imagenet32_train_npz.zip', 'data_set=npz data_dir=FILE.npz'):
+                  'Imagenet32_train_npz.zip'):
         assert words in imagenet.MISSING and words in str(e.value)
+    assert str(e.value).endswith('in data_dir or a folder in it. Images of your own: data_set=folder data_dir=DIR.')
 
 
 @pytest.mark.parametrize('form,where', [('tar', ''), ('folders', ''), ('tar', 'imagenet')])

@@ -216,7 +216,8 @@ def test_bad_flags(args, message, tmp_path):
 
 
 def test_unknown_data_set():
-    with pytest.raises(flags.IllegalFlagValueError, match='one of <cifar.imagenet.npz>'):
+    with pytest.raises(app.UsageError, match=r'^--data_set=mnist is not one of cifar, imagenet, npz, folder, or '
+                                             r'tfds:NAME\[:SPLIT\]$'):
         run_train(['--data_set=mnist'])
 
 

@@ -109,8 +109,9 @@ class KerasTraining:
         self.compile(**keras.saving.deserialize_keras_object(config))
 
     def get_compile_config(self):
-        config = super().get_compile_config() or {}
-        c = _fit_state(self).train_config
+        config, c = super().get_compile_config(), _fit_state(self).train_config
+        if config is None or c is None:  # not compiled
+            return config
         return dict(config, learning_rate=c.learning_rate, lr_decay=c.lr_decay, polyak_decay=c.polyak_decay,
                     seed=c.seed, jit_compile=c.xla)
 

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import images
+from pixel_cnn_pp import folders
 from pixel_cnn_pp.datafiles import DataError, load_pickle
 from pixel_cnn_pp.progress import bar as progress_bar
 
@@ -170,7 +170,7 @@ def _png_index(path):
 
 def _not_32x32_png(png):
     """Why the bytes png are not a 32x32 PNG file (from its header), or None."""
-    head = images.header(png)
+    head = folders.header(png)
     if head is None or head[0] != 'png':
         return 'not a PNG'
     return None if head[1:3] == (32, 32) else '%dx%d' % (head[2], head[1])

@@ -19,7 +19,6 @@ import tensorflow as tf
 from pixel_cnn_pp import files, folders
 from pixel_cnn_pp.config import check_channels
 from pixel_cnn_pp.datafiles import DataError, is_npz, read_npz
-from pixel_cnn_pp.folders import IMAGE_FILES, JPEG_SIGNATURE, MAX_PIXELS, PNG_SIGNATURE, header  # noqa: F401
 
 
 def scale(x):

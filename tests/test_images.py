@@ -102,7 +102,7 @@ def bomb_png(width=20000, height=20000):
     """A 1 kB PNG whose IHDR announces width x height RGB pixels (a valid start of a zlib
     stream of zeros: decoding it would allocate 1.2 GB)."""
     ihdr = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
-    return (images.PNG_SIGNATURE + _chunk(b'IHDR', ihdr) + _chunk(b'IDAT', zlib.compress(b'\0' * (1 << 20), 9))
+    return (folders.PNG_SIGNATURE + _chunk(b'IHDR', ihdr) + _chunk(b'IDAT', zlib.compress(b'\0' * (1 << 20), 9))
             + _chunk(b'IEND', b''))
 
 
@@ -111,11 +111,11 @@ def test_header_sizes_against_tensorflow():
     for h, w in ((8, 12), (300, 5)):
         x = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         jpeg = tf.io.encode_jpeg(x).numpy()
-        kind, height, width, depth = images.header(jpeg)
+        kind, height, width, depth = folders.header(jpeg)
         assert (kind, [height, width]) == ('jpeg', tf.io.extract_jpeg_shape(jpeg).numpy()[:2].tolist())
-        assert images.header(tf.io.encode_png(x).numpy()) == ('png', h, w, 8)
-    assert images.header(bomb_png(7, 9)) == ('png', 9, 7, 8)
-    assert images.header(b'GIF89a...') is None
+        assert folders.header(tf.io.encode_png(x).numpy()) == ('png', h, w, 8)
+    assert folders.header(bomb_png(7, 9)) == ('png', 9, 7, 8)
+    assert folders.header(b'GIF89a...') is None
 
 
 def test_a_folder_of_broken_and_hostile_files(tmp_path, capsys):

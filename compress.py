@@ -25,7 +25,7 @@ from absl import app, flags
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import cli, codec, config, files, images, scoring
+from pixel_cnn_pp import cli, codec, config, data, files, images, scoring
 
 FLAGS = flags.FLAGS
 cli.define_load_flags()
@@ -64,7 +64,7 @@ def read_set(spec, model):
     """The images and labels of --in, as they are (refused unless the model codes them), and
     the .npz keys they come from."""
     try:
-        found = images.read_set(spec, FLAGS.data_dir, verbose=FLAGS.verbose,
+        found = data.read_set(spec, FLAGS.data_dir, verbose=FLAGS.verbose,
                                 class_names=model.run_config.get('class_names'))
     except ValueError as e:
         raise app.UsageError('--in: %s' % cli.flag_message(e)) from None

@@ -26,7 +26,7 @@ import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pixel_cnn_pp  # noqa: E402
-from pixel_cnn_pp import PixelCNNPP, codec, images, scoring  # noqa: E402
+from pixel_cnn_pp import PixelCNNPP, codec, data, scoring  # noqa: E402
 
 SIZES = {'paper': dict(nr_resnet=5, nr_filters=160, nr_logistic_mix=10),
          'small': dict(nr_resnet=2, nr_filters=64, nr_logistic_mix=5)}
@@ -121,7 +121,7 @@ def main(argv):
         print(json.dumps({size: results[size]}), file=sys.stderr)
     if FLAGS.checkpoint:
         model = pixel_cnn_pp.load(FLAGS.checkpoint, use_ema=FLAGS.ema)
-        x, y, _ = images.read_images(FLAGS.images)
+        x, y, _ = data.read_images(FLAGS.images)
         x = x[:FLAGS.num_images]
         labels = None if not model.num_labels else y[:FLAGS.num_images].astype(np.int64)
         results['checkpoint'] = dict(path=getattr(model, 'checkpoint_path', FLAGS.checkpoint),

@@ -24,7 +24,7 @@ import sys
 
 from absl import app, flags, logging
 
-from pixel_cnn_pp import checkpoints, config, console, images, progress
+from pixel_cnn_pp import checkpoints, config, console, data, progress
 
 FLAGS = flags.FLAGS
 USAGE, FAILED, SYSTEM, INTERRUPTED = 2, 1, 3, 130  # exit statuses (see above)
@@ -218,7 +218,7 @@ def npz_keys(keys):
 
 
 def read_image_set(spec, shape, data_dir=None, limit=None, flag=None, run=None):
-    """images.read_set (tensorflow-datasets quiet unless --verbose) fitted to a model's shape:
+    """data.read_set (tensorflow-datasets quiet unless --verbose) fitted to a model's shape:
     (the set's name, its first `limit` images); prints what was read and done to it. run: the
     model's run_config (its images resized and centre-cropped to its image_size, as in
     training, rather than padded or cropped). A bad SPEC is a UsageError (naming --flag when
@@ -226,7 +226,7 @@ def read_image_set(spec, shape, data_dir=None, limit=None, flag=None, run=None):
     where = '--%s: ' % flag if flag else ''
     run = run or {}
     try:
-        found = images.read_set(spec, data_dir, verbose=FLAGS['verbose'].value, shape=shape,
+        found = data.read_set(spec, data_dir, verbose=FLAGS['verbose'].value, shape=shape,
                                 resize=bool(run.get('image_size')), class_names=run.get('class_names'), limit=limit)
     except ValueError as e:
         raise app.UsageError(where + flag_message(e)) from None  # e names SPEC

@@ -17,9 +17,9 @@ from typing import NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import config, folders, imagenet, images, progress, tfds_sets
+from pixel_cnn_pp import config, folders, imagenet, progress, tfds_sets
 from pixel_cnn_pp.datafiles import DataError, first_line, is_npz, load_pickle, read_npz
-from pixel_cnn_pp.config import ConfigError
+from pixel_cnn_pp.config import ConfigError, check_channels
 from pixel_cnn_pp.images import scale
 
 CIFAR_DIR = os.path.join('cifar-10-python', 'cifar-10-batches-py')
@@ -248,7 +248,7 @@ def load_folder(data_dir, held_out=config.HELD_OUT, image_size=None, skip_unread
         raise DataError('{data_dir}: %s is not readable (%s)%s; {skip_unreadable:name} leaves such files out' % (
             path, why, ', nor are %d more files' % (len(scanned.unreadable) - 1) if len(scanned.unreadable) > 1
             else ''), data_dir=data_dir, skip_unreadable=True)
-    images.skipped(scanned.unreadable)
+    folders.skipped(scanned.unreadable)
     ok = np.array([info is not None for info in scanned.infos], bool)
     infos = [info for info in scanned.infos if info is not None]
     paths = [p for p, good in zip(paths, ok) if good]
@@ -258,8 +258,8 @@ def load_folder(data_dir, held_out=config.HELD_OUT, image_size=None, skip_unread
                         data_dir=data_dir)
     labels = None if train.labels is None else np.concatenate(
         [train.labels] + ([test.labels] if test else []))[ok]
-    C = images.set_channels(infos, paths, channels)
-    images._phrases(images.conversions(infos, paths, C))
+    C = folders.set_channels(infos, paths, channels)
+    folders.phrases(folders.conversions(infos, paths, C))
     fit = None
     if image_size:
         size, fit = tuple(image_size), 'resize'
@@ -268,7 +268,7 @@ def load_folder(data_dir, held_out=config.HELD_OUT, image_size=None, skip_unread
             print('%s: %s of the %s images resized and centre-cropped to %dx%d' % (
                 data_dir, '{:,}'.format(n), '{:,}'.format(len(infos)), size[0], size[1]))
     else:
-        size, odd = (infos[0].height, infos[0].width), images.odd_size(infos, paths)
+        size, odd = (infos[0].height, infos[0].width), folders.odd_size(infos, paths)
         if odd:
             raise DataError('{data_dir}: %s is %dx%d but %s is %dx%d (height x width): the images are not one '
                             'size; %s' % (odd[0], odd[1][0], odd[1][1], paths[0], size[0], size[1], RESIZE),
@@ -606,3 +606,154 @@ def check_fits(data, model_config, train_config, replicas):
     if c.init_batch_size > len(data.train_x):
         raise ConfigError('{init_batch_size} is more than the %d training images' % len(data.train_x),
                           init_batch_size=c.init_batch_size)
+
+
+# ---------------------------------------------------------------------- image sets of the scripts
+
+class ImageSet(NamedTuple):
+    """A set of images read from a SPEC (read_set)."""
+    images: np.ndarray  # uint8 (N, H, W, C)
+    labels: Optional[np.ndarray]  # (N,) integers, or None
+    keys: tuple  # the .npz keys read (('x', 'y'), ('test_x',), ...); () for a folder or tfds
+    done: list  # what was done to fit them to the model (phrases), empty when nothing
+    class_names: Optional[tuple]  # of a folder with class subfolders
+    total: int  # images in the set (more than images holds when a limit cut it)
+
+
+# Where else a set's images come from (the other forms of a SPEC).
+IMAGES_ROUTE = 'pass the images as an .npz or a folder of image files'
+SPEC_FORMS = 'an .npz file, a folder of images, or tfds:NAME[:SPLIT]'
+
+
+def _read_tfds(spec, data_dir, verbose):
+    """The images and labels (or None) of tfds:NAME[:SPLIT] (the test split if none), as
+    data.read_tfds reads it (CIFAR-10's python batches if data_dir holds them, else the
+    tensorflow-datasets copy prepared in data_dir or downloaded there)."""
+    parts = spec.split(':', 2)  # a split may have colons: train[:10%]
+    if not all(parts[1:]):
+        raise DataError('%s: expected tfds:NAME[:SPLIT], e.g. tfds:svhn_cropped:test' % spec)
+    try:
+        [(x, y)] = read_tfds(parts[1], [parts[2] if len(parts) == 3 else 'test'], data_dir,
+                                  [IMAGES_ROUTE], verbose)
+    except DataError as e:
+        raise e.within('%s: ' % spec) from None
+    return x, y
+
+
+def folder_split(folder):
+    """The folder a SPEC that is a folder stands for: DIR/test when DIR holds train/ and
+    test/ (train.py's layout), DIR/train when it holds train/ alone, else DIR."""
+    train, test = folders.splits(folder)
+    return test or train
+
+
+def _read_folder(spec, shape, resize, class_names, limit):
+    """A folder's images as read_set reads them (unreadable files skipped with a warning
+    each)."""
+    root = folder_split(spec)
+    if root != spec:
+        print('%s: reading %s' % (spec, root))
+    found = folders.listing(root, class_names)
+    paths = found.paths[:limit] if limit else found.paths
+    scanned = folders.scan(paths)
+    folders.skipped(scanned.unreadable)
+    keep = [k for k, info in enumerate(scanned.infos) if info is not None]
+    if not keep:
+        raise DataError('%s: a folder with no readable image files (%d unreadable)' % (root, len(paths)))
+    infos, paths = [scanned.infos[k] for k in keep], [paths[k] for k in keep]
+    labels = None if found.labels is None else found.labels[keep]
+    channels = folders.set_channels(infos, paths, shape[2] if shape else None)
+    folders.phrases(folders.conversions(infos, paths, channels))
+    odd = folders.odd_size(infos, paths)
+    size, fit, done = (infos[0].height, infos[0].width), None, []
+    if odd and not shape:
+        raise DataError('%s: the images are not one size: %s is %dx%d, %s %dx%d (height x width)' % (
+            root, odd[0], odd[1][0], odd[1][1], paths[0], infos[0].height, infos[0].width))
+    if odd or (shape and resize and size != tuple(shape[:2])):
+        size, fit = tuple(shape[:2]), 'resize' if resize else 'pad'
+        n = sum((i.height, i.width) != size for i in infos)
+        done.append('%d %s to %dx%d' % (n, 'resized and centre-cropped' if resize else 'zero-padded or centre-cropped',
+                                        size[0], size[1]))
+    x = folders.ImageFiles(paths, size + (channels,), fit, [i.depth == 16 for i in infos])[:]
+    return x, labels, found.class_names, done, len(found.paths)
+
+
+def read_set(spec, data_dir=None, verbose=False, shape=None, resize=False, class_names=None, limit=None):
+    """The ImageSet of a SPEC: an .npz (key x, else test_x; labels y, else test_y), a folder
+    of image files (folder_split; flat, or one subfolder per class: its labels, by
+    class_names when given (a model's classes), else the sorted subfolder names), or
+    tfds:NAME[:SPLIT] (_read_tfds; verbose: tensorflow-datasets' progress bars and
+    warnings). shape: a model's (H, W, C), which the images are fitted to: resized and
+    centre-cropped (fit_image) if `resize` (the model was trained so: its config.json's
+    image_size), else zero-padded or centre-cropped (fit_images); without it, images as they
+    are (a folder's of one size). limit: the first `limit` images only. A folder's unreadable
+    files are skipped, a warning line each. Errors (DataError) name the SPEC or the file."""
+    keys, names, done, total = (), None, [], None
+    if spec.startswith('tfds:'):
+        x, y = _read_tfds(spec, data_dir, verbose)
+    elif os.path.isdir(spec):
+        x, y, names, done, total = _read_folder(spec, shape, resize, class_names, limit)
+    elif os.path.isfile(spec):
+        if not is_npz(spec):
+            raise DataError('%s: not an .npz (expected %s)' % (spec, SPEC_FORMS))
+        arrays = read_npz(spec, ('x', 'y', 'test_x', 'test_y'))
+        key = 'x' if 'x' in arrays else 'test_x'
+        if key not in arrays:
+            raise DataError('%s: the .npz has neither x nor test_x' % spec)
+        label_key = 'y' if key == 'x' else 'test_y'
+        x, y = arrays[key], arrays.get(label_key)
+        keys = (key,) if y is None else (key, label_key)
+    else:
+        raise DataError('%s: no such file or folder (expected %s)' % (spec, SPEC_FORMS))
+    if x.dtype != np.uint8 or x.ndim not in (3, 4) or len(x) == 0:
+        raise DataError('%s: expected uint8 images (N, H, W, C), got %s %s' % (spec, x.dtype, x.shape))
+    if x.ndim == 3:
+        x = x[..., None]
+    check_channels(x.shape[-1], '%s: images' % spec, x.shape, error=DataError)
+    if y is not None and len(y) != len(x):
+        raise DataError('%s: %d labels for %d images' % (spec, len(y), len(x)))
+    total = len(x) if total is None else total
+    if limit:
+        x, y = x[:limit], None if y is None else y[:limit]
+    if shape:
+        if resize and x.shape[1:3] != tuple(shape[:2]):
+            done.append('%d resized and centre-cropped to %dx%d' % (len(x), shape[0], shape[1]))
+            x = folders.fit_array(x, shape[:2])
+        try:
+            x, fitted = fit_images(x, shape)
+        except DataError as e:
+            raise e.within('%s: ' % spec) from None
+        done += fitted
+    return ImageSet(x, y, keys, done, names, total)
+
+
+def read_images(spec, data_dir=None, verbose=False):
+    """A set of uint8 images (N, H, W, C), its labels (or None) and the .npz keys it was read
+    from, as they are: read_set without a model's shape."""
+    found = read_set(spec, data_dir, verbose)
+    return found.images, found.labels, found.keys
+
+
+def fit_images(images, shape):
+    """Images made to the model's (H, W, C): smaller ones zero-padded in the centre, larger
+    ones centre-cropped, grayscale repeated to 3 channels. Returns (images, what was done:
+    a list of phrases, empty when nothing)."""
+    H, W, C = shape
+    done = []
+    if images.shape[-1] != C:
+        if images.shape[-1] != 1:
+            raise DataError('images of %d channels cannot be fitted to %d' % (images.shape[-1], C))
+        images = np.repeat(images, C, axis=-1)
+        done.append('grayscale repeated to %d channels' % C)
+    for axis, size in ((1, H), (2, W)):
+        have = images.shape[axis]
+        if have > size:
+            start = (have - size) // 2
+            images = np.take(images, np.arange(start, start + size), axis=axis)
+            done.append('%s centre-cropped from %d to %d' % ('height' if axis == 1 else 'width', have, size))
+        elif have < size:
+            pad = [(0, 0)] * 4
+            pad[axis] = ((size - have) // 2, size - have - (size - have) // 2)
+            images = np.pad(images, pad)
+            done.append('%s zero-padded from %d to %d' % ('height' if axis == 1 else 'width', have, size))
+    return images, done

@@ -1,5 +1,5 @@
 """Folders of image files, the one way every script reads them (train.py through data.py,
-the others through images.read_set): which files a folder holds and their classes
+the others through data.read_set): which files a folder holds and their classes
 (`listing`), what each file is without decoding it (`probe`, `scan`), and the images as a
 lazy uint8 array that decodes them in a tf.data pipeline (`ImageFiles`).
 
@@ -271,7 +271,7 @@ def decode(contents, channels, deep=False):
 def fit_image(image, size, method):
     """A uint8 image (h, w, C) fitted to size (H, W): method 'resize' scales it (bilinear,
     antialiased, aspect ratio kept) to the smallest size that covers (H, W), then crops the
-    centre; 'pad' zero-pads or centre-crops it as it is (images.fit_images' rule). A
+    centre; 'pad' zero-pads or centre-crops it as it is (data.fit_images' rule). A
     TensorFlow graph function, the same for every image of every script."""
     H, W = size
     if method == 'pad':
@@ -383,3 +383,52 @@ class ImageFiles:
                                                                     else type(e).__name__))
         return DataError('the image files of %d indices did not decode together, though each does alone'
                          % len(indices))
+
+
+def phrases(notes):
+    """Prints one warning line per phrase of notes ({phrase: [paths]}): the file, or how
+    many and the first."""
+    for phrase, which in notes.items():
+        if which:
+            print('warning: %s: %s' % (phrase, which[0] if len(which) == 1 else
+                                       '%d images (the first: %s)' % (len(which), which[0])))
+
+
+def skipped(unreadable, limit=10):
+    """Prints the files scan found unreadable, one warning line each (the first `limit`,
+    then how many more)."""
+    for path, why in unreadable[:limit]:
+        print('warning: skipped %s: %s' % (path, why))
+    if len(unreadable) > limit:
+        print('warning: skipped %d more unreadable files' % (len(unreadable) - limit))
+
+
+def conversions(infos, paths, channels):
+    """{phrase: [paths]} of what decoding to `channels` does to the files (folders.scan's
+    infos): alpha dropped, 16 bits scaled to 8, gray repeated to RGB."""
+    color = any(info.channels >= 3 for info in infos)
+    gray = 'grayscale repeated to 3 channels (%s)' % ('others are in color' if color else "the model's are")
+    notes = {'alpha channel dropped (RGBA or gray + alpha)': [], '16-bit PNG scaled to 8 bits': [], gray: []}
+    for info, path in zip(infos, paths):
+        if info.channels in (2, 4):
+            notes['alpha channel dropped (RGBA or gray + alpha)'].append(path)
+        if info.depth == 16:
+            notes['16-bit PNG scaled to 8 bits'].append(path)
+        if channels == 3 and info.channels in (1, 2):
+            notes[gray].append(path)
+    return {k: v for k, v in notes.items() if v}
+
+
+def set_channels(infos, paths, channels=None):
+    """The channels a set of files is decoded to: `channels` (a model's), or 3 if any file
+    is in color, else 1. A color file for a 1-channel model is a DataError naming it."""
+    color = next((p for info, p in zip(infos, paths) if info.channels >= 3), None)
+    if channels == 1 and color:
+        raise DataError('%s is in color, and the model\'s images are grayscale (1 channel)' % color)
+    return channels or (3 if color else 1)
+
+
+def odd_size(infos, paths):
+    """(path, (height, width)) of the first file not of the first file's size, or None."""
+    first = (infos[0].height, infos[0].width)
+    return next(((p, (i.height, i.width)) for i, p in zip(infos, paths) if (i.height, i.width) != first), None)

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from pixel_cnn_pp import cli, config, data as data_lib, folders, images
+from pixel_cnn_pp import cli, config, data as data_lib, folders
 from pixel_cnn_pp.config import ConfigError
 from pixel_cnn_pp.datafiles import DataError
 from pixel_cnn_pp.images import scale
@@ -123,8 +123,8 @@ def test_decoding_every_format_and_conversion(tmp_path):
         (tmp_path / name).write_bytes(data)
     paths = [str(tmp_path / n) for n in sorted(files)]
     infos = folders.scan(paths).infos
-    assert images.set_channels(infos, paths) == 3
-    assert images.conversions(infos, paths, 3) == {
+    assert folders.set_channels(infos, paths) == 3
+    assert folders.conversions(infos, paths, 3) == {
         'alpha channel dropped (RGBA or gray + alpha)': [paths[4]], '16-bit PNG scaled to 8 bits': [paths[5]],
         'grayscale repeated to 3 channels (others are in color)': [paths[3], paths[6]]}
     x = folders.ImageFiles(paths[:6], (8, 4, 3), deep=[i.depth == 16 for i in infos[:6]])
@@ -138,7 +138,7 @@ def test_decoding_every_format_and_conversion(tmp_path):
     gray = folders.ImageFiles([paths[6]], (2, 2, 1))[:]
     np.testing.assert_array_equal(gray[0, ..., 0], [[3, 4], [1, 2]])  # bottom-up rows
     with pytest.raises(DataError, match=r'a.png is in color, and the model\'s images are grayscale'):
-        images.set_channels(infos, paths, 1)
+        folders.set_channels(infos, paths, 1)
 
 
 def test_fitting_is_one_function_for_files_and_arrays(tmp_path):
@@ -154,7 +154,7 @@ def test_fitting_is_one_function_for_files_and_arrays(tmp_path):
     resized = tf.image.resize(tf.cast(x, tf.float32), (13, 8), 'bilinear', antialias=True)
     np.testing.assert_array_equal(from_files, tf.cast(tf.round(resized), tf.uint8)[:, 2:10])
     np.testing.assert_array_equal(folders.ImageFiles(paths, (20, 12, 3), 'resize')[:], x)
-    np.testing.assert_array_equal(folders.fit_array(x, (12, 4), 'pad'), images.fit_images(x, (12, 4, 3))[0])
+    np.testing.assert_array_equal(folders.fit_array(x, (12, 4), 'pad'), data_lib.fit_images(x, (12, 4, 3))[0])
 
 
 # ---------------------------------------------------------------------- data.load

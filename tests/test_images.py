@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from pixel_cnn_pp import cli, folders, images, tfds_sets
+from pixel_cnn_pp import cli, data as data_lib, folders, images, tfds_sets
 from pixel_cnn_pp.datafiles import DataError
 
 from conftest import OFFLINE, SMALL_CKPT, run_in_process, run_script, write_cifar_layout
@@ -42,24 +42,24 @@ def test_tile_and_write(tmp_path):
 
 def test_fit_images():
     x = np.arange(2 * 6 * 2 * 1, dtype=np.uint8).reshape(2, 6, 2, 1)
-    fitted, done = images.fit_images(x, (4, 4, 3))
+    fitted, done = data_lib.fit_images(x, (4, 4, 3))
     assert fitted.shape == (2, 4, 4, 3)
     np.testing.assert_array_equal(fitted[:, :, 1:3, 0], x[:, 1:5, :, 0])  # crop rows 1..4
     assert np.all(fitted[:, :, [0, 3]] == 0)  # zero columns either side
     np.testing.assert_array_equal(fitted[..., 0], fitted[..., 2])
     assert done == ['grayscale repeated to 3 channels', 'height centre-cropped from 6 to 4',
                     'width zero-padded from 2 to 4']
-    same, done = images.fit_images(fitted, (4, 4, 3))
+    same, done = data_lib.fit_images(fitted, (4, 4, 3))
     assert same is fitted and done == []
     with pytest.raises(DataError, match='images of 3 channels cannot be fitted to 1'):
-        images.fit_images(fitted, (4, 4, 1))
+        data_lib.fit_images(fitted, (4, 4, 1))
 
 
 def test_read_images(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
     np.savez(tmp_path / 'a.npz', test_x=x, test_y=np.arange(3))
-    got, labels, keys = images.read_images(str(tmp_path / 'a.npz'))
+    got, labels, keys = data_lib.read_images(str(tmp_path / 'a.npz'))
     assert keys == ('test_x', 'test_y')
     np.testing.assert_array_equal(got, x)
     np.testing.assert_array_equal(labels, [0, 1, 2])
@@ -67,9 +67,9 @@ def test_read_images(tmp_path):
     for k in range(3):
         tf.io.write_file(str(tmp_path / 'imgs' / ('%d.png' % k)), tf.io.encode_png(x[k]))
     (tmp_path / 'imgs' / 'notes.txt').write_text('not an image')  # other extensions: ignored
-    np.testing.assert_array_equal(images.read_images(str(tmp_path / 'imgs'))[0], x)
+    np.testing.assert_array_equal(data_lib.read_images(str(tmp_path / 'imgs'))[0], x)
     with tfds.testing.mock_data(num_examples=5):
-        got, labels, _ = images.read_images('tfds:cifar10:test')
+        got, labels, _ = data_lib.read_images('tfds:cifar10:test')
     assert got.shape == (5, 32, 32, 3) and labels.shape == (5,)
 
 
@@ -91,7 +91,7 @@ def test_read_images(tmp_path):
 ])
 def test_read_images_errors(tmp_path, make, message):
     with pytest.raises(DataError, match=message):
-        images.read_images(make(tmp_path))
+        data_lib.read_images(make(tmp_path))
 
 
 def _chunk(kind, payload):
@@ -141,7 +141,7 @@ def test_a_folder_of_broken_and_hostile_files(tmp_path, capsys):
     decoded = []
     real_files = folders.ImageFiles
     with mock.patch.object(folders, 'ImageFiles', lambda paths, *a: decoded.extend(paths) or real_files(paths, *a)):
-        got, labels, _ = images.read_images(str(folder))
+        got, labels, _ = data_lib.read_images(str(folder))
     assert decoded == [str(folder / n) for n in ('a_good.png', 'b_rgba.png', 'c_16bit.png', 'd_gray.jpg')]
     assert labels is None and got.shape == (4, 8, 8, 3) and got.dtype == np.uint8
     np.testing.assert_array_equal(got[0], x[0])
@@ -166,7 +166,7 @@ def test_a_grayscale_folder_stays_grayscale(tmp_path):
     x = np.random.default_rng(3).integers(0, 256, (2, 8, 4, 1), dtype=np.uint8)
     for k in range(2):
         (tmp_path / ('%d.png' % k)).write_bytes(tf.io.encode_png(x[k]).numpy())
-    got, _, _ = images.read_images(str(tmp_path))
+    got, _, _ = data_lib.read_images(str(tmp_path))
     np.testing.assert_array_equal(got, x)  # fit_images repeats it for a color model
 
 
@@ -174,10 +174,10 @@ def test_tfds_missing_module_is_not_a_download_failure(tmp_path):
     with mock.patch.object(tfds, 'load', side_effect=ModuleNotFoundError("No module named 'scipy'", name='scipy')):
         with pytest.raises(DataError, match="needs the Python module 'scipy', which is not installed: a "
                                             "missing dependency"):
-            images.read_images('tfds:svhn_cropped:test')
+            data_lib.read_images('tfds:svhn_cropped:test')
     with mock.patch.object(tfds, 'load', side_effect=TypeError('a bug')):
         with pytest.raises(TypeError, match='a bug'):  # a programming error is not a data problem
-            images.read_images('tfds:svhn_cropped:test')
+            data_lib.read_images('tfds:svhn_cropped:test')
     with mock.patch.object(tfds, 'load', side_effect=AssertionError('not prepared')), \
             mock.patch.object(tfds_sets, 'reachable', return_value=None), \
             mock.patch.object(tfds.core.DatasetBuilder, 'download_and_prepare',
@@ -185,7 +185,7 @@ def test_tfds_missing_module_is_not_a_download_failure(tmp_path):
         with pytest.raises(DataError, match=r'^tfds:svhn_cropped:test: tensorflow-datasets could not download '
                                             r'svhn_cropped into data_dir=\S+ \(HTTP 404\); use local data instead: '
                                             r'pass the images as an .npz or a folder of image files$'):
-            images.read_images('tfds:svhn_cropped:test', str(tmp_path))
+            data_lib.read_images('tfds:svhn_cropped:test', str(tmp_path))
 
 
 def test_cifar10_from_the_python_batches_in_data_dir(tmp_path):
@@ -194,20 +194,20 @@ def test_cifar10_from_the_python_batches_in_data_dir(tmp_path):
     written = write_cifar_layout(str(tmp_path))
     with mock.patch.object(tfds, 'load', side_effect=AssertionError('not asked')):
         for spec, batch in (('tfds:cifar10:test', 'test_batch'), ('tfds:cifar10', 'test_batch')):
-            x, y, keys = images.read_images(spec, str(tmp_path))
+            x, y, keys = data_lib.read_images(spec, str(tmp_path))
             np.testing.assert_array_equal(x, written[batch][0])
             np.testing.assert_array_equal(y, written[batch][1])
-        x, y, _ = images.read_images('tfds:cifar10:train', str(tmp_path / 'cifar-10-python'))
+        x, y, _ = data_lib.read_images('tfds:cifar10:train', str(tmp_path / 'cifar-10-python'))
         np.testing.assert_array_equal(x[7:14], written['data_batch_2'][0])
         assert x.shape == (35, 32, 32, 3) and y.shape == (35,)
         with pytest.raises(DataError, match=r"^tfds:cifar10:train\[:10\]: the CIFAR-10 python batches in \S+ "
                                             r"have the splits train and test, not 'train\[:10\]'$"):
-            images.read_images('tfds:cifar10:train[:10]', str(tmp_path))
+            data_lib.read_images('tfds:cifar10:train[:10]', str(tmp_path))
 
 
 def test_a_set_without_a_split_is_its_test_split():
     with mock.patch.object(tfds_sets, 'load', return_value=[{'image': np.zeros((2, 4, 4, 1), np.uint8)}]) as load:
-        x, y, _ = images.read_images('tfds:mnist', 'data')
+        x, y, _ = data_lib.read_images('tfds:mnist', 'data')
     assert load.call_args.args[:3] == ('mnist', ['test'], 'data') and x.shape == (2, 4, 4, 1) and y is None
 
 
@@ -238,12 +238,12 @@ def test_a_failed_download_leaves_data_dir_as_it_was(tmp_path, monkeypatch):
                 (KeyboardInterrupt(), KeyboardInterrupt, None)]:  # interrupted: the same
             with mock.patch.object(tfds.core.DatasetBuilder, 'download_and_prepare', fails_half_way(error)):
                 with pytest.raises(raised, match=message):
-                    images.read_images('tfds:mnist:test', str(data))
+                    data_lib.read_images('tfds:mnist:test', str(data))
             assert sorted(str(p) for p in data.rglob('*')) == before
         with mock.patch.object(tfds.core.DatasetBuilder, 'download_and_prepare',
                                fails_half_way(OSError(28, 'No space left on device'))):
             with pytest.raises(DataError, match=r'could not download mnist .*No space left on device'):
-                images.read_images('tfds:mnist:test', str(tmp_path / 'new' / 'data'))
+                data_lib.read_images('tfds:mnist:test', str(tmp_path / 'new' / 'data'))
     assert sorted(os.listdir(tmp_path)) == ['data']  # nor the data_dir (and its parent) it made
 
 
@@ -259,7 +259,7 @@ def test_tensorflow_datasets_is_quiet_unless_verbose(tmp_path, caplog, monkeypat
         for verbose in (False, True):
             caplog.clear()
             with pytest.raises(DataError, match='mnist is not in data_dir'):
-                images.read_images('tfds:mnist:test', str(tmp_path), verbose=verbose)
+                data_lib.read_images('tfds:mnist:test', str(tmp_path), verbose=verbose)
             said = [r.getMessage() for r in caplog.records if r.levelno >= 30]
             assert any('has no dataset_info.json' in m for m in said) is verbose, said
             assert tqdm_utils._active and absl_logging.get_verbosity() == verbosity

@@ -15,9 +15,8 @@ from tensorflow.core.protobuf import tensor_bundle_pb2
 from pixel_cnn_pp import config
 from pixel_cnn_pp.config import ModelConfig
 from pixel_cnn_pp.model import PixelCNNPP
+from pixel_cnn_pp.training import EMA, PARAMS
 
-# The groups of our training checkpoint (training.Trainer) that hold weights.
-PARAMS, EMA = 'params', 'ema'
 OFFICIAL_EMA_SUFFIX = '/ExponentialMovingAverage'
 OVERRIDES = config.field_names(ModelConfig) + ('dtype',)
 

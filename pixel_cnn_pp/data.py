@@ -449,16 +449,6 @@ def check(data, data_set, class_conditional):
               'will learn little but that' % (data_set, sample.min(), sample.max()))
 
 
-def mutate(x, rate, seed):
-    """Scaled images x with each sub-pixel replaced, with probability `rate`, by a uniform
-    value in 0..255 (scaled), as Ren et al. 2019 perturb the inputs of a background model.
-    seed: a stateless seed (2 integers)."""
-    seeds = tf.random.experimental.stateless_split(seed, 2)
-    replace = tf.random.stateless_uniform(tf.shape(x), seeds[0]) < rate
-    values = tf.random.stateless_uniform(tf.shape(x), seeds[1], 0, 256, dtype=tf.int32)
-    return tf.where(replace, scale(values), x)
-
-
 def steps_per_epoch(num_images, global_batch):
     """Full batches per epoch: the official loader drops the last partial batch."""
     return num_images // global_batch

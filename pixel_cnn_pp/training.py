@@ -5,9 +5,23 @@ is not finite never applied; the test bits/dim of the Polyak-averaged model."""
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import checkpoints, data, nn, scoring, updates
+from pixel_cnn_pp import nn, scoring, updates
 from pixel_cnn_pp.config import TrainConfig
+from pixel_cnn_pp.images import scale
 from pixel_cnn_pp.model import PixelCNNPP
+
+# The groups of a training checkpoint that hold weights (checkpoints.py reads them).
+PARAMS, EMA = 'params', 'ema'
+
+
+def mutate(x, rate, seed):
+    """Scaled images x with each sub-pixel replaced, with probability `rate`, by a uniform
+    value in 0..255 (scaled), as Ren et al. 2019 perturb the inputs of a background model.
+    seed: a stateless seed (2 integers)."""
+    seeds = tf.random.experimental.stateless_split(seed, 2)
+    replace = tf.random.stateless_uniform(tf.shape(x), seeds[0]) < rate
+    values = tf.random.stateless_uniform(tf.shape(x), seeds[1], 0, 256, dtype=tf.int32)
+    return tf.where(replace, scale(values), x)
 
 
 class Diverged(FloatingPointError):
@@ -114,7 +128,7 @@ class Trainer:
             self.loss_scale = updates.DynamicLossScale()
         self.scale_loss = c.precision == 'mixed_float16'
         self.checkpoint = tf.train.Checkpoint(
-            **{checkpoints.PARAMS: self.params, checkpoints.EMA: self.shadows}, adam=self.optimizer,
+            **{PARAMS: self.params, EMA: self.shadows}, adam=self.optimizer,
             epoch=self.epoch, epoch_step=self.epoch_step, loss_scale=self.loss_scale)
         self._train_step = tf.function(self._distributed_train_step, autograph=False)
         self.evaluator = Evaluator(strategy, self.ema_model)
@@ -199,7 +213,7 @@ class Trainer:
         stream = tf.stack([tf.constant(self.train_config.seed, tf.int64), self.optimizer.step *
                            ctx.num_replicas_in_sync + tf.cast(ctx.replica_id_in_sync_group, tf.int64)])
         if self.train_config.mutation_rate:
-            x = data.mutate(x, self.train_config.mutation_rate, stream)
+            x = mutate(x, self.train_config.mutation_rate, stream)
         dropout_seed = tf.random.experimental.stateless_fold_in(stream, 1)
         if self.train_config.accum_steps == 1:
             loss, grads = self._loss_and_grads(x, y, dropout_seed)

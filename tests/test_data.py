@@ -12,7 +12,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from pixel_cnn_pp import cli, data as data_lib
-from pixel_cnn_pp import datafiles, tfds_sets
+from pixel_cnn_pp import datafiles, tfds_sets, training
 from pixel_cnn_pp.config import ConfigError
 from pixel_cnn_pp.datafiles import DataError
 from pixel_cnn_pp.images import scale
@@ -142,7 +142,7 @@ def test_a_worker_takes_its_replicas_columns():
 def test_mutation_rate_measured_on_a_batch():
     x = scale(np.full((64, 16, 16, 3), 100, np.uint8))
     seed = tf.constant([3, 4], tf.int64)
-    mutated = data_lib.mutate(x, 0.1, seed).numpy()
+    mutated = training.mutate(x, 0.1, seed).numpy()
     changed = np.mean(mutated != x.numpy())
     # 49,152 sub-pixels: 0.1 x (1 - 1/256) change value, give or take 4 standard deviations
     expected = 0.1 * 255 / 256
@@ -150,8 +150,8 @@ def test_mutation_rate_measured_on_a_batch():
     values = np.rint(mutated * 127.5 + 127.5)
     np.testing.assert_allclose(mutated, (values - 127.5) / 127.5, atol=1e-6)  # on the 8-bit grid
     assert len(np.unique(values)) > 200  # uniform over 0..255
-    np.testing.assert_array_equal(data_lib.mutate(x, 0.1, seed), mutated)  # same seed, same mutation
-    np.testing.assert_array_equal(data_lib.mutate(x, 0., seed), x)
+    np.testing.assert_array_equal(training.mutate(x, 0.1, seed), mutated)  # same seed, same mutation
+    np.testing.assert_array_equal(training.mutate(x, 0., seed), x)
 
 
 class CreatesAFile:

@@ -23,7 +23,7 @@ import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pixel_cnn_pp import images, savedir, stopping, training  # noqa: E402
-from pixel_cnn_pp.config import ModelConfig  # noqa: E402
+from pixel_cnn_pp import PixelCNNPP  # noqa: E402
 
 flags.DEFINE_list('sizes', ['small', 'paper'], 'Models whose step time to measure: small, paper')
 flags.DEFINE_integer('batch_size', 16, 'Images per step')
@@ -49,7 +49,7 @@ def microseconds(fn):
 def boundary_costs():
     """The single-process policy's check at a step boundary (stopping.Local, neither a signal
     nor the clock due), and the multi-worker checks."""
-    trainer = training.Trainer(ModelConfig(nr_resnet=1, nr_filters=8, nr_logistic_mix=2, image_shape=(8, 8, 3)))
+    trainer = training.Trainer(PixelCNNPP(nr_resnet=1, nr_filters=8, nr_logistic_mix=2, image_shape=(8, 8, 3)))
     save_dir = tempfile.mkdtemp()
     saves = savedir.Checkpoints(trainer, save_dir, os.path.join(save_dir, 'history.npz'), True, 30., time.monotonic)
     with stopping.Local(saves) as policy:
@@ -76,7 +76,7 @@ def boundary_costs():
 
 
 def step_seconds(size):
-    trainer = training.Trainer(ModelConfig(**SIZES[size], image_shape=(32, 32, 3)))
+    trainer = training.Trainer(PixelCNNPP(**SIZES[size], image_shape=(32, 32, 3)))
     x = np.random.default_rng(0).integers(0, 256, (FLAGS.batch_size, 32, 32, 3), dtype=np.uint8)
     trainer.initialize(images.scale(x))
     batch = (tf.constant(images.scale(x)), tf.zeros(FLAGS.batch_size, tf.int32), tf.ones(FLAGS.batch_size))

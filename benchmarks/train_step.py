@@ -98,7 +98,7 @@ def main(argv):
                         image_shape=shape[1:])
     run = TrainConfig(xla=FLAGS.xla, precision=FLAGS.precision, accum_steps=FLAGS.accum_steps,
                       recompute=FLAGS.recompute)
-    trainer = training.Trainer(model, run, tf.distribute.OneDeviceStrategy(device))
+    trainer = training.Trainer(pixel_cnn_pp.PixelCNNPP(**model.kwargs()), run, tf.distribute.OneDeviceStrategy(device))
     trainer.initialize(x[:FLAGS.batch_size])
     batch = (x, tf.zeros(shape[0], tf.int32), tf.ones(shape[0]))
     for _ in range(FLAGS.warmup):

@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 
 from pixel_cnn_pp import images
-from pixel_cnn_pp.config import PRECISIONS, ModelConfig, TrainConfig
+from pixel_cnn_pp.config import PRECISIONS, TrainConfig
 
 STATE_KEY = 'fit_state_%d'  # the training state's entries among the model's own variables
 
@@ -129,8 +129,7 @@ class KerasTraining:
         from pixel_cnn_pp.training import Trainer
         state = _fit_state(self)
         with self.distribute_strategy.scope():
-            state.trainer = Trainer(ModelConfig.of_model(self), state.train_config, self.distribute_strategy,
-                                    ema_model=self)
+            state.trainer = Trainer(self, state.train_config, self.distribute_strategy)
             if isinstance(self.optimizer, keras.optimizers.Optimizer):
                 self.optimizer.build(state.trainer.model.trainable_variables)
         if state.pending is not None:

@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from pixel_cnn_pp import config as config_lib, data as data_lib, files, images, progress, sampling, savedir, \
     stopping, training
+from pixel_cnn_pp.model import PixelCNNPP
 
 
 def train(model_config, train_config, save_dir, data, strategy=None, resume=False, clock=time.monotonic):
@@ -41,7 +42,7 @@ def train(model_config, train_config, save_dir, data, strategy=None, resume=Fals
         with savedir.opened(save_dir, chief):
             keras.utils.set_random_seed(c.seed)  # the initial weights: Python, NumPy, TF, Keras
             with strategy.scope():
-                trainer = training.Trainer(model_config, train_config, strategy)
+                trainer = training.Trainer(PixelCNNPP(**model_config.kwargs()), train_config, strategy)
             history = os.path.join(save_dir, 'test_bpd_%s.npz' % data_lib.file_stem(c.data_set))
             saves = savedir.Checkpoints(trainer, directory, history,
                                         chief, c.save_minutes, clock)

@@ -6,9 +6,8 @@ import numpy as np
 import tensorflow as tf
 
 from pixel_cnn_pp import nn, scoring, updates
-from pixel_cnn_pp.config import TrainConfig
+from pixel_cnn_pp.config import ModelConfig, TrainConfig
 from pixel_cnn_pp.images import scale
-from pixel_cnn_pp.model import PixelCNNPP
 
 # The groups of a training checkpoint that hold weights (checkpoints.py reads them).
 PARAMS, EMA = 'params', 'ema'
@@ -80,10 +79,12 @@ class Evaluator:
 
 
 class Trainer:
-    """A PixelCNNPP of `model_config` (a config.ModelConfig), its Polyak-averaged copy (used
-    for evaluation and sampling), the official Adam, and the distributed train and test steps
-    under `strategy` (default: the current one), with the settings of `train_config` (a
-    config.TrainConfig; its batch and epoch settings are the run's, not the Trainer's):
+    """The training of `model`, a PixelCNNPP with its image_shape (built or not), which holds
+    the Polyak average of the weights (what evaluation and sampling use), while the raw
+    weights train in a twin of it (`.model`, starting from the model's weights): the official
+    Adam, the average, and the distributed train and test steps under `strategy` (default: the
+    current one), with the settings of `train_config` (a config.TrainConfig; its batch and
+    epoch settings are the run's, not the Trainer's):
 
     - learning_rate, lr_decay, polyak_decay: the official update rule (updates.py);
     - precision 'mixed_bfloat16' or 'mixed_float16': the compute dtype of training (variables,
@@ -100,26 +101,25 @@ class Trainer:
       recomputed in the backward pass instead of kept (the same numbers, about half the
       memory); xla: the loss and gradients compiled by XLA; seed: dropout and mutation.
 
-    ema_model: a built PixelCNNPP to hold the averaged weights (Keras' fit: the model being
-    fitted, so that what it computes with are the weights the official code evaluates with);
-    the raw weights then start as its weights."""
+    (Keras' fit: the model being fitted is `model`, so that what it computes with are the
+    weights the official code evaluates with.)"""
 
-    def __init__(self, model_config, train_config=TrainConfig(), strategy=None, ema_model=None):
-        self.model_config, self.train_config = model_config, train_config
+    def __init__(self, model, train_config=TrainConfig(), strategy=None):
+        self.model_config, self.train_config = ModelConfig.of_model(model), train_config
         self.strategy = strategy = strategy or tf.distribute.get_strategy()
         c = train_config
         with strategy.scope():
-            self.model = PixelCNNPP(**model_config.kwargs(), dtype=c.precision)
-            self.ema_model = ema_model or PixelCNNPP(**dict(model_config.kwargs(), dropout_p=0.))
-            x = tf.zeros((1,) + model_config.image_shape)
-            for m in (self.model, self.ema_model):
-                if not m.built:
-                    m(x, h=self.one_hot(tf.zeros([1], tf.int32)))
+            x = tf.zeros((1,) + self.model_config.image_shape)
+            h = self.one_hot(tf.zeros([1], tf.int32))
+            if not model.built:
+                model(x, h=h)
+            self.ema_model = model
+            self.model = type(model)(**self.model_config.kwargs(), dtype=c.precision)
+            self.model(x, h=h)
             self.params = _tf_variables(self.model.official_variables())
             self.shadows = _tf_variables(self.ema_model.official_variables())
-            if ema_model is not None:
-                for k, p in self.params.items():
-                    p.assign(self.shadows[k].read_value())
+            for k, p in self.params.items():
+                p.assign(self.shadows[k].read_value())
             self.optimizer = updates.Adam(self.params, c.learning_rate, c.lr_decay)
             self.ema = updates.ExponentialMovingAverage(self.params, self.shadows, c.polyak_decay)
             self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name='epoch')

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from pixel_cnn_pp import checkpoints, cli, config, console, progress
-from pixel_cnn_pp.config import ModelConfig
+from pixel_cnn_pp import PixelCNNPP
 from pixel_cnn_pp.training import Trainer
 
 from conftest import ROOT, SMALL_CKPT, run_in_process  # noqa: E402
@@ -129,7 +129,7 @@ def test_verbose_prints_the_flags(capsys):
 def save_dir(tmp_path_factory, one_replica):
     """A save_dir with ckpt-3 and a newer ckpt-5 whose data is truncated."""
     d = str(tmp_path_factory.mktemp('run'))
-    trainer = Trainer(ModelConfig(nr_resnet=1, nr_filters=4, nr_logistic_mix=1, dropout_p=0., image_shape=(8, 8, 3)),
+    trainer = Trainer(PixelCNNPP(nr_resnet=1, nr_filters=4, nr_logistic_mix=1, dropout_p=0., image_shape=(8, 8, 3)),
                       strategy=one_replica)
     trainer.initialize(np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 3)).astype(np.float32))
     config.write(d, (trainer.model_config, trainer.train_config))

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from conftest import FIXTURES, SMALL_CKPT, assert_close_to_official, images, initialised, run_in_process
 import pixel_cnn_pp
-from pixel_cnn_pp.config import ConfigError, ModelConfig
+from pixel_cnn_pp.config import ConfigError
 from pixel_cnn_pp import PixelCNNPP, checkpoints, config as config_lib
 from pixel_cnn_pp.training import Trainer
 
@@ -173,7 +173,7 @@ def run_dir(tmp_path_factory, one_replica):
     """A save_dir as train.py leaves it: config.json and a checkpoint of a trainer whose raw
     and EMA weights differ."""
     d = str(tmp_path_factory.mktemp('run'))
-    trainer = Trainer(ModelConfig(nr_resnet=1, nr_filters=6, nr_logistic_mix=2, resnet_nonlinearity='elu',
+    trainer = Trainer(PixelCNNPP(nr_resnet=1, nr_filters=6, nr_logistic_mix=2, resnet_nonlinearity='elu',
                                   dropout_p=0., image_shape=(8, 12, 3), num_labels=5), strategy=one_replica)
     trainer.initialize(images((4, 8, 12, 3)), np.arange(4))
     # the raw weights move away from the EMA ones, as training moves them (a train step

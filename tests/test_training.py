@@ -12,7 +12,7 @@ import tensorflow as tf
 from pixel_cnn_pp import data as data_lib, images
 from pixel_cnn_pp.nn import discretized_mix_logistic_loss
 from pixel_cnn_pp.model import PixelCNNPP
-from pixel_cnn_pp.config import ModelConfig, TrainConfig
+from pixel_cnn_pp.config import TrainConfig
 from pixel_cnn_pp.training import Trainer
 from conftest import FIXTURES
 from test_official import CONFIG
@@ -28,7 +28,7 @@ def test_replays_official_run(run):
     ref = dict(np.load(os.path.join(FIXTURES, run, 'ref.npz')))
     reader = tf.train.load_checkpoint(os.path.join(FIXTURES, run, 'params_cifar.ckpt'))
     cond = 'y' in ref
-    trainer = Trainer(ModelConfig(**CONFIG, dropout_p=0., num_labels=10 if cond else 0))
+    trainer = Trainer(PixelCNNPP(**CONFIG, dropout_p=0., image_shape=(32, 32, 3), num_labels=10 if cond else 0))
     pre = {k: ref['pre_init/model/' + k] for k in trainer.params}
     for k, var in trainer.params.items():
         var.assign(pre[k])
@@ -67,7 +67,8 @@ def first_batch(strategy, data, per_replica):
 
 def twin(trainer, strategy, **kwargs):
     """A Trainer with trainer's config and weights (and EMA) but other kwargs."""
-    other = Trainer(trainer.model_config, dataclasses.replace(trainer.train_config, **kwargs), strategy)
+    other = Trainer(PixelCNNPP(**trainer.model_config.kwargs()), dataclasses.replace(trainer.train_config, **kwargs),
+                    strategy)
     for k, var in other.params.items():
         var.assign(trainer.params[k].read_value())
     other.ema.reset()
@@ -98,7 +99,7 @@ def test_two_replicas_accumulating_equal_one_replica_with_the_whole_batch(one_re
     on two replicas: test_evaluate_counts_every_test_image_once.)"""
     data = tiny_data()
     one, two = one_replica, two_replicas
-    t1 = Trainer(ModelConfig(**TINY, image_shape=(8, 8, 3), num_labels=10), TrainConfig(l2_weight=1e-3), one)
+    t1 = Trainer(PixelCNNPP(**TINY, image_shape=(8, 8, 3), num_labels=10), TrainConfig(l2_weight=1e-3), one)
     t1.initialize(images.scale(data.train_x[:8]), data.train_y[:8])
     t2 = twin(t1, two, l2_weight=1e-3, accum_steps=2)
     start = {k: v.numpy() for k, v in t1.params.items()}
@@ -122,7 +123,7 @@ def test_recompute_changes_no_number(one_replica):
     whatever recompute is)."""
     data = tiny_data()
     kwargs = dict(TINY, dropout_p=0.5)
-    kept = Trainer(ModelConfig(**kwargs, image_shape=(8, 8, 3)), TrainConfig(seed=5), one_replica)
+    kept = Trainer(PixelCNNPP(**kwargs, image_shape=(8, 8, 3)), TrainConfig(seed=5), one_replica)
     kept.initialize(images.scale(data.train_x[:8]))
     recomputed = twin(kept, one_replica, seed=5, recompute=True)
     x, y = images.scale(data.train_x[8:16]), tf.constant(data.train_y[8:16])
@@ -145,9 +146,9 @@ def test_l2_weight_adds_its_gradient_and_not_to_the_loss(one_replica):
     kwargs = dict(nr_resnet=1, nr_filters=4, nr_logistic_mix=2, dropout_p=0.)
     x = images.scale(np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3)))
     y = tf.zeros([2], tf.int32)
-    plain = Trainer(ModelConfig(**kwargs, image_shape=(8, 8, 3)), strategy=one_replica)
+    plain = Trainer(PixelCNNPP(**kwargs, image_shape=(8, 8, 3)), strategy=one_replica)
     plain.initialize(x)
-    l2 = Trainer(ModelConfig(**kwargs, image_shape=(8, 8, 3)), TrainConfig(l2_weight=10.), one_replica)
+    l2 = Trainer(PixelCNNPP(**kwargs, image_shape=(8, 8, 3)), TrainConfig(l2_weight=10.), one_replica)
     for name, var in l2.params.items():
         var.assign(plain.params[name])
     seed = tf.constant([0, 0], tf.int64)
@@ -163,7 +164,7 @@ def test_evaluate_counts_every_test_image_once(two_replicas):
     """10 test images in global batches of 4: the padded last batch adds nothing."""
     data = tiny_data()
     strategy = two_replicas
-    trainer = Trainer(ModelConfig(**TINY, image_shape=(8, 8, 3)), strategy=strategy)
+    trainer = Trainer(PixelCNNPP(**TINY, image_shape=(8, 8, 3)), strategy=strategy)
     trainer.initialize(images.scale(data.train_x[:8]))
     x = images.scale(data.test_x)
     nats = discretized_mix_logistic_loss(x, trainer.ema_model(x)).numpy()
@@ -177,8 +178,8 @@ def test_mixed_bfloat16_training_step(one_replica):
     precision, and its update moves the float32 weights like the float32 step does."""
     data = tiny_data()
     batch = first_batch(one_replica, data, 8)
-    full = Trainer(ModelConfig(**TINY, image_shape=(8, 8, 3)), strategy=one_replica)
-    mixed = Trainer(ModelConfig(**TINY, image_shape=(8, 8, 3)), TrainConfig(precision='mixed_bfloat16'),
+    full = Trainer(PixelCNNPP(**TINY, image_shape=(8, 8, 3)), strategy=one_replica)
+    mixed = Trainer(PixelCNNPP(**TINY, image_shape=(8, 8, 3)), TrainConfig(precision='mixed_bfloat16'),
                     one_replica)
     full.initialize(images.scale(data.train_x[:8]))
     for k, v in mixed.params.items():
@@ -199,7 +200,7 @@ def test_mixed_float16_loss_scaling(two_replicas):
     update the weights and, growth_steps in a row, double it."""
     data = tiny_data()
     batch = first_batch(two_replicas, data, 4)
-    trainer = Trainer(ModelConfig(**TINY, image_shape=(8, 8, 3)), TrainConfig(precision='mixed_float16'), two_replicas)
+    trainer = Trainer(PixelCNNPP(**TINY, image_shape=(8, 8, 3)), TrainConfig(precision='mixed_float16'), two_replicas)
     trainer.loss_scale.growth_steps = 2
     trainer.initialize(images.scale(data.train_x[:8]))
     params = lambda: {k: v.numpy() for k, v in trainer.params.items()}  # noqa: E731
@@ -223,15 +224,15 @@ def test_mixed_float16_loss_scaling(two_replicas):
 def test_checkpoints_move_between_precisions(tmp_path):
     """A checkpoint resumes in another precision (train.py restores with assert_consumed)."""
     data = tiny_data()
-    mixed = Trainer(ModelConfig(**TINY, image_shape=(8, 8, 3)), TrainConfig(precision='mixed_float16'))
+    mixed = Trainer(PixelCNNPP(**TINY, image_shape=(8, 8, 3)), TrainConfig(precision='mixed_float16'))
     mixed.initialize(images.scale(data.train_x[:8]))
     mixed.loss_scale.scale.assign(4.)
     path = mixed.checkpoint.save(str(tmp_path / 'mixed'))
-    full = Trainer(ModelConfig(**TINY, image_shape=(8, 8, 3)))
+    full = Trainer(PixelCNNPP(**TINY, image_shape=(8, 8, 3)))
     full.checkpoint.restore(path).assert_consumed()
     for k, v in full.params.items():
         np.testing.assert_array_equal(v.numpy(), mixed.params[k].numpy())
-    again = Trainer(ModelConfig(**TINY, image_shape=(8, 8, 3)), TrainConfig(precision='mixed_float16'))
+    again = Trainer(PixelCNNPP(**TINY, image_shape=(8, 8, 3)), TrainConfig(precision='mixed_float16'))
     again.checkpoint.restore(full.checkpoint.save(str(tmp_path / 'full'))).assert_consumed()
     assert again.loss_scale.scale.numpy() == 4.
     for k, v in again.shadows.items():
@@ -243,7 +244,7 @@ def tiny_trainer(one_replica):
     """One replica, learning rate 0.01 halved every step, initialised: the tests of steps
     that are not applied share it (each asserts against the state it finds)."""
     data = tiny_data()
-    trainer = Trainer(ModelConfig(**TINY, image_shape=(8, 8, 3)), TrainConfig(learning_rate=0.01, lr_decay=0.5),
+    trainer = Trainer(PixelCNNPP(**TINY, image_shape=(8, 8, 3)), TrainConfig(learning_rate=0.01, lr_decay=0.5),
                       one_replica)
     trainer.initialize(images.scale(data.train_x[:8]))
     return trainer, first_batch(one_replica, data, 4)
@@ -327,7 +328,7 @@ def test_sampling_from_mirrored_weights(two_replicas):
     """train.py samples from its EMA model, whose weights are mirrored over the replicas."""
     import pixel_cnn_pp
     data = tiny_data()
-    trainer = Trainer(ModelConfig(**TINY, image_shape=(8, 8, 3)), strategy=two_replicas)
+    trainer = Trainer(PixelCNNPP(**TINY, image_shape=(8, 8, 3)), strategy=two_replicas)
     trainer.initialize(images.scale(data.train_x[:8]))
     mirrored = pixel_cnn_pp.sample(trainer.ema_model, 2, seed=1, image_shape=(8, 8, 3))
     plain = pixel_cnn_pp.PixelCNNPP(**TINY)

@@ -21,6 +21,7 @@ from pixel_cnn_pp import config, folders, imagenet, progress, tfds_sets
 from pixel_cnn_pp.datafiles import DataError, first_line, is_npz, load_pickle, read_npz
 from pixel_cnn_pp.config import ConfigError, check_channels
 from pixel_cnn_pp.images import scale
+from pixel_cnn_pp.training import epoch_order
 
 CIFAR_DIR = os.path.join('cifar-10-python', 'cifar-10-batches-py')
 
@@ -452,12 +453,6 @@ def check(data, data_set, class_conditional):
 def steps_per_epoch(num_images, global_batch):
     """Full batches per epoch: the official loader drops the last partial batch."""
     return num_images // global_batch
-
-
-def epoch_order(num_images, seed, epoch):
-    """The training set's order in `epoch`: a permutation fixed by (seed, epoch), so a
-    resumed run sees the same batches as an uninterrupted one."""
-    return np.random.default_rng([seed, epoch]).permutation(num_images)
 
 
 # tf.data's autotuner, off: deleting an iterator it tunes waits until its current period is

@@ -26,7 +26,7 @@ STATE_KEY = 'fit_state_%d'  # the training state's entries among the model's own
 
 class EpochOrder(keras.utils.PyDataset):
     """uint8 images (and labels) in the order train.py takes them: epoch e a permutation fixed
-    by (seed, e) (data.epoch_order), cut into global batches, the last partial one dropped;
+    by (seed, e) (training.epoch_order), cut into global batches, the last partial one dropped;
     `epoch` is set at each epoch's start (fit's callback), so a fit restored at epoch e
     (BackupAndRestore) sees the batches an uninterrupted one would."""
 
@@ -38,8 +38,8 @@ class EpochOrder(keras.utils.PyDataset):
         return len(self.x) // self.batch_size
 
     def __getitem__(self, index):
-        from pixel_cnn_pp import data  # (not at import: sampling and scoring stay clear of the data sets)
-        order = data.epoch_order(len(self.x), self.seed, self.epoch)
+        from pixel_cnn_pp.training import epoch_order
+        order = epoch_order(len(self.x), self.seed, self.epoch)
         batch = order[index * self.batch_size:(index + 1) * self.batch_size]
         x = self.x[batch]
         return x if self.y is None else (x, np.asarray(self.y)[batch].astype(np.int32))

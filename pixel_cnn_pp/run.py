@@ -54,7 +54,7 @@ def train(model_config, train_config, save_dir, data, strategy=None, resume=Fals
             else:
                 saves.refuse_existing(save_dir)
                 print('initializing the model...')
-                first = data_lib.epoch_order(len(data.train_x), c.seed, 0)[:c.init_batch_size]
+                first = training.epoch_order(len(data.train_x), c.seed, 0)[:c.init_batch_size]
                 trainer.initialize(images.scale(data.train_x[first]),
                                    data.train_y[first] if model_config.num_labels else None)
             if chief:

@@ -13,6 +13,12 @@ from pixel_cnn_pp.images import scale
 PARAMS, EMA = 'params', 'ema'
 
 
+def epoch_order(num_images, seed, epoch):
+    """The training set's order in `epoch`: a permutation fixed by (seed, epoch), so a
+    resumed run sees the same batches as an uninterrupted one."""
+    return np.random.default_rng([seed, epoch]).permutation(num_images)
+
+
 def mutate(x, rate, seed):
     """Scaled images x with each sub-pixel replaced, with probability `rate`, by a uniform
     value in 0..255 (scaled), as Ren et al. 2019 perturb the inputs of a background model.

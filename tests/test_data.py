@@ -81,7 +81,7 @@ def test_batches_are_gathered_from_the_one_array(tmp_path):
     y = rng.integers(0, 10, 64).astype(np.int32)
     strategy = tf.distribute.get_strategy()
     data = data_lib.Data(mapped, y, mapped[:5], y[:5], 10)
-    order = data_lib.epoch_order(64, 9, 1)
+    order = training.epoch_order(64, 9, 1)
     batches = list(data_lib.train_batches(strategy, data, 16, seed=9, epoch=1))
     assert len(batches) == 4
     for k, (images, labels, weight) in enumerate(batches):
@@ -107,7 +107,7 @@ def test_batches_run_without_the_autotuner(two_replicas):
     assert data_lib._pipeline(data.train_x, None, np.arange(8).reshape(2, 4), 2, 2).options().autotune.enabled is False
     batches = data_lib.train_batches(two_replicas, data, 2, seed=1, epoch=0)
     assert len(batches) == 2 and (batches.first, batches.local) == (0, 2)
-    order = data_lib.epoch_order(8, 1, 0)
+    order = training.epoch_order(8, 1, 0)
     for step, (x, _, weight) in enumerate(batches):
         for r, (images, w) in enumerate(zip(x.values, weight.values)):
             np.testing.assert_array_equal(images.numpy(), scale(data.train_x[order[4 * step + 2 * r:][:2]]).numpy())
@@ -132,7 +132,7 @@ def test_a_worker_takes_its_replicas_columns():
     data = data_lib.Data(x, np.arange(16), x[:1], np.zeros(1), 16)
     batches = data_lib.train_batches(SecondWorker(), data, 2, seed=3, epoch=0)
     assert (batches.first, batches.local, len(batches)) == (2, 2, 2)
-    order = data_lib.epoch_order(16, 3, 0).reshape(2, 8)
+    order = training.epoch_order(16, 3, 0).reshape(2, 8)
     for step, per_replica in enumerate(batches):
         for r, (images, labels, _) in zip((2, 3), per_replica):
             np.testing.assert_array_equal(labels.numpy(), order[step, 2 * r:2 * r + 2])

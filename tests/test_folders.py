@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from pixel_cnn_pp import cli, config, data as data_lib, folders
+from pixel_cnn_pp import cli, config, data as data_lib, folders, training
 from pixel_cnn_pp.config import ConfigError
 from pixel_cnn_pp.datafiles import DataError
 from pixel_cnn_pp.images import scale
@@ -288,7 +288,7 @@ def test_batches_from_files_equal_batches_from_arrays(tmp_path, two_replicas):
                 for u, v in zip(two_replicas.experimental_local_results(s) if hasattr(s, 'values') else [s],
                                 two_replicas.experimental_local_results(t) if hasattr(t, 'values') else [t]):
                     np.testing.assert_array_equal(u.numpy(), v.numpy())
-    first = data_lib.epoch_order(len(files.train_x), 3, 0)[:4]
+    first = training.epoch_order(len(files.train_x), 3, 0)[:4]
     np.testing.assert_array_equal(scale(files.train_x[first]), scale(arrays.train_x[first]))  # run.py's init batch
 
 

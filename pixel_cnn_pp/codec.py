@@ -22,7 +22,6 @@ import os
 import platform
 import re
 import struct
-import weakref
 import zlib
 
 import numpy as np
@@ -68,11 +67,7 @@ def channel_pmfs(l, channels):
     rows = np.arange(B)
     x = []
     for c in range(channels):
-        mu = means[:, c]
-        if c == 1:
-            mu = mu + coeffs[:, 0] * x[0]
-        elif c == 2:
-            mu = mu + coeffs[:, 1] * x[0] + coeffs[:, 2] * x[1]
+        mu = nn.coupled_mean(means[:, c], [coeffs[:, k] for k in range(coeffs.shape[1])], x)
         cdf = mu[..., None] - _EDGES  # (B, M, 255): each component's CDF at the edges,
         cdf *= inv_scales[:, c]       # 1 / (1 + exp((mu - edge) / s)), in place
         with np.errstate(over='ignore'):
@@ -202,10 +197,10 @@ class _CodingSampler(FastSampler):
         return np.zeros((len(l), self.image_shape[2]), np.uint8)
 
     def _pixel(self, i, j, *unused):
-        l = self._output(i, j)[:, 0, 0]
+        l = self.net.head(self.model, i, j)[:, 0, 0]
         pixel = tf.numpy_function(self._call, [i, j, l], tf.uint8, stateful=False)
         pixel = tf.ensure_shape(pixel, [None, self.image_shape[2]])
-        self._put_pixel(i, j, scale(pixel)[:, None, None])
+        self.net.put_pixel(i, j, scale(pixel)[:, None, None])
 
     def code(self, batch_size, h, callback, progress=None):
         """One pass over a batch of images, row by row, with this callback."""
@@ -225,19 +220,8 @@ class _CodingSampler(FastSampler):
             self.callback = None
 
 
-_samplers = weakref.WeakKeyDictionary()
-
-
-def _sampler(model, image_shape, conditional):
-    samplers = _samplers.setdefault(model, {})
-    key = (tuple(image_shape), conditional)
-    if key not in samplers:
-        samplers[key] = _CodingSampler(model, image_shape, conditional)
-    return samplers[key]
-
-
 def check_model(model):
-    """What a model must be to code images (PixelCNNPP.require): a ConfigError otherwise."""
+    """model.require('code with'), kept for compress.py (which calls it)."""
     model.require('code with')
 
 
@@ -245,7 +229,8 @@ def _passes(model, images, h, batch_size, callback, progress):
     """Runs the coding sampler over the images in batches of batch_size; callback(k, i, j,
     l) gets batch k's output at (i, j); progress(rows done, rows in all)."""
     N, H = len(images), images.shape[1]
-    sampler = _sampler(model, images.shape[1:], h is not None)
+    sampler = model.memo(('coder', images.shape[1:], h is not None),
+                         lambda: _CodingSampler(model, images.shape[1:], h is not None))
     batches = range(0, N, batch_size)
     for k, start in enumerate(batches):
         report = None if progress is None else (lambda rows, k=k: progress(k * H + rows, len(batches) * H))
@@ -298,7 +283,7 @@ def compress(model, images, h=None, labels=None, batch_size=16, verify=True, pro
     the images back: about as long as the encoding again. progress(rows done, rows in all)
     is called after each image row of a pass."""
     import constriction
-    check_model(model)
+    model.require('code with')
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise TypeError('images must be uint8 (N, H, W, C) pixel values 0..255, got %s' % images.dtype)
@@ -405,7 +390,7 @@ def decompress(model, data, check_environment=True, progress=None):
     check_environment=False tries anyway, the pixels' checksum still refusing a wrong
     result). progress as for compress."""
     import constriction
-    check_model(model)
+    model.require('code with')
     data = bytes(data)
     header = read_header(data)
     H, W, C = header['image_shape']

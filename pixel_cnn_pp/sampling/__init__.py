@@ -3,8 +3,6 @@ or the fast cached sampler (fast.py, with its caches in cache.py); the noise and
 step's inputs they share (inputs.py). The grid and files the images are written to:
 images.py."""
 
-import weakref
-
 import numpy as np
 import tensorflow as tf
 
@@ -14,20 +12,15 @@ from pixel_cnn_pp.sampling.fast import FastSampler
 from pixel_cnn_pp.sampling.inputs import noise
 from pixel_cnn_pp.sampling.naive import NaiveSampler
 
-# One sampler per model, method, image shape, conditioning and compilation, reused by every call.
-_samplers = weakref.WeakKeyDictionary()
 METHODS = ('fast', 'naive')
 
 
 def sampler(model, image_shape, conditional, method='fast', jit_compile=False):
     """The model's sampler for this image shape, conditioning and method, made once: later
     calls with any batch size reuse its compiled steps."""
-    samplers = _samplers.setdefault(model, {})
-    key = (method, tuple(image_shape), conditional, jit_compile)
-    if key not in samplers:
-        samplers[key] = FastSampler(model, image_shape, conditional, jit_compile) if method == 'fast' \
-            else NaiveSampler(model, image_shape, conditional)
-    return samplers[key]
+    return model.memo(('sampler', method, tuple(image_shape), conditional, jit_compile), lambda: (
+        FastSampler(model, image_shape, conditional, jit_compile) if method == 'fast'
+        else NaiveSampler(model, image_shape, conditional)))
 
 
 def check_arguments(method='fast', temperature=1., jit_compile=False):

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 
 class Cache:
-    """One activation map of the fast sampler, stored position first: a variable of shape
+    """One activation map of the fast sampler (of `stream`, 'u' or 'ul', at `level`), stored position first: a variable of shape
     (rows * cols, B, C) whose entry r * cols + c is position (r, c) of every image, so that a
     pixel's step reads and writes only the positions it needs (slicing the variable itself
     would read, and copy, the whole map). The variable has one more row than the map, so
@@ -15,8 +15,8 @@ class Cache:
     variables), the cache reads and writes a slab instead: rows base .. base + 2 of the
     map as a tensor (3, cols, B, C), passed in and out of the compiled loop."""
 
-    def __init__(self, level, rows, cols, channels):
-        self.level, self.rows, self.cols, self.channels = level, rows, cols, channels
+    def __init__(self, stream, level, rows, cols, channels):
+        self.stream, self.level, self.rows, self.cols, self.channels = stream, level, rows, cols, channels
         self.var = tf.Variable(tf.zeros([(rows + 1) * cols, 0, channels]), trainable=False,
                                shape=[(rows + 1) * cols, None, channels])
         self.slab = self.base = None

@@ -5,9 +5,10 @@ so that a file takes -log2 p(x) bits plus a small overhead.
 Encoder and decoder must compute the same floats, bit for bit: the decoder can only run
 the fast sampler's cached pixel-by-pixel computation (sampling.fast.FastSampler), so the
 encoder runs that same computation, with the same batch size and grouping, fed the known
-pixels; _CodingSampler hands the network's output at each pixel to the coder (a
-tf.numpy_function in the row's loop) and writes back the pixel the coder returns. XLA
-(jit_compile) is not used: its compiled loop cannot call back into Python.
+pixels: the sampler's own traced row, whose code() hands the network's output at each
+pixel to the coder (a tf.numpy_function in the row's loop) and writes back the pixel the
+coder returns. XLA (jit_compile) is not used: its compiled loop cannot call back into
+Python.
 
 File layout (little-endian): a 45-byte header (_HEADER: magic, format version, flags,
 image shape, count, batch size, model fingerprint, the environment that fixes the floats,
@@ -27,9 +28,7 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import config, nn
-from pixel_cnn_pp.sampling.fast import FastSampler
-from pixel_cnn_pp.images import scale
+from pixel_cnn_pp import config, nn, sampling
 
 MAGIC = b'PC++'
 VERSION = 1
@@ -177,49 +176,6 @@ def _checksum(images, labels):
     return digest.digest()[:8]
 
 
-class _CodingSampler(FastSampler):
-    """The fast sampler with each pixel's draw replaced by `self.callback(i, j, l)`:
-    given the network's output l (B, P) at pixel (i, j), it returns the pixel (uint8
-    (B, C)) to write there (the encoder's: the known pixel, after coding it; the
-    decoder's: the pixel decoded from the stream). The first exception it raises stops
-    the pass (code())."""
-
-    def __init__(self, model, image_shape, conditional):
-        super().__init__(model, image_shape, conditional)
-        self.callback = self.error = None
-
-    def _call(self, i, j, l):
-        if self.error is None:
-            try:
-                return np.asarray(self.callback(int(i), int(j), l), np.uint8)
-            except Exception as e:  # noqa: BLE001 - re-raised by code() after the row
-                self.error = e
-        return np.zeros((len(l), self.image_shape[2]), np.uint8)
-
-    def _pixel(self, i, j, *unused):
-        l = self.net.head(self.model, i, j)[:, 0, 0]
-        pixel = tf.numpy_function(self._call, [i, j, l], tf.uint8, stateful=False)
-        pixel = tf.ensure_shape(pixel, [None, self.image_shape[2]])
-        self.net.put_pixel(i, j, scale(pixel)[:, None, None])
-
-    def code(self, batch_size, h, callback, progress=None):
-        """One pass over a batch of images, row by row, with this callback."""
-        H, W, C = self.image_shape
-        self.callback, self.error = callback, None
-
-        def after_row(rows):
-            if self.error is not None:
-                raise self.error
-            if progress:
-                progress(rows)
-        zeros = tf.zeros((batch_size, H, W, C))
-        try:
-            self.draw(tf.zeros((batch_size, H, W, self.model.nr_logistic_mix)), zeros, zeros, 0, 1.,
-                      () if h is None else (h,), after_row)
-        finally:
-            self.callback = None
-
-
 def check_model(model):
     """model.require('code with'), kept for compress.py (which calls it)."""
     model.require('code with')
@@ -229,8 +185,7 @@ def _passes(model, images, h, batch_size, callback, progress):
     """Runs the coding sampler over the images in batches of batch_size; callback(k, i, j,
     l) gets batch k's output at (i, j); progress(rows done, rows in all)."""
     N, H = len(images), images.shape[1]
-    sampler = model.memo(('coder', images.shape[1:], h is not None),
-                         lambda: _CodingSampler(model, images.shape[1:], h is not None))
+    sampler = sampling.sampler(model, images.shape[1:], h is not None)  # the sampler's trace
     batches = range(0, N, batch_size)
     for k, start in enumerate(batches):
         report = None if progress is None else (lambda rows, k=k: progress(k * H + rows, len(batches) * H))

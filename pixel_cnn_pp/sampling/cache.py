@@ -1,12 +1,13 @@
 """The fast sampler's memory: each activation map of the network in a cache that a pixel's
-step reads and writes at only the positions it needs."""
+step reads and writes at only the positions it needs, and the terms of a row that its
+pixels' steps share (Row)."""
 
 import tensorflow as tf
 
 
 class Cache:
-    """One activation map of the fast sampler (of `stream`, 'u' or 'ul', at `level`), stored position first: a variable of shape
-    (rows * cols, B, C) whose entry r * cols + c is position (r, c) of every image, so that a
+    """One activation map of the fast sampler (of `stream`, 'u' or 'ul', at `level`), stored
+    position first: a variable of shape (rows * cols, B, C) whose entry r * cols + c is position (r, c) of every image, so that a
     pixel's step reads and writes only the positions it needs (slicing the variable itself
     would read, and copy, the whole map). The variable has one more row than the map, so
     that every row of the map starts a slab.
@@ -34,6 +35,20 @@ class Cache:
             return tf.transpose(values, [2, 0, 1, 3])
         values = self.var.sparse_read(self._index(r, nr, c, nc))
         return tf.transpose(tf.reshape(values, [nr, nc, -1, self.channels]), [2, 0, 1, 3])
+
+    def cell(self, r, c):
+        """Position (r, c) of the map (-1: the zero border) as (B, C)."""
+        if self.slab is not None:
+            return tf.gather(tf.gather(self.slab, r + 1 - self.base), c + 1)
+        return self.var.sparse_read((r + 1) * self.cols + c + 1)
+
+    def put_cell(self, r, c, value):
+        """Writes value (B, C) at position (r, c)."""
+        if self.slab is not None:
+            self.written = True
+            self.slab = tf.tensor_scatter_nd_update(self.slab, [[r + 1 - self.base, c + 1]], value[None])
+            return
+        self.var.scatter_update(tf.IndexedSlices(value[None], tf.reshape((r + 1) * self.cols + c + 1, [1])))
 
     def put(self, r, c, value):
         """Writes value (B, nr, nc, C) at rows r.., columns c.."""
@@ -80,3 +95,19 @@ def write_block(cache, r, c, value):
         cache.put(r + 1, 0, tf.pad(value, [[0, 0], [0, 0], [1, 1], [0, 0]]))
     else:
         cache.put(r + 1, c + 1, value)
+
+
+class Row:
+    """What the steps of one row of a level share, computed once at the row's start: a
+    variable (cols, B, C) read by column (`value`, a tensor, instead while XLA's loop runs)."""
+
+    def __init__(self, cols, channels):
+        self.var = tf.Variable(tf.zeros([cols, 0, channels]), trainable=False, shape=[cols, None, channels])
+        self.value = None
+
+    def put(self, value):
+        """value (B, 1, cols, C)."""
+        self.var.assign(tf.transpose(value[:, 0], [1, 0, 2]))
+
+    def cell(self, c):
+        return self.var.sparse_read(c) if self.value is None else tf.gather(self.value, c)

@@ -2,11 +2,14 @@
 network's maps (the caches: cache.py) and what the output needs, level by level."""
 
 import functools
+import itertools
 import weakref
 
+import numpy as np
 import tensorflow as tf
 
 from pixel_cnn_pp import nn
+from pixel_cnn_pp.images import scale
 from pixel_cnn_pp.sampling.inputs import row_signature
 from pixel_cnn_pp.sampling.step import CachedNetwork
 
@@ -31,7 +34,8 @@ class FastSampler:
     caches' batch dimension is set at each start, and each step is traced once. `draw`
     runs the rows from Python (progress between them); `run` is the whole image in one
     graph (for a SavedModel). jit_compile=True compiles each row's pixel loop with XLA
-    (_pixel_loop): about 1.7x faster per image at the paper's size, for a longer first call.
+    (_pixel_loop), faster per image for a longer first call. The codec runs the same
+    traced row with a coder in place of the draw (code()).
     """
 
     def __init__(self, model, image_shape, conditional, jit_compile=False):
@@ -40,10 +44,15 @@ class FastSampler:
         self.jit_compile = jit_compile
         self.net = CachedNetwork(model, image_shape)
         self.levels = 1 + max(op.level for op in self.net.ops)
+        self.groups = {s: [(L, [op for op in ops]) for L, ops in itertools.groupby(
+            [op for op in self.net.ops if op.stream == s], lambda op: op.level)] for s in ('u', 'ul')}
+        self.coding = tf.Variable(False, trainable=False)  # the pixels from self.coder (code())
+        self.coder = self.error = None
         signature = row_signature(model, image_shape, conditional)
         # autograph=False: the loops are explicit; autograph would only convert every lambda
         # of the trace again
-        self.start = tf.function(self.net.start, input_signature=[tf.TensorSpec([], tf.int32)], autograph=False)
+        self.start = tf.function(lambda batch_size: self.net.start(self.model, batch_size),
+                                 input_signature=[tf.TensorSpec([], tf.int32)], autograph=False)
         self.row = tf.function(self._row, input_signature=[tf.TensorSpec([], tf.int32)] + signature,
                                autograph=False)
         self._pixels = {n: tf.function(functools.partial(self._pixel_loop, n), jit_compile=True, autograph=False)
@@ -55,53 +64,69 @@ class FastSampler:
         return self._model()
 
     def variables(self):
-        """The sampler's own variables: its caches and its copy of the weights."""
-        return [c.var for c in self.net.caches] + [v for ws in self.net.w.values() for v in ws]
+        """The sampler's own variables: its caches, rows and copy of the weights."""
+        return [c.var for c in self.net.caches] + [r.var for r in self.net.rows] + list(self.net.w.values()) + \
+            [self.coding]
 
-    def _stream(self, stream, i, j, levels=None):
-        """What `stream` computes at image row i (u) or pixel (i, j) (ul), op by op in the
-        plan's order: an op of level L runs where i (and j) are multiples of 2^L, at (i, j)
-        // 2^L. `levels`: the levels that run here, known when tracing; None: decided in the
-        graph."""
-        def run(fn, L):
-            if levels is not None:
-                if L in levels:
-                    fn()
-            elif L == 0:
+    @staticmethod
+    def _when(L, i, j, fn, levels=None):
+        """fn() where level L runs: at rows i (and columns j) that are multiples of 2^L.
+        `levels`: the levels that run here, known when tracing; None: decided in the graph."""
+        if levels is not None:
+            if L in levels:
                 fn()
-            else:
-                tf.cond(tf.logical_and(i % 2 ** L == 0, True if j is None else j % 2 ** L == 0),
-                        lambda: fn() or tf.constant(0), lambda: tf.constant(0))
-
-        net = self.net
-        run(lambda: net.inputs(self.model, stream, i, j), 0)
-        for op in net.ops:
-            if op.stream == stream:
-                run(lambda op=op: net.run(op, i // 2 ** op.level, None if j is None else j // 2 ** op.level,
-                                          self.h_terms), op.level)
+        elif L == 0:
+            fn()
+        else:
+            at = i % 2 ** L == 0 if j is None else tf.logical_and(i % 2 ** L == 0, j % 2 ** L == 0)
+            tf.cond(at, lambda: (fn(), tf.constant(0))[1], lambda: tf.constant(0))
 
     def _set_h(self, h):
         """The conditioning terms of every block (fixed for the whole image)."""
         self.h_terms = {} if h is None else {op.layer.hw_name: op.layer.h_term(h) for op in self.net.ops
                                              if isinstance(op.layer, nn.GatedResnet)}
 
-    def _row(self, i, u_mix, u_logistic, given, given_rows, temperature, h=None):
+    def _start_row(self, i):
+        """Row i's u stream (whole rows), then what its ul pixels share (each op's terms of
+        the row above), level by level in the plan's order."""
+        net, m = self.net, self.model
+        net.u_inputs(m, i)
+        for L, ops in self.groups['u']:
+            self._when(L, i, None, lambda L=L, ops=ops: [net.run_row(op, i // 2 ** L, self.h_terms) for op in ops])
+        net.ul_inputs_row(m, i)
+        for L in range(self.levels):
+            ops = [op for op in net.ops if op.p1 is not None and op.level == L]
+            self._when(L, i, None, lambda L=L, ops=ops: [net.ul_row(op, i // 2 ** L, self.h_terms) for op in ops])
+
+    def _ul_step(self, i, j, levels=None):
+        """Pixel (i, j)'s ul stream, op by op in the plan's order at the levels that run."""
+        net, fresh = self.net, {}
+        net.ul_inputs(self.model, i, j, fresh)
+        for L, ops in self.groups['ul']:
+            def run(L=L, ops=ops):
+                # a condition's branch keeps what it computes to itself
+                step = fresh if L == 0 or levels is not None else dict(fresh)
+                for op in ops:
+                    net.ul_step(op, i // 2 ** L, j // 2 ** L, step)
+            self._when(L, i, j, run, levels)
+
+    def _row(self, i, u_mix, u_logistic, given, given_rows, temperature, h=None, coder=True):
         """Image row i: each pixel drawn with the noise of inputs.noise(), or given's where i <
-        given_rows, and written to the caches. First the u stream's row, then the pixels:
+        given_rows, and written to the caches. First the row's shared terms, then the pixels:
         with jit_compile, in one loop compiled by XLA (_pixel_loop); without, in a
         tf.while_loop over the columns."""
         self._set_h(h)
-        self._stream('u', i, None)
+        self._start_row(i)
         args = (u_mix[:, i], u_logistic[:, i], given[:, i], given_rows, temperature)
         if self.jit_compile:
             # the levels that run at row i: 1, 2 or 3 (where i is a multiple of 2^level)
             n = sum(tf.cast(i % 2 ** L == 0, tf.int32) for L in range(self.levels))
-            caches = self.net.caches
+            caches = [c for c in self.net.caches if c.stream != 'u']
 
             def branch(n):
                 def run():
                     slabs = [cache.load_slab(i) for cache in caches]
-                    written = self._pixels[n](i, slabs, *args, h=h)
+                    written = self._pixels[n](i, slabs, [r.var.read_value() for r in self.net.rows], *args)
                     for k, slab in written.items():
                         caches[int(k)].store_slab(i, slab)
                     return tf.constant(0)
@@ -109,37 +134,75 @@ class FastSampler:
             tf.switch_case(n - 1, [branch(n) for n in range(1, self.levels + 1)])
         else:
             def body(j):
-                self._stream('ul', i, j)
-                self._pixel(i, j, *args)
+                self._ul_step(i, j)
+                self._pixel(i, j, *args, coder=coder)
                 return j + 1
             tf.while_loop(lambda j: j < self.image_shape[1], body, [tf.constant(0)])
 
-    def _pixel(self, i, j, u_mix, u_logistic, given, given_rows, temperature):
+    def _pixel(self, i, j, u_mix, u_logistic, given, given_rows, temperature, coder=True):
         """Pixel (i, j) from the network's output there (u_mix, u_logistic, given: row i),
-        written to x_pad. (The codec's sampler replaces the draw with its entropy coder.)"""
+        written to x_pad: drawn, or while coding the coder's (code())."""
         def column(x):
             return tf.gather(x, j, axis=1)[:, None, None]
-        pixel = nn.sample_with_noise(self.net.head(self.model, i, j), self.image_shape[2],
-                                     (column(u_mix), column(u_logistic)), temperature)
-        self.net.put_pixel(i, j, tf.where(i < given_rows, column(given), pixel))
+        l = self.net.head(self.model, i, j)
+        pixel = nn.sample_with_noise(l[:, None, None], self.image_shape[2],
+                                     (column(u_mix), column(u_logistic)), temperature)[:, 0, 0]
+        pixel = tf.where(i < given_rows, column(given)[:, 0, 0], pixel)
+        if coder:
+            pixel = tf.cond(self.coding, lambda: scale(tf.ensure_shape(tf.numpy_function(
+                self._code, [i, j, l], tf.uint8, stateful=True), [None, self.image_shape[2]])), lambda: pixel)
+        self.net.put_pixel(i, j, pixel)
 
-    def _pixel_loop(self, n, i, slabs, *args, h=None):
-        """The pixels of image row i, where levels 0 .. n - 1 run, on the caches' slabs
-        (compiled by XLA, which takes neither the variables' sparse reads and writes nor,
-        without copying the slabs, conditions). Level L runs at the columns that are
-        multiples of 2^L: the loop steps over groups of 2^(n - 1) columns, each with its
-        schedule written out. Returns the slabs it wrote, by cache index."""
+    def _code(self, i, j, l):
+        """The coder's pixel (uint8 (B, C)) at (i, j) given the network's output l (B, P);
+        its first exception stops the pass (code())."""
+        if self.error is None:
+            try:
+                return np.asarray(self.coder(int(i), int(j), l), np.uint8)
+            except Exception as e:  # noqa: BLE001 - re-raised by code() after the row
+                self.error = e
+        return np.zeros((len(l), self.image_shape[2]), np.uint8)
+
+    def code(self, batch_size, h, coder, progress=None):
+        """One pass over a batch with each pixel's draw replaced by coder(i, j, l): given the
+        network's output l (B, P) at pixel (i, j), it returns the pixel (uint8 (B, C)) to
+        write there (the encoder's: the known pixel, after coding it; the decoder's: the
+        pixel decoded from the stream). The same traced row as draw()."""
+        H, W, C = self.image_shape
+        self.coder, self.error = coder, None
+
+        def after_row(rows):
+            if self.error is not None:
+                raise self.error
+            if progress:
+                progress(rows)
+        zeros, half = tf.zeros((batch_size, H, W, C)), tf.fill((batch_size, H, W, self.model.nr_logistic_mix), .5)
+        self.coding.assign(True)
+        try:
+            self.draw(half, half[..., :C], zeros, 0, 1.,
+                      () if h is None else (h,), after_row)
+        finally:
+            self.coding.assign(False)
+            self.coder = None
+
+    def _pixel_loop(self, n, i, slabs, rows, *args):
+        """The pixels of image row i, where levels 0 .. n - 1 run, on the ul caches' slabs
+        and the row's shared terms (compiled by XLA, which takes neither the variables'
+        sparse reads and writes nor, without copying the slabs, conditions). Level L runs at
+        the columns that are multiples of 2^L: the loop steps over groups of 2^(n - 1)
+        columns, each with its schedule written out. Returns the slabs it wrote, by index."""
         group = 2 ** (n - 1)
-        caches = self.net.caches
-        self._set_h(h)
+        caches = [c for c in self.net.caches if c.stream != 'u']
+        for row, value in zip(self.net.rows, rows):
+            row.value = value
 
         def body(g, slabs):
             for cache, slab in zip(caches, slabs):
                 cache.use_slab(i, slab)
             for t in range(group):
                 j = g * group + t
-                self._stream('ul', i, j, [L for L in range(n) if t % 2 ** L == 0])
-                self._pixel(i, j, *args)
+                self._ul_step(i, j, [L for L in range(n) if t % 2 ** L == 0])
+                self._pixel(i, j, *args, coder=False)
             return g + 1, [cache.slab for cache in caches]
 
         for cache in caches:
@@ -148,12 +211,14 @@ class FastSampler:
         written = {str(k): slab for k, (cache, slab) in enumerate(zip(caches, slabs)) if cache.written}
         for cache in caches:
             cache.use_slab(i, None)
+        for row in self.net.rows:
+            row.value = None
         return written
 
     def _run(self, u_mix, u_logistic, given, given_rows, temperature, h=None):
-        self.net.start(tf.shape(u_logistic)[0])
+        self.net.start(self.model, tf.shape(u_logistic)[0])
         def body(i):
-            self._row(i, u_mix, u_logistic, given, given_rows, temperature, h)
+            self._row(i, u_mix, u_logistic, given, given_rows, temperature, h, coder=False)
             return i + 1
         tf.while_loop(lambda i: i < self.image_shape[0], body, [tf.constant(0)])
         return self.net.result()

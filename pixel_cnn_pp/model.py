@@ -140,7 +140,8 @@ class PixelCNNPP(keras.Model):
         h_shape = config.get('shapes_dict', {}).get('h_shape')
         if h_shape is not None and not self.num_labels:
             self.num_labels = int(h_shape[-1])
-        super().build_from_config(config)
+        with nn.weights_read_next():
+            super().build_from_config(config)
 
     @property
     def image_shape(self):
@@ -150,8 +151,8 @@ class PixelCNNPP(keras.Model):
 
     def build(self, x_shape, h_shape=None):
         """Creates every weight: the channels of x fix their shapes, num_labels those of the
-        conditioning weights (a pass over a 4x4 zero image creates the sub-layers' weights in
-        the official order)."""
+        conditioning weights (passes() over the maps' shapes builds each layer, in the
+        official order)."""
         channels = x_shape[-1]
         config.check_channels(channels, 'x', x_shape, error=ValueError)
         if self._image_shape is not None and self._image_shape[2] != channels:
@@ -170,7 +171,22 @@ class PixelCNNPP(keras.Model):
         else:  # official x_out = nin(tf.nn.elu(ul), 10 * nr_logistic_mix)
             self.head = (nn.Dense(nn.num_mixture_params(channels) * self.nr_logistic_mix,
                                 name=nn.next_name('dense', c), **p),)
-        self.call(tf.zeros([1, 4, 4, channels]), h=tf.zeros([1, self.num_labels]) if self.num_labels else None)
+        F, h = self.nr_filters, (None, self.num_labels) if self.num_labels else None
+
+        def gated_resnet(layer, x, *aux):
+            layer.build(x, (None, None, None, sum(a[-1] for a in aux)) if aux else None, h)
+            return x
+
+        def resample(layer, x):
+            layer.build(x)
+            return x
+        x_pad = (None, None, None, channels + 1)
+        for layer in (self.u_in, self.ul_in_down, self.ul_in_right):
+            layer.build(x_pad)
+        self.passes((None, None, None, F), (None, None, None, F), gated_resnet, resample)
+        inputs = [F] if not self.energy_distance else [F, 4, 128, 128]  # concat_elu doubles 64
+        for layer, width in zip(self.head, inputs):
+            layer.build((None, None, None, width))
 
     def require(self, use=None):
         """The one check of what a model must be before it is used: built (called once on a

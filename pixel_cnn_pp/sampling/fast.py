@@ -99,16 +99,20 @@ class FastSampler:
             self._when(L, i, None, lambda L=L, ops=ops: [net.ul_row(op, i // 2 ** L, self.h_terms) for op in ops])
 
     def _ul_step(self, i, j, levels=None):
-        """Pixel (i, j)'s ul stream, op by op in the plan's order at the levels that run."""
+        """Pixel (i, j)'s ul stream, op by op in the plan's order at the levels that run (known
+        when tracing in XLA's loop, on slabs: `levels`). Returns the positions and the values
+        computed at them (CachedNetwork.ul_step)."""
         net, fresh = self.net, {}
-        net.ul_inputs(self.model, i, j, fresh)
+        pos = net.positions(i, j, self.levels, slab=levels is not None)
+        net.ul_inputs(self.model, j, pos, fresh)
         for L, ops in self.groups['ul']:
             def run(L=L, ops=ops):
                 # a condition's branch keeps what it computes to itself
                 step = fresh if L == 0 or levels is not None else dict(fresh)
                 for op in ops:
-                    net.ul_step(op, i // 2 ** L, j // 2 ** L, step)
+                    net.ul_step(op, j // 2 ** L, pos, step)
             self._when(L, i, j, run, levels)
+        return pos, fresh
 
     def _row(self, i, u_mix, u_logistic, given, given_rows, temperature, h=None, coder=True):
         """Image row i: each pixel drawn with the noise of inputs.noise(), or given's where i <
@@ -125,33 +129,32 @@ class FastSampler:
 
             def branch(n):
                 def run():
-                    slabs = [cache.load_slab(i) for cache in caches]
+                    slabs = [cache.load_slab(i // 2 ** cache.level) for cache in caches]
                     written = self._pixels[n](i, slabs, [r.var.read_value() for r in self.net.rows], *args)
                     for k, slab in written.items():
-                        caches[int(k)].store_slab(i, slab)
+                        caches[int(k)].store_slab(i // 2 ** caches[int(k)].level, slab)
                     return tf.constant(0)
                 return run
             tf.switch_case(n - 1, [branch(n) for n in range(1, self.levels + 1)])
         else:
             def body(j):
-                self._ul_step(i, j)
-                self._pixel(i, j, *args, coder=coder)
+                self._pixel(i, j, *self._ul_step(i, j), *args, coder=coder)
                 return j + 1
             tf.while_loop(lambda j: j < self.image_shape[1], body, [tf.constant(0)])
 
-    def _pixel(self, i, j, u_mix, u_logistic, given, given_rows, temperature, coder=True):
+    def _pixel(self, i, j, pos, fresh, u_mix, u_logistic, given, given_rows, temperature, coder=True):
         """Pixel (i, j) from the network's output there (u_mix, u_logistic, given: row i),
         written to x_pad: drawn, or while coding the coder's (code())."""
         def column(x):
             return tf.gather(x, j, axis=1)[:, None, None]
-        l = self.net.head(self.model, i, j)
+        l = self.net.head(self.model, pos, fresh)
         pixel = nn.sample_with_noise(l[:, None, None], self.image_shape[2],
                                      (column(u_mix), column(u_logistic)), temperature)[:, 0, 0]
         pixel = tf.where(i < given_rows, column(given)[:, 0, 0], pixel)
         if coder:
             pixel = tf.cond(self.coding, lambda: scale(tf.ensure_shape(tf.numpy_function(
                 self._code, [i, j, l], tf.uint8, stateful=True), [None, self.image_shape[2]])), lambda: pixel)
-        self.net.put_pixel(i, j, pixel)
+        self.net.put_pixel(pos, pixel)
 
     def _code(self, i, j, l):
         """The coder's pixel (uint8 (B, C)) at (i, j) given the network's output l (B, P);
@@ -198,11 +201,10 @@ class FastSampler:
 
         def body(g, slabs):
             for cache, slab in zip(caches, slabs):
-                cache.use_slab(i, slab)
+                cache.slab = slab
             for t in range(group):
                 j = g * group + t
-                self._ul_step(i, j, [L for L in range(n) if t % 2 ** L == 0])
-                self._pixel(i, j, *args, coder=False)
+                self._pixel(i, j, *self._ul_step(i, j, [L for L in range(n) if t % 2 ** L == 0]), *args, coder=False)
             return g + 1, [cache.slab for cache in caches]
 
         for cache in caches:
@@ -210,7 +212,7 @@ class FastSampler:
         slabs = tf.while_loop(lambda g, slabs: g < self.image_shape[1] // group, body, (tf.constant(0), slabs))[1]
         written = {str(k): slab for k, (cache, slab) in enumerate(zip(caches, slabs)) if cache.written}
         for cache in caches:
-            cache.use_slab(i, None)
+            cache.slab = None
         for row in self.net.rows:
             row.value = None
         return written

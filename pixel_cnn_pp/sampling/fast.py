@@ -1,6 +1,7 @@
 """The fast sampler: cached generation, each new pixel computing only what it changes in the
 network's maps (the caches: cache.py) and what the output needs, level by level."""
 
+import contextlib
 import functools
 import itertools
 import weakref
@@ -226,9 +227,23 @@ class FastSampler:
         return self.net.result()
 
     def draw(self, u_mix, u_logistic, given, given_rows, temperature, h=(), progress=None):
-        self.start(tf.shape(u_logistic)[0])
-        for i in range(self.image_shape[0]):
-            self.row(i, u_mix, u_logistic, given, given_rows, temperature, *h)
-            if progress:
-                progress(i + 1)
-        return self.net.result()
+        with _without_grappler():
+            self.start(tf.shape(u_logistic)[0])
+            for i in range(self.image_shape[0]):
+                self.row(i, u_mix, u_logistic, given, given_rows, temperature, *h)
+                if progress:
+                    progress(i + 1)
+            return self.net.result()
+
+
+@contextlib.contextmanager
+def _without_grappler():
+    """The sampler's functions made and run without TensorFlow's graph optimizer: its
+    rewrites take 2 s of the first call at the paper size and gain nothing per row, and
+    without them the codec's floats do not depend on the process's optimizer settings."""
+    before = tf.config.optimizer.get_experimental_options().get('disable_meta_optimizer', False)
+    tf.config.optimizer.set_experimental_options({'disable_meta_optimizer': True})
+    try:
+        yield
+    finally:
+        tf.config.optimizer.set_experimental_options({'disable_meta_optimizer': before})

@@ -5,9 +5,11 @@ so that a file takes -log2 p(x) bits plus a small overhead.
 Encoder and decoder must compute the same floats, bit for bit: the decoder can only run
 the fast sampler's cached pixel-by-pixel computation (sampling.fast.FastSampler), so the
 encoder runs that same computation, with the same batch size and grouping, fed the known
-pixels: the sampler's own traced row, whose code() hands the network's output at each
-pixel to the coder (a tf.numpy_function in the row's loop) and writes back the pixel the
-coder returns. XLA (jit_compile) is not used: its compiled loop cannot call back into
+pixels: the sampler's own traced row (FastSampler.code). Decoding, it hands the
+network's output at each pixel to the coder (a tf.numpy_function in the row's loop) and
+writes back the pixel the coder returns; encoding, it writes the known pixels and the
+coder codes each finished row in a thread while the next row computes, with the same
+per-pixel calls. XLA (jit_compile) is not used: its compiled loop cannot call back into
 Python.
 
 File layout (little-endian): a 45-byte header (_HEADER: magic, format version, flags,
@@ -29,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from pixel_cnn_pp import config, nn, sampling
+from pixel_cnn_pp.images import scale
 
 MAGIC = b'PC++'
 VERSION = 1
@@ -181,16 +184,19 @@ def check_model(model):
     model.require('code with')
 
 
-def _passes(model, images, h, batch_size, callback, progress):
-    """Runs the coding sampler over the images in batches of batch_size; callback(k, i, j,
-    l) gets batch k's output at (i, j); progress(rows done, rows in all)."""
+def _passes(model, images, h, batch_size, callback, progress, known=False):
+    """Runs the sampler's coding pass (FastSampler.code) over the images in batches of
+    batch_size; callback(start, i, j, l) gets the output at (i, j) of the batch that starts
+    at image `start`; known: the images are the pixels (encoding); progress(rows done,
+    rows in all)."""
     N, H = len(images), images.shape[1]
     sampler = sampling.sampler(model, images.shape[1:], h is not None)  # the sampler's trace
     batches = range(0, N, batch_size)
     for k, start in enumerate(batches):
         report = None if progress is None else (lambda rows, k=k: progress(k * H + rows, len(batches) * H))
         sampler.code(min(batch_size, N - start), None if h is None else h[start:start + batch_size],
-                     lambda i, j, l, start=start: callback(start, i, j, l), report)
+                     lambda i, j, l, start=start: callback(start, i, j, l), report,
+                     scale(images[start:start + batch_size]) if known else None)
 
 
 def _labels_of(model, h, labels, n):
@@ -266,7 +272,7 @@ def compress(model, images, h=None, labels=None, batch_size=16, verify=True, pro
                 pmf = pmfs.send(values)
         return pixels
 
-    _passes(model, images, onehot, batch_size, encode, progress)
+    _passes(model, images, onehot, batch_size, encode, progress, known=True)
     env = environment()
     flags = (_CONDITIONAL if labels is not None else 0) | (_GPU if env['device'] == 'GPU' else 0) | \
         (_ONEDNN if env['onednn'] else 0) | (_TF32 if env['tf32'] else 0)

@@ -90,3 +90,9 @@ class Row:
 
     def cell(self, c):
         return self.var.sparse_read(c) if self.value is None else tf.gather(self.value, c)
+
+    def zero(self, batch_size):
+        self.var.assign(tf.zeros(tf.stack([self.var.shape[0], batch_size, self.var.shape[2]])))
+
+    def put_cell(self, c, value):
+        tf.raw_ops.ResourceScatterUpdate(resource=self.var.handle, indices=c, updates=value)

@@ -1,6 +1,7 @@
 """The fast sampler: cached generation, each new pixel computing only what it changes in the
 network's maps (the caches: cache.py) and what the output needs, level by level."""
 
+import concurrent.futures
 import contextlib
 import functools
 import itertools
@@ -66,7 +67,7 @@ class FastSampler:
 
     def variables(self):
         """The sampler's own variables: its caches, rows and copy of the weights."""
-        return [c.var for c in self.net.caches] + [r.var for r in self.net.rows] + list(self.net.w.values()) + \
+        return [c.var for c in self.net.caches] + [r.var for r in self.net.rows + [self.net.l_row]] + list(self.net.w.values()) + \
             [self.coding]
 
     @staticmethod
@@ -153,6 +154,7 @@ class FastSampler:
                                      (column(u_mix), column(u_logistic)), temperature)[:, 0, 0]
         pixel = tf.where(i < given_rows, column(given)[:, 0, 0], pixel)
         if coder:
+            self.net.l_row.put_cell(j, l)
             pixel = tf.cond(self.coding, lambda: scale(tf.ensure_shape(tf.numpy_function(
                 self._code, [i, j, l], tf.uint8, stateful=True), [None, self.image_shape[2]])), lambda: pixel)
         self.net.put_pixel(pos, pixel)
@@ -167,24 +169,39 @@ class FastSampler:
                 self.error = e
         return np.zeros((len(l), self.image_shape[2]), np.uint8)
 
-    def code(self, batch_size, h, coder, progress=None):
-        """One pass over a batch with each pixel's draw replaced by coder(i, j, l): given the
-        network's output l (B, P) at pixel (i, j), it returns the pixel (uint8 (B, C)) to
-        write there (the encoder's: the known pixel, after coding it; the decoder's: the
-        pixel decoded from the stream). The same traced row as draw()."""
+    def code(self, batch_size, h, coder, progress=None, known=None):
+        """One pass over a batch for the codec: coder(i, j, l) is given the network's output
+        l (B, P) at each pixel (i, j). Decoding (known None), it returns the pixel (uint8
+        (B, C)) to write there, decoded from the stream: each pixel's draw is replaced by
+        the call, inside the row's loop. Encoding, `known` (B, H, W, C, scaled) are the
+        pixels, written as a completion's given rows are, and the coder's calls for a row
+        run in a thread while the next row computes. The same traced row as draw()."""
         H, W, C = self.image_shape
+        half = tf.fill((batch_size, H, W, self.model.nr_logistic_mix), .5)  # noise, unused
+        h = () if h is None else (h,)
+        if known is not None:
+            with concurrent.futures.ThreadPoolExecutor(1) as worker:
+                rows = []
+
+                def after_row(done):
+                    l = self.net.l_row.var.numpy()
+                    rows.append(worker.submit(lambda i=done - 1, l=l: [coder(i, j, l[j]) for j in range(W)]))
+                    if progress:
+                        progress(done)
+                self.draw(half, half[..., :C], known, H, 1., h, after_row)
+                for row in rows:
+                    row.result()
+            return
         self.coder, self.error = coder, None
 
-        def after_row(rows):
+        def after_row(done):
             if self.error is not None:
                 raise self.error
             if progress:
-                progress(rows)
-        zeros, half = tf.zeros((batch_size, H, W, C)), tf.fill((batch_size, H, W, self.model.nr_logistic_mix), .5)
+                progress(done)
         self.coding.assign(True)
         try:
-            self.draw(half, half[..., :C], zeros, 0, 1.,
-                      () if h is None else (h,), after_row)
+            self.draw(half, half[..., :C], tf.zeros((batch_size, H, W, C)), 0, 1., h, after_row)
         finally:
             self.coding.assign(False)
             self.coder = None

@@ -63,6 +63,7 @@ class CachedNetwork:
         self.u, self.ul = cache('u', 0, F), cache('ul', 0, F)
         self.out = model.passes(self.u, self.ul, gated_resnet, resample)
         self.p_in = Row(W, F)  # ul's first map, but for its pixel's left neighbour
+        self.l_row = Row(W, model.head[0].num_units)  # the network's output along the row
         self.rows = [self.p_in]
         for op in self.ops:
             if op.stream == 'ul' and not isinstance(op.layer, nn.CroppedDeconv2d):
@@ -110,7 +111,7 @@ class CachedNetwork:
         """Empty caches for a batch of this size, and the model's weights as they are now."""
         for k, value in self._weights(model).items():
             self.w[k].assign(value)
-        for cache in self.caches:
+        for cache in self.caches + [self.l_row]:
             cache.zero(batch_size)
         C = self.image_shape[2]
         inside = tf.pad(tf.ones([self.x_pad.rows - 1, self.x_pad.cols - 2]), [[1, 1], [1, 1]])

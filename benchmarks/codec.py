@@ -27,7 +27,7 @@ import tensorflow as tf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pixel_cnn_pp  # noqa: E402
 from pixel_cnn_pp import PixelCNNPP, codec, images, scoring  # noqa: E402
-from pixel_cnn_pp.sampling.fast import FastSampler  # noqa: E402
+from pixel_cnn_pp.sampling.coding import CodingPass  # noqa: E402
 
 SIZES = {'paper': dict(nr_resnet=5, nr_filters=160, nr_logistic_mix=10),
          'small': dict(nr_resnet=2, nr_filters=64, nr_logistic_mix=5)}
@@ -42,18 +42,18 @@ flags.DEFINE_integer('image_size', 32, 'Height and width (random-weight models)'
 FLAGS = flags.FLAGS
 
 _callback_seconds = [0.]
-_code = FastSampler._code
+_call = CodingPass._call
 
 
-def _timed_code(self, i, j, l):
+def _timed_call(self, i, j, l):
     start = time.perf_counter()
     try:
-        return _code(self, i, j, l)
+        return _call(self, i, j, l)
     finally:
         _callback_seconds[0] += time.perf_counter() - start
 
 
-FastSampler._code = _timed_code  # before any trace captures it
+CodingPass._call = _timed_call  # before any trace captures it
 
 
 def timed(fn):

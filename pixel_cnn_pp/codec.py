@@ -5,7 +5,7 @@ so that a file takes -log2 p(x) bits plus a small overhead.
 Encoder and decoder must compute the same floats, bit for bit: the decoder can only run
 the fast sampler's cached pixel-by-pixel computation (sampling.fast.FastSampler), so the
 encoder runs that same computation, with the same batch size and grouping, fed the known
-pixels: the sampler's own traced row (FastSampler.code). Decoding, it hands the
+pixels: the sampler's own traced row (sampling.coding.CodingPass). Decoding, it hands the
 network's output at each pixel to the coder (a tf.numpy_function in the row's loop) and
 writes back the pixel the coder returns; encoding, it writes the known pixels and the
 coder codes each finished row in a thread while the next row computes, with the same
@@ -185,7 +185,7 @@ def check_model(model):
 
 
 def _passes(model, images, h, batch_size, callback, progress, known=False):
-    """Runs the sampler's coding pass (FastSampler.code) over the images in batches of
+    """Runs the sampler's coding pass (sampling.coding.CodingPass) over the images in batches of
     batch_size; callback(start, i, j, l) gets the output at (i, j) of the batch that starts
     at image `start`; known: the images are the pixels (encoding); progress(rows done,
     rows in all)."""
@@ -194,9 +194,9 @@ def _passes(model, images, h, batch_size, callback, progress, known=False):
     batches = range(0, N, batch_size)
     for k, start in enumerate(batches):
         report = None if progress is None else (lambda rows, k=k: progress(k * H + rows, len(batches) * H))
-        sampler.code(min(batch_size, N - start), None if h is None else h[start:start + batch_size],
-                     lambda i, j, l, start=start: callback(start, i, j, l), report,
-                     scale(images[start:start + batch_size]) if known else None)
+        sampler.coding.run(min(batch_size, N - start), None if h is None else h[start:start + batch_size],
+                           lambda i, j, l, start=start: callback(start, i, j, l), report,
+                           scale(images[start:start + batch_size]) if known else None)
 
 
 def _labels_of(model, h, labels, n):

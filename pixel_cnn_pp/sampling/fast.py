@@ -1,17 +1,15 @@
 """The fast sampler: cached generation, each new pixel computing only what it changes in the
 network's maps (the caches: cache.py) and what the output needs, level by level."""
 
-import concurrent.futures
 import contextlib
 import functools
 import itertools
 import weakref
 
-import numpy as np
 import tensorflow as tf
 
 from pixel_cnn_pp import nn
-from pixel_cnn_pp.images import scale
+from pixel_cnn_pp.sampling.coding import CodingPass
 from pixel_cnn_pp.sampling.inputs import row_signature
 from pixel_cnn_pp.sampling.step import CachedNetwork
 
@@ -46,10 +44,9 @@ class FastSampler:
         self.jit_compile = jit_compile
         self.net = CachedNetwork(model, image_shape)
         self.levels = 1 + max(op.level for op in self.net.ops)
-        self.groups = {s: [(L, [op for op in ops]) for L, ops in itertools.groupby(
+        self.groups = {s: [(L, list(ops)) for L, ops in itertools.groupby(
             [op for op in self.net.ops if op.stream == s], lambda op: op.level)] for s in ('u', 'ul')}
-        self.coding = tf.Variable(False, trainable=False)  # the pixels from self.coder (code())
-        self.coder = self.error = None
+        self.coding = CodingPass(self)  # the codec's pass, on this sampler's row
         signature = row_signature(model, image_shape, conditional)
         # autograph=False: the loops are explicit; autograph would only convert every lambda
         # of the trace again
@@ -67,8 +64,8 @@ class FastSampler:
 
     def variables(self):
         """The sampler's own variables: its caches, rows and copy of the weights."""
-        return [c.var for c in self.net.caches] + [r.var for r in self.net.rows + [self.net.l_row]] + list(self.net.w.values()) + \
-            [self.coding]
+        return [c.var for c in self.net.caches] + [r.var for r in self.net.rows + [self.net.l_row]] + \
+            list(self.net.w.values()) + [self.coding.on]
 
     @staticmethod
     def _when(L, i, j, fn, levels=None):
@@ -146,7 +143,7 @@ class FastSampler:
 
     def _pixel(self, i, j, pos, fresh, u_mix, u_logistic, given, given_rows, temperature, coder=True):
         """Pixel (i, j) from the network's output there (u_mix, u_logistic, given: row i),
-        written to x_pad: drawn, or while coding the coder's (code())."""
+        written to x_pad: drawn, or while coding the coder's (CodingPass)."""
         def column(x):
             return tf.gather(x, j, axis=1)[:, None, None]
         l = self.net.head(self.model, pos, fresh)
@@ -155,56 +152,8 @@ class FastSampler:
         pixel = tf.where(i < given_rows, column(given)[:, 0, 0], pixel)
         if coder:
             self.net.l_row.put_cell(j, l)
-            pixel = tf.cond(self.coding, lambda: scale(tf.ensure_shape(tf.numpy_function(
-                self._code, [i, j, l], tf.uint8, stateful=True), [None, self.image_shape[2]])), lambda: pixel)
+            pixel = self.coding.pixel(i, j, l, pixel)
         self.net.put_pixel(pos, pixel)
-
-    def _code(self, i, j, l):
-        """The coder's pixel (uint8 (B, C)) at (i, j) given the network's output l (B, P);
-        its first exception stops the pass (code())."""
-        if self.error is None:
-            try:
-                return np.asarray(self.coder(int(i), int(j), l), np.uint8)
-            except Exception as e:  # noqa: BLE001 - re-raised by code() after the row
-                self.error = e
-        return np.zeros((len(l), self.image_shape[2]), np.uint8)
-
-    def code(self, batch_size, h, coder, progress=None, known=None):
-        """One pass over a batch for the codec: coder(i, j, l) is given the network's output
-        l (B, P) at each pixel (i, j). Decoding (known None), it returns the pixel (uint8
-        (B, C)) to write there, decoded from the stream: each pixel's draw is replaced by
-        the call, inside the row's loop. Encoding, `known` (B, H, W, C, scaled) are the
-        pixels, written as a completion's given rows are, and the coder's calls for a row
-        run in a thread while the next row computes. The same traced row as draw()."""
-        H, W, C = self.image_shape
-        half = tf.fill((batch_size, H, W, self.model.nr_logistic_mix), .5)  # noise, unused
-        h = () if h is None else (h,)
-        if known is not None:
-            with concurrent.futures.ThreadPoolExecutor(1) as worker:
-                rows = []
-
-                def after_row(done):
-                    l = self.net.l_row.var.numpy()
-                    rows.append(worker.submit(lambda i=done - 1, l=l: [coder(i, j, l[j]) for j in range(W)]))
-                    if progress:
-                        progress(done)
-                self.draw(half, half[..., :C], known, H, 1., h, after_row)
-                for row in rows:
-                    row.result()
-            return
-        self.coder, self.error = coder, None
-
-        def after_row(done):
-            if self.error is not None:
-                raise self.error
-            if progress:
-                progress(done)
-        self.coding.assign(True)
-        try:
-            self.draw(half, half[..., :C], tf.zeros((batch_size, H, W, C)), 0, 1., h, after_row)
-        finally:
-            self.coding.assign(False)
-            self.coder = None
 
     def _pixel_loop(self, n, i, slabs, rows, *args):
         """The pixels of image row i, where levels 0 .. n - 1 run, on the ul caches' slabs

@@ -32,6 +32,41 @@ class Op:
         self.p1 = self.p2 = None
 
 
+def _weights(model, layers, ops):
+    """{key: the weights the steps use}: each layer's weights_now() by (name, index); the
+    u stream's 2-row kernels by row, (name, 'r0'), (name, 'r1'); the ul stream's as
+    matrices of their top and bottom rows, (name, 'top'), (name, 'bottom'); a ul block's
+    short-cut weights split into the u stream's rows and the ul stream's."""
+    out = {}
+    for layer in layers:
+        for k, value in enumerate(layer.weights_now()):
+            out[layer.name, k] = value
+
+    def rows(layer):
+        W = out[layer.name, 0]
+        out[layer.name, 'r0'], out[layer.name, 'r1'] = W[:1], W[1:]
+
+    def matrices(layer):
+        W = out[layer.name, 0]
+        out[layer.name, 'top'] = tf.reshape(W[0], [-1, W.shape[-1]])
+        if W.shape[0] == 2:
+            out[layer.name, 'bottom'] = tf.reshape(W[1], [-1, W.shape[-1]])
+    rows(model.u_in)
+    matrices(model.ul_in_down)
+    matrices(model.ul_in_right)
+    for op in ops:
+        convs = (op.layer.conv1, op.layer.conv2) if op.c1 else (op.layer,)
+        for conv in convs if not isinstance(op.layer, nn.CroppedDeconv2d) else ():
+            (rows if op.stream == 'u' else matrices)(conv)
+        if op.stream == 'ul' and len(op.aux) == 2:  # nin(f([u, ul])): f(u)'s rows and f(ul)'s
+            nin = op.layer.nin_aux.name
+            V, scale = out[nin, 0], out[nin, 1]
+            parts = tf.split(V, 2 * (2 if op.layer.nonlinearity is nn.concat_elu else 1))
+            out[nin, 'u'] = tf.concat(parts[0::2], 0) * scale
+            out[nin, 'ul'] = tf.concat(parts[1::2], 0) * scale
+    return out
+
+
 class CachedNetwork:
     """Every map of the network in a cache (cache.py): the u stream's in RowCaches, the ul
     stream's and the image's in CellCaches. The ops are the plan's layers in its order
@@ -71,45 +106,11 @@ class CachedNetwork:
                 op.p2 = Row(W >> op.level, 2 * F) if op.c1 else None
                 self.rows += [op.p1] + ([op.p2] if op.p2 else [])
         self.layers = model.weight_norm_layers()
-        self.w = {k: tf.Variable(v, trainable=False) for k, v in self._weights(model).items()}
-
-    def _weights(self, model):
-        """{key: the weights the steps use}: each layer's weights_now() by (name, index); the
-        u stream's 2-row kernels by row, (name, 'r0'), (name, 'r1'); the ul stream's as
-        matrices of their top and bottom rows, (name, 'top'), (name, 'bottom'); a ul block's
-        short-cut weights split into the u stream's rows and the ul stream's."""
-        out = {}
-        for layer in self.layers:
-            for k, value in enumerate(layer.weights_now()):
-                out[layer.name, k] = value
-
-        def rows(layer):
-            W = out[layer.name, 0]
-            out[layer.name, 'r0'], out[layer.name, 'r1'] = W[:1], W[1:]
-
-        def matrices(layer):
-            W = out[layer.name, 0]
-            out[layer.name, 'top'] = tf.reshape(W[0], [-1, W.shape[-1]])
-            if W.shape[0] == 2:
-                out[layer.name, 'bottom'] = tf.reshape(W[1], [-1, W.shape[-1]])
-        rows(model.u_in)
-        matrices(model.ul_in_down)
-        matrices(model.ul_in_right)
-        for op in self.ops:
-            convs = (op.layer.conv1, op.layer.conv2) if op.c1 else (op.layer,)
-            for conv in convs if not isinstance(op.layer, nn.CroppedDeconv2d) else ():
-                (rows if op.stream == 'u' else matrices)(conv)
-            if op.stream == 'ul' and len(op.aux) == 2:  # nin(f([u, ul])): f(u)'s rows and f(ul)'s
-                nin = op.layer.nin_aux.name
-                V, scale = out[nin, 0], out[nin, 1]
-                parts = tf.split(V, 2 * (2 if op.layer.nonlinearity is nn.concat_elu else 1))
-                out[nin, 'u'] = tf.concat(parts[0::2], 0) * scale
-                out[nin, 'ul'] = tf.concat(parts[1::2], 0) * scale
-        return out
+        self.w = {k: tf.Variable(v, trainable=False) for k, v in _weights(model, self.layers, self.ops).items()}
 
     def start(self, model, batch_size):
         """Empty caches for a batch of this size, and the model's weights as they are now."""
-        for k, value in self._weights(model).items():
+        for k, value in _weights(model, self.layers, self.ops).items():
             self.w[k].assign(value)
         for cache in self.caches + [self.l_row]:
             cache.zero(batch_size)

@@ -4,15 +4,16 @@ encode and decode of the same images, and a user's one cold `sample.py` run, wit
 time goes.
 
     python benchmarks/sample.py                        # paper size, batch 16, random weights
-    python benchmarks/sample.py --sizes=small --repeats=2
-    python benchmarks/sample.py --xla                  # also jit_compile=True (a minute more)
+    python benchmarks/sample.py --sizes=small --fast_batches=2
+    python benchmarks/sample.py --xla --profile        # also jit_compile=True; op time by type
 
-Prints JSON. For each size: `forward_seconds` (median of --repeats passes over a batch) and
-`naive_seconds` (that times H * W: every naive step is one forward pass plus a draw);
-`fast` (the default path, pixel_cnn_pp.sample; which path it took in `path`): its first call
-in this process, then median and min of --repeats batches, and `speedup` (naive / median);
-`codec`: compress(verify=False) and decompress of the sampler's own images, medians, and
-their ratio to the sampler's median; `cold`: `sample.py --checkpoint=M.keras
+Prints JSON. For each size: `forward_seconds` (median of --naive_iterations passes over a
+batch) and `naive_seconds` (that times H * W: every naive step is one forward pass plus a
+draw); `fast` (the default path, pixel_cnn_pp.sample; which path it took in `path`): its
+first call in this process, then median and min of --fast_batches batches, `speedup` (naive
+/ median) and with --profile the op time by TensorFlow op type of one more batch (summed
+over threads); `codec`: compress(verify=False) and decompress of the sampler's own images,
+medians of --fast_batches rounds, and their ratio to the sampler's median; `cold`: `sample.py --checkpoint=M.keras
 --num_samples=16` in a fresh process (wall seconds, min of 2) less a bare `import
 tensorflow, pixel_cnn_pp` (min of 2), its ratio to the steady median, and `phases`: a
 fresh process's import, load, trace (the sampler made and its row step traced), first
@@ -36,8 +37,10 @@ import tensorflow as tf
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))
 import pixel_cnn_pp  # noqa: E402
 from pixel_cnn_pp import PixelCNNPP, sampling  # noqa: E402
+import profiling  # noqa: E402
 
 _IMPORTED = time.perf_counter()
 
@@ -45,7 +48,10 @@ SIZES = {'paper': dict(nr_resnet=5, nr_filters=160, nr_logistic_mix=10),
          'small': dict(nr_resnet=2, nr_filters=64, nr_logistic_mix=5)}
 flags.DEFINE_list('sizes', ['paper'], 'Model sizes to time: %s' % ', '.join(SIZES))
 flags.DEFINE_integer('batch_size', 16, 'Images per batch')
-flags.DEFINE_integer('repeats', 3, 'Forward passes, fast batches and codec rounds timed (medians)')
+flags.DEFINE_integer('image_size', 32, 'Height and width')
+flags.DEFINE_integer('naive_iterations', 3, 'Forward passes timed (median)')
+flags.DEFINE_integer('fast_batches', 3, 'Fast batches, and codec rounds, timed after the first (medians)')
+flags.DEFINE_boolean('profile', False, 'Op time by type of one more fast batch')
 flags.DEFINE_boolean('xla', False, 'Also time jit_compile=True')
 flags.DEFINE_boolean('cold', True, 'Time sample.py in fresh processes')
 flags.DEFINE_string('phases_of', None, 'Internal: time the phases of a cold start of this .keras file')
@@ -92,27 +98,30 @@ def fresh(args, repeats=2):
 
 def bench(size, folder):
     keras.utils.set_random_seed(0)
-    B, (H, W, C) = FLAGS.batch_size, (32, 32, 3)
-    model = PixelCNNPP(dropout_p=0., **SIZES[size])
+    B, (H, W, C) = FLAGS.batch_size, (FLAGS.image_size, FLAGS.image_size, 3)
+    model = PixelCNNPP(dropout_p=0., image_shape=(H, W, C), **SIZES[size])
     model(np.random.default_rng(0).uniform(-1, 1, (B, H, W, C)).astype(np.float32), init=True)
     path = os.path.join(folder, size + '.keras')
     model.save(path)
     x = tf.zeros((B, H, W, C))
     forward = tf.function(lambda x: model(x))
     forward(x).numpy()
-    fwd = float(np.median(seconds(lambda: forward(x).numpy(), FLAGS.repeats)))
+    fwd = float(np.median(seconds(lambda: forward(x).numpy(), FLAGS.naive_iterations)))
     naive = fwd * H * W
-    result = dict(model=SIZES[size], batch_size=B, forward_seconds=round(fwd, 3), naive_seconds=round(naive))
+    result = dict(model=SIZES[size], batch_size=B, forward_seconds=round(fwd, 3), naive_seconds=round(naive, 1))
     paths = [('fast', None)] + ([('fast_xla', True)] if FLAGS.xla else [])
     for name, jit in paths:
         first = seconds(lambda: pixel_cnn_pp.sample(model, B, seed=0, jit_compile=jit), 1)[0]
-        steady = seconds(lambda: pixel_cnn_pp.sample(model, B, seed=1, jit_compile=jit), FLAGS.repeats)
+        steady = seconds(lambda: pixel_cnn_pp.sample(model, B, seed=1, jit_compile=jit), FLAGS.fast_batches)
         result[name] = dict(path=sampling.path(model, B, (H, W, C), jit), first_seconds=round(first, 1),
                             seconds=summary(steady), speedup=round(naive / np.median(steady), 1))
+        if FLAGS.profile:
+            times = profiling.op_time_by_type(lambda: pixel_cnn_pp.sample(model, B, seed=1, jit_compile=jit))
+            result[name]['op_seconds_by_type'] = {k: round(t, 2) for k, t in times.most_common(10)}
     images = pixel_cnn_pp.sample(model, B, seed=2)
     data = pixel_cnn_pp.compress(model, images, verify=False)  # (constriction's import)
-    encode = seconds(lambda: pixel_cnn_pp.compress(model, images, verify=False), FLAGS.repeats)
-    decode = seconds(lambda: pixel_cnn_pp.decompress(model, data), FLAGS.repeats)
+    encode = seconds(lambda: pixel_cnn_pp.compress(model, images, verify=False), FLAGS.fast_batches)
+    decode = seconds(lambda: pixel_cnn_pp.decompress(model, data), FLAGS.fast_batches)
     steady = result['fast']['seconds']['median']
     result['codec'] = dict(encode_seconds=summary(encode), decode_seconds=summary(decode),
                            encode_vs_sampler=round(float(np.median(encode)) / steady, 2),
@@ -122,9 +131,12 @@ def bench(size, folder):
         wall, _ = fresh([os.path.join(ROOT, 'sample.py'), '--checkpoint=' + path, '--num_samples=%d' % B,
                          '--batch_size=%d' % B, '--out=' + os.path.join(folder, 'samples'), '--noprogress'])
         _, out = fresh([os.path.abspath(__file__), '--phases_of=' + path, '--batch_size=%d' % B], repeats=1)
+        phases = json.loads(out.strip().splitlines()[-1])
+        # the cold start against this run's steady batch, and against the steady batch of the
+        # fresh process (the machine's load moves both)
         result['cold'] = dict(sample_py_seconds=round(wall, 1), bare_import_seconds=round(bare, 1),
                               seconds=round(wall - bare, 1), vs_steady=round((wall - bare) / steady, 2),
-                              phases=json.loads(out.strip().splitlines()[-1]))
+                              vs_steady_there=round((wall - bare) / phases['second_batch'], 2), phases=phases)
     return result
 
 

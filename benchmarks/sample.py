@@ -7,13 +7,14 @@ time goes.
     python benchmarks/sample.py --sizes=small --fast_batches=2
     python benchmarks/sample.py --xla --profile        # also jit_compile=True; op time by type
 
-Prints JSON. For each size: `forward_seconds` (median of --naive_iterations passes over a
-batch) and `naive_seconds` (that times H * W: every naive step is one forward pass plus a
-draw); `fast` (the default path, pixel_cnn_pp.sample; which path it took in `path`): its
-first call in this process, then median and min of --fast_batches batches, `speedup` (naive
-/ median) and with --profile the op time by TensorFlow op type of one more batch (summed
-over threads); `codec`: compress(verify=False) and decompress of the sampler's own images,
-medians of --fast_batches rounds, and their ratio to the sampler's median; `cold`: `sample.py --checkpoint=M.keras
+Prints JSON. For each size, after a first call of each (`first_seconds`), --fast_batches
+rounds of: a forward pass over a batch (median of --naive_iterations), a batch of the fast
+sampler on the default path (pixel_cnn_pp.sample; which path it took in `path`), and the
+codec's compress(verify=False) and decompress of the sampler's own images. Ratios are the
+medians of the rounds' ratios (the machine's load moves every figure): `speedup` is the
+naive sampler's cost (the forward pass times H * W: every naive step is one forward pass
+plus a draw) over the fast batch; `encode_vs_sampler`, `decode_vs_sampler`. With --profile,
+the op time by TensorFlow op type of one more batch (summed over threads); `cold`: `sample.py --checkpoint=M.keras
 --num_samples=16` in a fresh process (wall seconds, min of 2) less a bare `import
 tensorflow, pixel_cnn_pp` (min of 2), its ratio to the steady median, and `phases`: a
 fresh process's import, load, trace (the sampler made and its row step traced), first
@@ -106,26 +107,36 @@ def bench(size, folder):
     x = tf.zeros((B, H, W, C))
     forward = tf.function(lambda x: model(x))
     forward(x).numpy()
-    fwd = float(np.median(seconds(lambda: forward(x).numpy(), FLAGS.naive_iterations)))
-    naive = fwd * H * W
-    result = dict(model=SIZES[size], batch_size=B, forward_seconds=round(fwd, 3), naive_seconds=round(naive, 1))
+    result = dict(model=SIZES[size], batch_size=B, image_size=H)
     paths = [('fast', None)] + ([('fast_xla', True)] if FLAGS.xla else [])
     for name, jit in paths:
         first = seconds(lambda: pixel_cnn_pp.sample(model, B, seed=0, jit_compile=jit), 1)[0]
-        steady = seconds(lambda: pixel_cnn_pp.sample(model, B, seed=1, jit_compile=jit), FLAGS.fast_batches)
-        result[name] = dict(path=sampling.path(model, B, (H, W, C), jit), first_seconds=round(first, 1),
-                            seconds=summary(steady), speedup=round(naive / np.median(steady), 1))
+        result[name] = dict(path=sampling.path(model, B, (H, W, C), jit), first_seconds=round(first, 1))
+    images = pixel_cnn_pp.sample(model, B, seed=2)
+    data = pixel_cnn_pp.compress(model, images, verify=False)  # (constriction's import)
+    # rounds of each, so that the ratios compare times a round apart (the machine's load
+    # moves them all); the forward pass's median of --naive_iterations in each round
+    rounds = {k: [] for k in ['forward'] + [name for name, _ in paths] + ['encode', 'decode']}
+    for r in range(FLAGS.fast_batches):
+        rounds['forward'].append(float(np.median(seconds(lambda: forward(x).numpy(), FLAGS.naive_iterations))))
+        for name, jit in paths:
+            rounds[name] += seconds(lambda: pixel_cnn_pp.sample(model, B, seed=1 + r, jit_compile=jit), 1)
+        rounds['encode'] += seconds(lambda: pixel_cnn_pp.compress(model, images, verify=False), 1)
+        rounds['decode'] += seconds(lambda: pixel_cnn_pp.decompress(model, data), 1)
+
+    def ratio(a, b, scale=1.):
+        return round(float(np.median(np.multiply(rounds[a], scale) / np.array(rounds[b]))), 2)
+    result.update(forward_seconds=summary(rounds['forward']),
+                  naive_seconds=round(float(np.median(rounds['forward'])) * H * W, 1))
+    for name, jit in paths:
+        result[name].update(seconds=summary(rounds[name]), speedup=ratio('forward', name, H * W))
         if FLAGS.profile:
             times = profiling.op_time_by_type(lambda: pixel_cnn_pp.sample(model, B, seed=1, jit_compile=jit))
             result[name]['op_seconds_by_type'] = {k: round(t, 2) for k, t in times.most_common(10)}
-    images = pixel_cnn_pp.sample(model, B, seed=2)
-    data = pixel_cnn_pp.compress(model, images, verify=False)  # (constriction's import)
-    encode = seconds(lambda: pixel_cnn_pp.compress(model, images, verify=False), FLAGS.fast_batches)
-    decode = seconds(lambda: pixel_cnn_pp.decompress(model, data), FLAGS.fast_batches)
+    result['codec'] = dict(encode_seconds=summary(rounds['encode']), decode_seconds=summary(rounds['decode']),
+                           encode_vs_sampler=ratio('encode', 'fast'), decode_vs_sampler=ratio('decode', 'fast'))
+    result['rounds'] = {k: [round(t, 2) for t in v] for k, v in rounds.items()}
     steady = result['fast']['seconds']['median']
-    result['codec'] = dict(encode_seconds=summary(encode), decode_seconds=summary(decode),
-                           encode_vs_sampler=round(float(np.median(encode)) / steady, 2),
-                           decode_vs_sampler=round(float(np.median(decode)) / steady, 2))
     if FLAGS.cold:
         bare, _ = fresh(['-c', 'import tensorflow, pixel_cnn_pp'])
         wall, _ = fresh([os.path.join(ROOT, 'sample.py'), '--checkpoint=' + path, '--num_samples=%d' % B,

@@ -123,6 +123,17 @@ def test_round_trips(model):
         pixel_cnn_pp.compress(model, x, h=np.full((5, K), .25))
 
 
+def test_the_codec_runs_the_samplers_trace(model):
+    """Sampling, encoding and decoding at one image shape trace the sampler's row once: the
+    codec runs the sampler's own step (and its files still round-trip)."""
+    from pixel_cnn_pp import sampling
+    x, labels = uint8_images((2,) + SHAPE, seed=3), np.array([0, 3])
+    pixel_cnn_pp.sample(model, 2, h=tf.one_hot(labels, K), seed=0, image_shape=SHAPE)
+    back, _ = pixel_cnn_pp.decompress(model, pixel_cnn_pp.compress(model, x, labels=labels, verify=False))
+    np.testing.assert_array_equal(back, x)
+    assert sampling.sampler(model, SHAPE, True).row.experimental_get_tracing_count() == 1
+
+
 def test_file_is_at_the_ideal_length(model, likely):
     """On images the model finds likely, the file is -log2 p(x, labels) (the official loss,
     the labels uniform) plus at most 0.2% + 64 bytes (header, CRC, the coder's last word,

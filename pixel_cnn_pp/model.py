@@ -79,44 +79,42 @@ class PixelCNNPP(keras.Model):
 
         down, down_right = 'down_shifted_conv2d', 'down_right_shifted_conv2d'
 
-        # Up pass: 3 stages of nr_resnet blocks per stream, stride-2 convs between.
+        # The plan, in the order model_spec creates the layers (and so names them): the input
+        # convolutions, then per level nr_resnet (u, ul) gated resnets, stride-2 convs between;
+        # down: nr_resnet, then nr_resnet + 1 blocks, transposed convs between.
         self.u_in = nn.down_shifted_conv2d(F, (2, 3), name=nn.next_name('conv2d', c), **p)
         self.ul_in_down = nn.down_shifted_conv2d(F, (1, 3), name=nn.next_name('conv2d', c), **p)
         self.ul_in_right = nn.down_right_shifted_conv2d(F, (2, 1), name=nn.next_name('conv2d', c), **p)
+        up_pass, down_pass = [], []
         up_u, up_ul, down_u, down_ul, downsample, upsample = [], [], [], [], [], []
         for stage in range(3):
             if stage > 0:
                 downsample.append((
                     nn.down_shifted_conv2d(F, stride=(2, 2), name=nn.next_name('conv2d', c), **p),
                     nn.down_right_shifted_conv2d(F, stride=(2, 2), name=nn.next_name('conv2d', c), **p)))
-            us, uls = [], []
+                up_pass.append(downsample[-1])
             for _ in range(nr_resnet):
-                us.append(resnet(down, False))
-                uls.append(resnet(down_right, True))
-            up_u.append(tuple(us))
-            up_ul.append(tuple(uls))
-        # Down pass: nr_resnet, then nr_resnet + 1 blocks, transposed convs between.
+                up_pass.append((resnet(down, False), resnet(down_right, True)))
+            up_u.append(tuple(u for u, _ in up_pass[-nr_resnet:]))
+            up_ul.append(tuple(ul for _, ul in up_pass[-nr_resnet:]))
         for stage in range(3):
             if stage > 0:
                 upsample.append((
                     nn.down_shifted_deconv2d(F, stride=(2, 2), name=nn.next_name('deconv2d', c), **p),
                     nn.down_right_shifted_deconv2d(F, stride=(2, 2), name=nn.next_name('deconv2d', c), **p)))
-            us, uls = [], []
-            for _ in range(nr_resnet + (stage > 0)):
-                us.append(resnet(down, True))
-                uls.append(resnet(down_right, True))
-            down_u.append(tuple(us))
-            down_ul.append(tuple(uls))
-        # Tuples, not lists: Keras 3 wraps lists in a type tf.train.Checkpoint skips.
+                down_pass.append(upsample[-1])
+            n = nr_resnet + (stage > 0)
+            for _ in range(n):
+                down_pass.append((resnet(down, True), resnet(down_right, True)))
+            down_u.append(tuple(u for u, _ in down_pass[-n:]))
+            down_ul.append(tuple(ul for _, ul in down_pass[-n:]))
+        # The layers' attributes are the .keras file's paths. Tuples, not lists: Keras 3 wraps
+        # lists in a type tf.train.Checkpoint skips.
         self.up_u, self.up_ul = tuple(up_u), tuple(up_ul)
         self.down_u, self.down_ul = tuple(down_u), tuple(down_ul)
         self.downsample, self.upsample = tuple(downsample), tuple(upsample)
         self.head = None
-        self._plan = Plan(
-            [pair for level in range(3) for pair in (downsample[level - 1:level] if level else []) +
-             list(zip(up_u[level], up_ul[level]))],
-            [pair for stage in range(3) for pair in (upsample[stage - 1:stage] if stage else []) +
-             list(zip(down_u[stage], down_ul[stage]))])
+        self._plan = Plan(up_pass, down_pass)
 
     @property
     def plan(self):

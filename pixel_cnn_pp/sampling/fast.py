@@ -80,6 +80,12 @@ class FastSampler:
             at = i % 2 ** L == 0 if j is None else tf.logical_and(i % 2 ** L == 0, j % 2 ** L == 0)
             tf.cond(at, lambda: (fn(), tf.constant(0))[1], lambda: tf.constant(0))
 
+    @staticmethod
+    def _each(ops, fn, *args):
+        """fn(op, *args) for each op, its arguments (a level's row or column) made once."""
+        for op in ops:
+            fn(op, *args)
+
     def _set_h(self, h):
         """The conditioning terms of every block (fixed for the whole image)."""
         self.h_terms = {} if h is None else {op.layer.hw_name: op.layer.h_term(h) for op in self.net.ops
@@ -91,11 +97,11 @@ class FastSampler:
         net, m = self.net, self.model
         net.u_inputs(m, i)
         for L, ops in self.groups['u']:
-            self._when(L, i, None, lambda L=L, ops=ops: [net.run_row(op, i // 2 ** L, self.h_terms) for op in ops])
+            self._when(L, i, None, lambda L=L, ops=ops: self._each(ops, net.run_row, i // 2 ** L, self.h_terms))
         net.ul_inputs_row(m, i)
         for L in range(self.levels):
             ops = [op for op in net.ops if op.p1 is not None and op.level == L]
-            self._when(L, i, None, lambda L=L, ops=ops: [net.ul_row(op, i // 2 ** L, self.h_terms) for op in ops])
+            self._when(L, i, None, lambda L=L, ops=ops: self._each(ops, net.ul_row, i // 2 ** L, self.h_terms))
 
     def _ul_step(self, i, j, levels=None):
         """Pixel (i, j)'s ul stream, op by op in the plan's order at the levels that run (known
@@ -107,9 +113,7 @@ class FastSampler:
         for L, ops in self.groups['ul']:
             def run(L=L, ops=ops):
                 # a condition's branch keeps what it computes to itself
-                step = fresh if L == 0 or levels is not None else dict(fresh)
-                for op in ops:
-                    net.ul_step(op, j // 2 ** L, pos, step)
+                self._each(ops, net.ul_step, j // 2 ** L, pos, fresh if L == 0 or levels is not None else dict(fresh))
             self._when(L, i, j, run, levels)
         return pos, fresh
 

@@ -67,6 +67,12 @@ def _weights(model, layers, ops):
     return out
 
 
+def _times(x, w):
+    """x (..., K) @ w (K, N), as one 2-D product (tensordot's shape logic costs a dozen graph
+    nodes a call)."""
+    return tf.reshape(tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), w), [d or -1 for d in x.shape[:-1]] + [w.shape[-1]])
+
+
 class CachedNetwork:
     """Every map of the network in a cache (cache.py): the u stream's in RowCaches, the ul
     stream's and the image's in CellCaches. The ops are the plan's layers in its order
@@ -169,8 +175,8 @@ class CachedNetwork:
         W = self.image_shape[1]
         above = self.x_pad.row(i)  # x_pad's row i - 1
         down = tf.concat([above[t:t + W] for t in range(3)], -1)
-        down = tf.tensordot(down, self.w[model.ul_in_down.name, 'top'], 1) + self.w[model.ul_in_down.name, 1]
-        right = tf.tensordot(above[:W], self.w[model.ul_in_right.name, 'top'], 1) + self.w[model.ul_in_right.name, 1]
+        down = _times(down, self.w[model.ul_in_down.name, 'top']) + self.w[model.ul_in_down.name, 1]
+        right = _times(above[:W], self.w[model.ul_in_right.name, 'top']) + self.w[model.ul_in_right.name, 1]
         self.p_in.put(tf.cast(i > 0, tf.float32) * down + right * tf.pad(tf.ones([W - 1, 1, 1]), [[1, 0], [0, 0], [0, 0]]))
 
     def ul_row(self, op, r, h_terms):
@@ -179,14 +185,14 @@ class CachedNetwork:
 
         def top(conv, row, stride=1):
             taps = tf.concat([row[t:t + stride * width:stride] for t in range(2)], -1)
-            return tf.tensordot(taps, self.w[conv.name, 'top'], 1) + self.w[conv.name, 1]
+            return _times(taps, self.w[conv.name, 'top']) + self.w[conv.name, 1]
         if op.c1 is None:  # stride 2: the input's row 2r - 1
             op.p1.put(top(layer, op.x.row(2 * r), 2))
             return
         f, nin = layer.nonlinearity, layer.nin_aux
         u = f(op.aux[0].row(r + 1)[:, 0, 1:-1])  # the u stream's short-cut, row r, (B, W, C)
-        u = nin.apply(u, self._dense(nin)) if len(op.aux) == 1 else \
-            tf.tensordot(u, self.w[nin.name, 'u'], 1) + self.w[nin.name, 2]
+        V, scale, b = self._dense(nin)  # Dense.apply's arithmetic, on f(u)'s rows only if [u, ul]
+        u = _times(u, V) * scale + b if len(op.aux) == 1 else _times(u, self.w[nin.name, 'u']) + b
         op.p1.put(top(layer.conv1, f(op.x.row(r))) + tf.transpose(u, [1, 0, 2]))
         p2 = top(layer.conv2, op.c1.row(r))
         op.p2.put(p2 if layer.hw_name not in h_terms else p2 + h_terms[layer.hw_name][:, 0, 0])

@@ -5,9 +5,12 @@ so that a file takes -log2 p(x) bits plus a small overhead.
 Encoder and decoder must compute the same floats, bit for bit: the decoder can only run
 the fast sampler's cached pixel-by-pixel computation (sampling.fast.FastSampler), so the
 encoder runs that same computation, with the same batch size and grouping, fed the known
-pixels; _CodingSampler hands the network's output at each pixel to the coder (a
-tf.numpy_function in the row's loop) and writes back the pixel the coder returns. XLA
-(jit_compile) is not used: its compiled loop cannot call back into Python.
+pixels: the sampler's own traced row (sampling.coding.CodingPass). Decoding, it hands the
+network's output at each pixel to the coder (a tf.numpy_function in the row's loop) and
+writes back the pixel the coder returns; encoding, it writes the known pixels and the
+coder codes each finished row in a thread while the next row computes, with the same
+per-pixel calls. XLA (jit_compile) is not used: its compiled loop cannot call back into
+Python.
 
 File layout (little-endian): a 45-byte header (_HEADER: magic, format version, flags,
 image shape, count, batch size, model fingerprint, the environment that fixes the floats,
@@ -22,14 +25,12 @@ import os
 import platform
 import re
 import struct
-import weakref
 import zlib
 
 import numpy as np
 import tensorflow as tf
 
-from pixel_cnn_pp import config, nn
-from pixel_cnn_pp.sampling.fast import FastSampler
+from pixel_cnn_pp import config, nn, sampling
 from pixel_cnn_pp.images import scale
 
 MAGIC = b'PC++'
@@ -68,11 +69,7 @@ def channel_pmfs(l, channels):
     rows = np.arange(B)
     x = []
     for c in range(channels):
-        mu = means[:, c]
-        if c == 1:
-            mu = mu + coeffs[:, 0] * x[0]
-        elif c == 2:
-            mu = mu + coeffs[:, 1] * x[0] + coeffs[:, 2] * x[1]
+        mu = nn.coupled_mean(means[:, c], [coeffs[:, k] for k in range(coeffs.shape[1])], x)
         cdf = mu[..., None] - _EDGES  # (B, M, 255): each component's CDF at the edges,
         cdf *= inv_scales[:, c]       # 1 / (1 + exp((mu - edge) / s)), in place
         with np.errstate(over='ignore'):
@@ -182,75 +179,24 @@ def _checksum(images, labels):
     return digest.digest()[:8]
 
 
-class _CodingSampler(FastSampler):
-    """The fast sampler with each pixel's draw replaced by `self.callback(i, j, l)`:
-    given the network's output l (B, P) at pixel (i, j), it returns the pixel (uint8
-    (B, C)) to write there (the encoder's: the known pixel, after coding it; the
-    decoder's: the pixel decoded from the stream). The first exception it raises stops
-    the pass (code())."""
-
-    def __init__(self, model, image_shape, conditional):
-        super().__init__(model, image_shape, conditional)
-        self.callback = self.error = None
-
-    def _call(self, i, j, l):
-        if self.error is None:
-            try:
-                return np.asarray(self.callback(int(i), int(j), l), np.uint8)
-            except Exception as e:  # noqa: BLE001 - re-raised by code() after the row
-                self.error = e
-        return np.zeros((len(l), self.image_shape[2]), np.uint8)
-
-    def _pixel(self, i, j, *unused):
-        l = self._output(i, j)[:, 0, 0]
-        pixel = tf.numpy_function(self._call, [i, j, l], tf.uint8, stateful=False)
-        pixel = tf.ensure_shape(pixel, [None, self.image_shape[2]])
-        self._put_pixel(i, j, scale(pixel)[:, None, None])
-
-    def code(self, batch_size, h, callback, progress=None):
-        """One pass over a batch of images, row by row, with this callback."""
-        H, W, C = self.image_shape
-        self.callback, self.error = callback, None
-
-        def after_row(rows):
-            if self.error is not None:
-                raise self.error
-            if progress:
-                progress(rows)
-        zeros = tf.zeros((batch_size, H, W, C))
-        try:
-            self.draw(tf.zeros((batch_size, H, W, self.model.nr_logistic_mix)), zeros, zeros, 0, 1.,
-                      () if h is None else (h,), after_row)
-        finally:
-            self.callback = None
-
-
-_samplers = weakref.WeakKeyDictionary()
-
-
-def _sampler(model, image_shape, conditional):
-    samplers = _samplers.setdefault(model, {})
-    key = (tuple(image_shape), conditional)
-    if key not in samplers:
-        samplers[key] = _CodingSampler(model, image_shape, conditional)
-    return samplers[key]
-
-
 def check_model(model):
-    """What a model must be to code images (PixelCNNPP.require): a ConfigError otherwise."""
+    """model.require('code with'), kept for compress.py (which calls it)."""
     model.require('code with')
 
 
-def _passes(model, images, h, batch_size, callback, progress):
-    """Runs the coding sampler over the images in batches of batch_size; callback(k, i, j,
-    l) gets batch k's output at (i, j); progress(rows done, rows in all)."""
+def _passes(model, images, h, batch_size, callback, progress, known=False):
+    """Runs the sampler's coding pass (sampling.coding.CodingPass) over the images in batches of
+    batch_size; callback(start, i, j, l) gets the output at (i, j) of the batch that starts
+    at image `start`; known: the images are the pixels (encoding); progress(rows done,
+    rows in all)."""
     N, H = len(images), images.shape[1]
-    sampler = _sampler(model, images.shape[1:], h is not None)
+    sampler = sampling.sampler(model, images.shape[1:], h is not None)  # the sampler's trace
     batches = range(0, N, batch_size)
     for k, start in enumerate(batches):
         report = None if progress is None else (lambda rows, k=k: progress(k * H + rows, len(batches) * H))
-        sampler.code(min(batch_size, N - start), None if h is None else h[start:start + batch_size],
-                     lambda i, j, l, start=start: callback(start, i, j, l), report)
+        sampler.coding.run(min(batch_size, N - start), None if h is None else h[start:start + batch_size],
+                           lambda i, j, l, start=start: callback(start, i, j, l), report,
+                           scale(images[start:start + batch_size]) if known else None)
 
 
 def _labels_of(model, h, labels, n):
@@ -298,7 +244,7 @@ def compress(model, images, h=None, labels=None, batch_size=16, verify=True, pro
     the images back: about as long as the encoding again. progress(rows done, rows in all)
     is called after each image row of a pass."""
     import constriction
-    check_model(model)
+    model.require('code with')
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise TypeError('images must be uint8 (N, H, W, C) pixel values 0..255, got %s' % images.dtype)
@@ -326,7 +272,7 @@ def compress(model, images, h=None, labels=None, batch_size=16, verify=True, pro
                 pmf = pmfs.send(values)
         return pixels
 
-    _passes(model, images, onehot, batch_size, encode, progress)
+    _passes(model, images, onehot, batch_size, encode, progress, known=True)
     env = environment()
     flags = (_CONDITIONAL if labels is not None else 0) | (_GPU if env['device'] == 'GPU' else 0) | \
         (_ONEDNN if env['onednn'] else 0) | (_TF32 if env['tf32'] else 0)
@@ -405,7 +351,7 @@ def decompress(model, data, check_environment=True, progress=None):
     check_environment=False tries anyway, the pixels' checksum still refusing a wrong
     result). progress as for compress."""
     import constriction
-    check_model(model)
+    model.require('code with')
     data = bytes(data)
     header = read_header(data)
     H, W, C = header['image_shape']

@@ -1,6 +1,6 @@
 """The PixelCNN++ network (the official pixel_cnn_pp/model.py model_spec)."""
 
-from typing import NamedTuple, Optional
+import weakref
 
 import tensorflow as tf
 import keras
@@ -8,25 +8,22 @@ import keras
 from pixel_cnn_pp import config, fitting, nn
 
 ENERGY_DISTANCE_SAMPLES = 10
+_memos = weakref.WeakKeyDictionary()  # model -> {key: what PixelCNNPP.memo made}
 
 
-class Stage(NamedTuple):
-    """One stage of the network's up or down pass, at one level (0: the image's size, 1:
-    half, 2: a quarter). The forward pass and the fast sampler both walk these records
-    (PixelCNNPP.stages), so they cannot disagree on the layers' order or the short-cuts.
+class Plan:
+    """model_spec's layers in the official order, made once: `up_pass` and `down_pass`, each
+    a tuple of (u layer, ul layer) pairs, gated resnets and, between the levels, the stride-2
+    convolutions (up) or the transposed ones (down). What each layer reads follows from
+    model_spec's two lists (PixelCNNPP.passes): the up pass pushes every output, the down
+    pass pops the short-cuts. A plain object: Keras tracks the layers once, where the model
+    holds them (their attributes are the .keras file's paths)."""
 
-    up stages: `resample` is the (u, ul) stride-2 convolutions from the level above (None
-    at level 0, where the input convolutions start the streams); each block's output is
-    appended to the level's list of up-pass maps, whose entry 0 is the stage's input.
-    down stages: `resample` is the (u, ul) transposed convolutions from level + 1 (None
-    for the first, which starts from up-pass map `start` of its level); block b takes
-    up-pass map `shortcuts[b]` of its level as its short-cut (the official code pops them
-    from one list, so in reverse)."""
-    level: int
-    resample: Optional[tuple]
-    blocks: tuple  # ((gated resnet of u, gated resnet of ul), ...)
-    shortcuts: tuple = ()
-    start: Optional[int] = None
+    def __init__(self, up_pass, down_pass):
+        self.up_pass, self.down_pass = tuple(up_pass), tuple(down_pass)
+
+    def layers(self):
+        return [layer for pair in self.up_pass + self.down_pass for layer in pair]
 
 
 @nn.serializable
@@ -82,39 +79,47 @@ class PixelCNNPP(fitting.KerasTraining, keras.Model):
 
         down, down_right = 'down_shifted_conv2d', 'down_right_shifted_conv2d'
 
-        # Up pass: 3 stages of nr_resnet blocks per stream, stride-2 convs between.
+        # The plan, in the order model_spec creates the layers (and so names them): the input
+        # convolutions, then per level nr_resnet (u, ul) gated resnets, stride-2 convs between;
+        # down: nr_resnet, then nr_resnet + 1 blocks, transposed convs between.
         self.u_in = nn.down_shifted_conv2d(F, (2, 3), name=nn.next_name('conv2d', c), **p)
         self.ul_in_down = nn.down_shifted_conv2d(F, (1, 3), name=nn.next_name('conv2d', c), **p)
         self.ul_in_right = nn.down_right_shifted_conv2d(F, (2, 1), name=nn.next_name('conv2d', c), **p)
+        up_pass, down_pass = [], []
         up_u, up_ul, down_u, down_ul, downsample, upsample = [], [], [], [], [], []
         for stage in range(3):
             if stage > 0:
                 downsample.append((
                     nn.down_shifted_conv2d(F, stride=(2, 2), name=nn.next_name('conv2d', c), **p),
                     nn.down_right_shifted_conv2d(F, stride=(2, 2), name=nn.next_name('conv2d', c), **p)))
-            us, uls = [], []
+                up_pass.append(downsample[-1])
             for _ in range(nr_resnet):
-                us.append(resnet(down, False))
-                uls.append(resnet(down_right, True))
-            up_u.append(tuple(us))
-            up_ul.append(tuple(uls))
-        # Down pass: nr_resnet, then nr_resnet + 1 blocks, transposed convs between.
+                up_pass.append((resnet(down, False), resnet(down_right, True)))
+            up_u.append(tuple(u for u, _ in up_pass[-nr_resnet:]))
+            up_ul.append(tuple(ul for _, ul in up_pass[-nr_resnet:]))
         for stage in range(3):
             if stage > 0:
                 upsample.append((
                     nn.down_shifted_deconv2d(F, stride=(2, 2), name=nn.next_name('deconv2d', c), **p),
                     nn.down_right_shifted_deconv2d(F, stride=(2, 2), name=nn.next_name('deconv2d', c), **p)))
-            us, uls = [], []
-            for _ in range(nr_resnet + (stage > 0)):
-                us.append(resnet(down, True))
-                uls.append(resnet(down_right, True))
-            down_u.append(tuple(us))
-            down_ul.append(tuple(uls))
-        # Tuples, not lists: Keras 3 wraps lists in a type tf.train.Checkpoint skips.
+                down_pass.append(upsample[-1])
+            n = nr_resnet + (stage > 0)
+            for _ in range(n):
+                down_pass.append((resnet(down, True), resnet(down_right, True)))
+            down_u.append(tuple(u for u, _ in down_pass[-n:]))
+            down_ul.append(tuple(ul for _, ul in down_pass[-n:]))
+        # The layers' attributes are the .keras file's paths. Tuples, not lists: Keras 3 wraps
+        # lists in a type tf.train.Checkpoint skips.
         self.up_u, self.up_ul = tuple(up_u), tuple(up_ul)
         self.down_u, self.down_ul = tuple(down_u), tuple(down_ul)
         self.downsample, self.upsample = tuple(downsample), tuple(upsample)
         self.head = None
+        self._plan = Plan(up_pass, down_pass)
+
+    @property
+    def plan(self):
+        """The Plan: model_spec's layers in order, made once."""
+        return self._plan
 
     def get_config(self):
         return dict(super().get_config(), nr_resnet=self.nr_resnet, nr_filters=self.nr_filters,
@@ -133,7 +138,8 @@ class PixelCNNPP(fitting.KerasTraining, keras.Model):
         h_shape = config.get('shapes_dict', {}).get('h_shape')
         if h_shape is not None and not self.num_labels:
             self.num_labels = int(h_shape[-1])
-        super().build_from_config(config)
+        with nn.weights_read_next():
+            super().build_from_config(config)
 
     @property
     def image_shape(self):
@@ -143,8 +149,8 @@ class PixelCNNPP(fitting.KerasTraining, keras.Model):
 
     def build(self, x_shape, h_shape=None):
         """Creates every weight: the channels of x fix their shapes, num_labels those of the
-        conditioning weights (a pass over a 4x4 zero image creates the sub-layers' weights in
-        the official order)."""
+        conditioning weights (passes() over the maps' shapes builds each layer, in the
+        official order)."""
         channels = x_shape[-1]
         config.check_channels(channels, 'x', x_shape, error=ValueError)
         if self._image_shape is not None and self._image_shape[2] != channels:
@@ -155,15 +161,30 @@ class PixelCNNPP(fitting.KerasTraining, keras.Model):
         self.channels = channels
         c = self._counters
         p = dict(dtype=self.dtype_policy)
-        if self.energy_distance:
-            self.head = (nn.nin(64, name=nn.next_name('dense', c), **p),
-                         nn.nin(64, name=nn.next_name('dense', c), **p),
-                         nn.nin(64, name=nn.next_name('dense', c), **p),
-                         nn.nin(channels, init_scale=0.1, name=nn.next_name('dense', c), **p))
-        else:
-            self.head = (nn.nin(nn.num_mixture_params(channels) * self.nr_logistic_mix,
+        if self.energy_distance:  # official nin: Dense over the channels
+            self.head = (nn.Dense(64, name=nn.next_name('dense', c), **p),
+                         nn.Dense(64, name=nn.next_name('dense', c), **p),
+                         nn.Dense(64, name=nn.next_name('dense', c), **p),
+                         nn.Dense(channels, init_scale=0.1, name=nn.next_name('dense', c), **p))
+        else:  # official x_out = nin(tf.nn.elu(ul), 10 * nr_logistic_mix)
+            self.head = (nn.Dense(nn.num_mixture_params(channels) * self.nr_logistic_mix,
                                 name=nn.next_name('dense', c), **p),)
-        self.call(tf.zeros([1, 4, 4, channels]), h=tf.zeros([1, self.num_labels]) if self.num_labels else None)
+        F, h = self.nr_filters, (None, self.num_labels) if self.num_labels else None
+
+        def gated_resnet(layer, x, *aux):
+            layer.build(x, (None, None, None, sum(a[-1] for a in aux)) if aux else None, h)
+            return x
+
+        def resample(layer, x):
+            layer.build(x)
+            return x
+        x_pad = (None, None, None, channels + 1)
+        for layer in (self.u_in, self.ul_in_down, self.ul_in_right):
+            layer.build(x_pad)
+        self.passes((None, None, None, F), (None, None, None, F), gated_resnet, resample)
+        inputs = [F] if not self.energy_distance else [F, 4, 128, 128]  # concat_elu doubles 64
+        for layer, width in zip(self.head, inputs):
+            layer.build((None, None, None, width))
 
     def require(self, use=None):
         """The one check of what a model must be before it is used: built (called once on a
@@ -174,6 +195,15 @@ class PixelCNNPP(fitting.KerasTraining, keras.Model):
             raise config.ConfigError('the model is not built yet: load it or call it once on a batch first')
         if use and self.energy_distance:
             raise config.ConfigError('an energy-distance model has no likelihood to %s' % use)
+
+    def memo(self, key, make):
+        """make(), made once per key for this model and kept while it lives: the package's one
+        store of the model's samplers and compiled functions (which must hold the model by a
+        weak reference, or it would never be freed)."""
+        made = _memos.setdefault(self, {})
+        if key not in made:
+            made[key] = make()
+        return made[key]
 
     def _check_h_shape(self, h_shape):
         K = self.num_labels
@@ -190,26 +220,29 @@ class PixelCNNPP(fitting.KerasTraining, keras.Model):
         if h is not None and x.shape[0] is not None and h.shape[0] is not None and x.shape[0] != h.shape[0]:
             raise ValueError('h has batch size %d but x has %d' % (h.shape[0], x.shape[0]))
 
-    def stages(self):
-        """(up stages, down stages): the Stage records of the network's order, derived from
-        the official list of up-pass maps and its pops. (Not cached: Keras would track the
-        cached layers a second time.)"""
-        up, pushed = [], []
-        for level in range(3):
-            blocks = tuple(zip(self.up_u[level], self.up_ul[level]))
-            up.append(Stage(level, self.downsample[level - 1] if level else None, blocks))
-            pushed += [(level, k) for k in range(len(blocks) + 1)]
-        first = pushed.pop()
-        down = []
-        for stage in range(3):
-            level = 2 - stage
-            blocks = tuple(zip(self.down_u[stage], self.down_ul[stage]))
-            shortcuts = [pushed.pop() for _ in blocks]
-            assert all(l == level for l, _ in shortcuts)
-            down.append(Stage(level, self.upsample[stage - 1] if stage else None, blocks,
-                              tuple(k for _, k in shortcuts), None if stage else first[1]))
-        assert not pushed
-        return tuple(up), tuple(down)
+    def passes(self, u, ul, gated_resnet, resample):
+        """model_spec's up and down passes over the plan, from the streams' first maps u
+        (official: the stream for pixels above) and ul (above and to the left); returns the
+        last ul. gated_resnet(layer, x, *aux) and resample(layer, x) compute a layer's
+        output: maps in call(), the fast sampler's caches in its schedule, so that both
+        follow the one order and the one set of short-cuts."""
+        u_list, ul_list = [u], [ul]
+        for u_layer, ul_layer in self.plan.up_pass:  # up pass
+            if isinstance(u_layer, nn.GatedResnet):
+                u_list.append(gated_resnet(u_layer, u_list[-1]))
+                ul_list.append(gated_resnet(ul_layer, ul_list[-1], u_list[-1]))
+            else:  # stride 2
+                u_list.append(resample(u_layer, u_list[-1]))
+                ul_list.append(resample(ul_layer, ul_list[-1]))
+        u, ul = u_list.pop(), ul_list.pop()  # down pass
+        for u_layer, ul_layer in self.plan.down_pass:
+            if isinstance(u_layer, nn.GatedResnet):
+                u = gated_resnet(u_layer, u, u_list.pop())
+                ul = gated_resnet(ul_layer, ul, u, ul_list.pop())  # official: tf.concat([u, ul_list.pop()], 3)
+            else:  # transposed, stride 2
+                u, ul = resample(u_layer, u), resample(ul_layer, ul)
+        assert not u_list and not ul_list
+        return ul
 
     def call(self, x, h=None, training=False, init=False, seed=None, recompute=False):
         """seed: the stateless dropout seed (see GatedResnet). recompute=True keeps none of a
@@ -221,42 +254,19 @@ class PixelCNNPP(fitting.KerasTraining, keras.Model):
         self._check_inputs(x, h)
         if recompute and training and self.dropout_p > 0 and seed is None:
             raise ValueError('recompute=True with dropout needs a stateless seed')
-        kw = dict(h=h, training=training, init=init, seed=seed)
 
-        def block(layer, x, *aux):
+        def gated_resnet(layer, x, *aux):
             # aux: the short-cut input, or its parts, concatenated here so that recompute
             # keeps the parts (alive anyway) and not their concatenation
             def run(x, *aux):
-                return layer(x, tf.concat(aux, axis=3) if len(aux) > 1 else (aux or (None,))[0], **kw)
+                a = tf.concat(aux, axis=3) if len(aux) > 1 else (aux or (None,))[0]
+                return layer(x, a, h=h, training=training, init=init, seed=seed)
             return tf.recompute_grad(run)(x, *aux) if recompute and not init else run(x, *aux)
 
-        up_stages, down_stages = self.stages()
-
-        maps = {}  # level -> (u maps, ul maps) of the up pass
-        for st in up_stages:
-            if st.resample is None:
-                x_pad = tf.concat([x, tf.ones_like(x[..., :1])], axis=3)  # tells image from padding
-                u = nn.down_shift(self.u_in(x_pad, init=init))
-                ul = nn.down_shift(self.ul_in_down(x_pad, init=init)) + \
-                    nn.right_shift(self.ul_in_right(x_pad, init=init))
-            else:
-                above_u, above_ul = maps[st.level - 1]
-                u, ul = st.resample[0](above_u[-1], init=init), st.resample[1](above_ul[-1], init=init)
-            us, uls = [u], [ul]
-            for block_u, block_ul in st.blocks:
-                us.append(block(block_u, us[-1]))
-                uls.append(block(block_ul, uls[-1], us[-1]))
-            maps[st.level] = (us, uls)
-
-        for st in down_stages:
-            us, uls = maps[st.level]
-            if st.resample is None:
-                u, ul = us[st.start], uls[st.start]
-            else:
-                u, ul = st.resample[0](u, init=init), st.resample[1](ul, init=init)
-            for (block_u, block_ul), k in zip(st.blocks, st.shortcuts):
-                u = block(block_u, u, us[k])
-                ul = block(block_ul, ul, u, uls[k])
+        x_pad = tf.concat([x, tf.ones_like(x[..., :1])], axis=3)  # tells image from padding
+        u = nn.down_shift(self.u_in(x_pad, init=init))
+        ul = nn.down_shift(self.ul_in_down(x_pad, init=init)) + nn.right_shift(self.ul_in_right(x_pad, init=init))
+        ul = self.passes(u, ul, gated_resnet, lambda layer, x: layer(x, init=init))
 
         # The outputs are float32 under any precision policy, so the loss is float32.
         if not self.energy_distance:
@@ -275,13 +285,7 @@ class PixelCNNPP(fitting.KerasTraining, keras.Model):
     def _blocks_in_order(self):
         """The top-level layers and gated resnets, in the order model_spec creates them."""
         self.require()
-        layers = [self.u_in, self.ul_in_down, self.ul_in_right]
-        up, down = self.stages()
-        for st in up + down:
-            layers.extend(st.resample or ())
-            for pair in st.blocks:
-                layers.extend(pair)
-        return layers + list(self.head)
+        return [self.u_in, self.ul_in_down, self.ul_in_right] + self.plan.layers() + list(self.head)
 
     def weight_norm_layers(self):
         """Every weight-normalised layer (conv2d, deconv2d, dense), in creation order."""

@@ -7,6 +7,8 @@ Weight-normalised layers are Keras layers whose variables carry the official nam
 them one to one. Calling a layer with `init=True` runs the official data-dependent
 initialisation on that batch.
 """
+import contextlib
+
 import numpy as np
 import tensorflow as tf
 import keras
@@ -64,6 +66,18 @@ def _unpack_mixture(l, channels):
     return (nr_mix, logit_probs) + tuple(parts) + ((None,) if channels == 1 else ())
 
 
+def coupled_mean(mean, coeffs, previous):
+    """The mean of a channel given the values of the channels before it: red's as it is,
+    green's + c0 * red, blue's + c1 * red + c2 * green (the official RGB coupling; `coeffs`
+    the three coefficients after tanh, `previous` the values before this channel). Plain
+    arithmetic, so that it serves TensorFlow tensors and the codec's NumPy float64 alike."""
+    if len(previous) == 0:
+        return mean
+    if len(previous) == 1:
+        return mean + coeffs[0] * previous[0]
+    return mean + coeffs[1] * previous[0] + coeffs[2] * previous[1]
+
+
 def discretized_mix_logistic_loss(x, l, sum_all=True):
     """Negative log-likelihood in nats of x (B,H,W,C in [-1,1], C = 3 or 1) under the
     discretized mixture of logistics l (official discretized_mix_logistic_loss).
@@ -84,10 +98,8 @@ def discretized_mix_logistic_log_prob(x, l):
     log_scales = tf.maximum(log_scales, -7.)
     x = x[..., None] + tf.zeros_like(means)
     if channels == 3:
-        c0, c1, c2 = tf.unstack(tf.tanh(coeffs), axis=3)
-        m1, m2, m3 = tf.unstack(means, axis=3)
-        x1, x2, _ = tf.unstack(x, axis=3)
-        means = tf.stack([m1, m2 + c0 * x1, m3 + c1 * x1 + c2 * x2], axis=3)
+        c, m, xs = tf.unstack(tf.tanh(coeffs), axis=3), tf.unstack(means, axis=3), tf.unstack(x, axis=3)
+        means = tf.stack([coupled_mean(m[k], c, xs[:k]) for k in range(3)], axis=3)
     centered_x = x - means
     inv_stdv = tf.exp(-log_scales)
     plus_in = inv_stdv * (centered_x + 1. / 255.)
@@ -138,13 +150,13 @@ def sample_with_noise(l, channels, noise, temperature=1.):
     means = tf.reduce_sum(means * sel, axis=4)
     log_scales = tf.maximum(tf.reduce_sum(log_scales * sel, axis=4), -7.)
     x = means + tf.exp(log_scales) * temperature * (tf.math.log(u) - tf.math.log(1. - u))
-    x0 = tf.clip_by_value(x[..., 0], -1., 1.)
     if channels == 1:
-        return x0[..., None]
-    coeffs = tf.reduce_sum(tf.tanh(coeffs) * sel, axis=4)
-    x1 = tf.clip_by_value(x[..., 1] + coeffs[..., 0] * x0, -1., 1.)
-    x2 = tf.clip_by_value(x[..., 2] + coeffs[..., 1] * x0 + coeffs[..., 2] * x1, -1., 1.)
-    return tf.stack([x0, x1, x2], axis=-1)
+        return tf.clip_by_value(x, -1., 1.)
+    coeffs = tf.unstack(tf.reduce_sum(tf.tanh(coeffs) * sel, axis=4), axis=3)
+    out = []
+    for k in range(3):
+        out.append(tf.clip_by_value(coupled_mean(x[..., k], coeffs, out), -1., 1.))
+    return tf.stack(out, axis=-1)
 
 
 def sample_from_discretized_mix_logistic(l, nr_mix, seed=None):
@@ -181,8 +193,22 @@ def _cast(tensors, dtype):
     return [tf.cast(t, dtype) for t in tensors]
 
 
+_read_next = [False]
+
+
+@contextlib.contextmanager
+def weights_read_next():
+    """Weights made inside start as zeros, not random: a saved model's, whose values are read
+    next (53.7M random numbers at the paper's size take a second and a half)."""
+    _read_next[0] = True
+    try:
+        yield
+    finally:
+        _read_next[0] = False
+
+
 def _normal_init():
-    return keras.initializers.RandomNormal(0., 0.05)
+    return 'zeros' if _read_next[0] else keras.initializers.RandomNormal(0., 0.05)
 
 
 class _WeightNorm(keras.layers.Layer):
@@ -311,8 +337,6 @@ class Deconv2d(_WeightNorm):
                                      (1,) + self.stride + (1,), padding=self.pad)
         return tf.nn.bias_add(out, b)
 
-nin = Dense
-
 
 @serializable
 class GatedResnet(keras.layers.Layer):
@@ -337,7 +361,8 @@ class GatedResnet(keras.layers.Layer):
         conv = SHIFTED_CONVS[conv]
         policy = dict(dtype=self.dtype_policy)
         self.conv1 = conv(num_filters, name=next_name('conv2d', counters), **policy)
-        self.nin_aux = nin(num_filters, name=next_name('dense', counters), **policy) if has_aux else None
+        # official nin: a Dense layer over the channels
+        self.nin_aux = Dense(num_filters, name=next_name('dense', counters), **policy) if has_aux else None
         self.conv2 = conv(2 * num_filters, init_scale=0.1, name=next_name('conv2d', counters), **policy)
         self.hw_name = next_name('conditional_weights', counters)
         self.hw = None
@@ -359,22 +384,36 @@ class GatedResnet(keras.layers.Layer):
         """seed: None (dropout from the global random state, as the official code), or a
         stateless seed (2 integers) from which each block draws its own mask: the same seed
         gives the same masks, so a resumed run or a recomputed pass drops what the first did."""
+        def conv2(c1):
+            if training and self.dropout_p > 0:
+                if seed is None:
+                    c1 = tf.nn.dropout(c1, rate=self.dropout_p)
+                else:  # conv1's official index tells the blocks apart
+                    block = int(self.conv1.name.rsplit('_', 1)[1])
+                    c1 = tf.nn.experimental.stateless_dropout(
+                        c1, self.dropout_p, tf.random.experimental.stateless_fold_in(seed, block))
+            return self.conv2(c1, init=init)
+        return self.residual(x, lambda f: self.conv1(f(x), init=init), conv2,
+                             lambda a: self.nin_aux(a, init=init), aux, None if h is None else self.h_term(h))
+
+    def h_term(self, h):
+        """The conditioning's term of conv2's output: h @ hw, (B, 1, 1, 2 * num_filters)."""
+        return tf.matmul(h, tf.cast(self.hw, h.dtype))[:, None, None, :]
+
+    def residual(self, x, conv1, conv2, nin, aux=None, h_term=None):
+        """The official gated_resnet's arithmetic: x + a * sigmoid(b), where [a, b] =
+        conv2(f(conv1(f(x)) [+ nin(f(aux))])) [+ h_term]. conv1(f) is conv1's output on f of
+        the block's input, conv2(c) and nin(a) those layers' on c and a: on whole maps in
+        call(), on the cached windows of one row or position in the fast sampler (then x is
+        the input there)."""
         f = self.nonlinearity
-        c1 = self.conv1(f(x), init=init)
-        if self.nin_aux is not None:
-            c1 += self.nin_aux(f(aux), init=init)
-        c1 = f(c1)
-        if training and self.dropout_p > 0:
-            if seed is None:
-                c1 = tf.nn.dropout(c1, rate=self.dropout_p)
-            else:  # conv1's official index tells the blocks apart
-                block = int(self.conv1.name.rsplit('_', 1)[1])
-                c1 = tf.nn.experimental.stateless_dropout(
-                    c1, self.dropout_p, tf.random.experimental.stateless_fold_in(seed, block))
-        c2 = self.conv2(c1, init=init)
-        if h is not None:
-            c2 += tf.matmul(h, tf.cast(self.hw, h.dtype))[:, None, None, :]
-        a, b = tf.split(c2, 2, axis=3)
+        c1 = conv1(f)
+        if aux is not None:
+            c1 += nin(f(aux))
+        c2 = conv2(f(c1))
+        if h_term is not None:
+            c2 += h_term
+        a, b = tf.split(c2, 2, axis=-1)
         return x + a * tf.sigmoid(b)
 
 

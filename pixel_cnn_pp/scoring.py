@@ -38,29 +38,23 @@ def bits_per_dim(nats, image_shape):
     return -np.asarray(nats) / (np.log(2.) * int(np.prod(image_shape)))
 
 
-_compiled = weakref.WeakKeyDictionary()
-
-
 def _map_function(model, with_h):
     """One compiled per-pixel scoring function per model and conditioning, any batch and size."""
-    functions = _compiled.setdefault(model, {})
-    if with_h not in functions:
-        signature = [tf.TensorSpec([None, None, None, model.channels], tf.uint8)]
-        if with_h:
-            signature.append(tf.TensorSpec([None, model.num_labels], tf.float32))
-        model_ref = weakref.ref(model)  # the cache must not keep the model alive
-        functions[with_h] = tf.function(lambda images, *h: pixel_log_probs(model_ref(), images, *h),
-                                        input_signature=signature)
-    return functions[with_h]
+    signature = [tf.TensorSpec([None, None, None, model.channels], tf.uint8)]
+    if with_h:
+        signature.append(tf.TensorSpec([None, model.num_labels], tf.float32))
+    model_ref = weakref.ref(model)  # the memo must not keep the model alive
+    return model.memo(('log_prob_map', with_h), lambda: tf.function(
+        lambda images, *h: pixel_log_probs(model_ref(), images, *h), input_signature=signature))
 
 
 def check_model(model):
-    """What a model must be to score images (PixelCNNPP.require): a ConfigError otherwise."""
+    """model.require('score with'), kept for score.py (which calls it)."""
     model.require('score with')
 
 
 def _check(model, images, h):
-    check_model(model)
+    model.require('score with')
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise TypeError('images must be uint8 (N, H, W, C) pixel values 0..255, got %s' % images.dtype)

@@ -187,15 +187,43 @@ def test_bad_config_errors(kwargs, message):
     assert e.value.fields == tuple(kwargs)  # the argument named, for cli.py to say as a flag
 
 
-def test_stages_are_the_official_order():
+def test_the_plan_is_the_official_order():
     """Up: levels 0, 1, 2 of nr_resnet blocks, stride-2 convs into 1 and 2; down: levels 2,
-    1, 0 of nr_resnet, nr_resnet + 1, nr_resnet + 1 blocks, transposed convs into 1 and 0,
-    short-cuts popped from the end of the up pass's list."""
+    1, 0 of nr_resnet, nr_resnet + 1, nr_resnet + 1 blocks, transposed convs into 1 and 0;
+    made once (the same tuples at every call), and the layers tracked once."""
     model = PixelCNNPP(nr_resnet=2, nr_filters=8, nr_logistic_mix=2)
-    up, down = model.stages()
-    assert [(st.level, len(st.blocks)) for st in up] == [(0, 2), (1, 2), (2, 2)]
-    assert [st.resample for st in up] == [None, model.downsample[0], model.downsample[1]]
-    assert [(st.level, len(st.blocks), st.shortcuts, st.start) for st in down] == [
-        (2, 2, (1, 0), 2), (1, 3, (2, 1, 0), None), (0, 3, (2, 1, 0), None)]
-    assert [st.resample for st in down] == [None, model.upsample[0], model.upsample[1]]
-    assert down[0].blocks[0] == (model.down_u[0][0], model.down_ul[0][0])
+    plan = model.plan
+    assert plan.up_pass == tuple(zip(model.up_u[0], model.up_ul[0])) + (model.downsample[0],) + \
+        tuple(zip(model.up_u[1], model.up_ul[1])) + (model.downsample[1],) + tuple(zip(model.up_u[2], model.up_ul[2]))
+    assert plan.down_pass == tuple(zip(model.down_u[0], model.down_ul[0])) + (model.upsample[0],) + \
+        tuple(zip(model.down_u[1], model.down_ul[1])) + (model.upsample[1],) + tuple(zip(model.down_u[2], model.down_ul[2]))
+    assert [len(model.down_u[k]) for k in range(3)] == [2, 3, 3]
+    assert model.plan is plan
+    model.build((None, 8, 8, 3))
+    assert len(model.weights) == len({id(w) for w in model.weights}) == len(model.official_variables())
+
+
+def test_the_passes_pop_the_short_cuts_in_the_official_order():
+    """What each down-pass block reads as its short-cut: the up pass's maps popped from the
+    end of model_spec's lists (level 2's last first), each once; the ul block's short-cut
+    is [u, ul]."""
+    model = PixelCNNPP(nr_resnet=2, nr_filters=8, nr_logistic_mix=2)
+    reads = []
+
+    def gated_resnet(layer, x, *aux):
+        reads.append((layer.name, x, aux))
+        return layer.name
+
+    model.passes('u_in', 'ul_in', gated_resnet, lambda layer, x: layer.name)
+    names = dict((name, (x, aux)) for name, x, aux in reads)
+    u_up = [layer.name for level in model.up_u for layer in level]
+    ul_up = [layer.name for level in model.up_ul for layer in level]
+    down_u = [layer.name for level in model.down_u for layer in level]
+    down_ul = [layer.name for level in model.down_ul for layer in level]
+    # level 2 (2 blocks) then 1 and 0 (3 blocks each): the pops in reverse
+    u_pushed = ['u_in'] + u_up[:2] + [model.downsample[0][0].name] + u_up[2:4] + [model.downsample[1][0].name] + u_up[4:]
+    ul_pushed = ['ul_in'] + ul_up[:2] + [model.downsample[0][1].name] + ul_up[2:4] + [model.downsample[1][1].name] + ul_up[4:]
+    assert [names[n][1] for n in down_u] == [(p,) for p in u_pushed[::-1][1:]]
+    assert [names[n][1] for n in down_ul] == [(u, p) for u, p in zip(down_u, ul_pushed[::-1][1:])]
+    assert names[down_u[0]][0] == u_up[-1] and names[down_ul[0]][0] == ul_up[-1]
+    assert [names[n][1] for n in ul_up] == [(u,) for u in u_up]

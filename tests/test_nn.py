@@ -55,7 +55,7 @@ def test_shifted_conv_matches_numpy(make, filter_size, stride, pad):
 def test_dense_matches_numpy():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(3, 4, 4, 6)).astype(np.float32)
-    layer = nn.nin(7)
+    layer = nn.Dense(7)
     layer(x)
     layer.g.assign(rng.uniform(0.5, 2., 7))
     layer.b.assign(rng.normal(size=7))
@@ -100,7 +100,7 @@ def test_shifted_deconv_matches_numpy(make, filter_size, crop_left):
     (lambda s: nn.down_shifted_deconv2d(6, stride=(2, 2), init_scale=s), 1.),
     (lambda s: nn.down_right_shifted_deconv2d(6, stride=(2, 2), init_scale=s), 0.1),
     (lambda s: nn.Deconv2d(6, init_scale=s), 1.),
-    (lambda s: nn.nin(6, init_scale=s), 1.),
+    (lambda s: nn.Dense(6, init_scale=s), 1.),
 ])
 def test_data_dependent_init_statistics(make, init_scale):
     rng = np.random.default_rng(3)
@@ -119,7 +119,7 @@ def test_data_dependent_init_statistics(make, init_scale):
 
 @pytest.mark.parametrize('batch', [np.zeros([2, 4, 4, 3]), np.full([2, 4, 4, 3], np.nan)])
 def test_init_on_degenerate_batch_fails_clearly(batch):
-    layer = nn.nin(4, name='dense_7')
+    layer = nn.Dense(4, name='dense_7')
     with pytest.raises(tf.errors.InvalidArgumentError, match='data-dependent init of dense_7'):
         layer(batch.astype(np.float32), init=True)
     np.testing.assert_array_equal(layer.g.numpy(), 1.)

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 import pixel_cnn_pp
-from pixel_cnn_pp import PixelCNNPP, scoring
+from pixel_cnn_pp import PixelCNNPP
 from np_reference import mix_logistic_nll
 
 
@@ -77,14 +77,14 @@ def test_bad_inputs():
 
 
 def test_compiled_caches_do_not_keep_a_model_alive():
-    """The per-model caches of the fast sampler and of log_prob hold it weakly."""
+    """The model's memo of the fast sampler and of log_prob holds it weakly."""
     import gc
     import weakref
-    from pixel_cnn_pp import sampling
+    from pixel_cnn_pp import model as model_module
     model, images, _, _ = model_and_images(n=2)
     pixel_cnn_pp.sample(model, 1, seed=0, image_shape=(8, 8, 3))
     pixel_cnn_pp.log_prob(model, images)
-    assert model in sampling._samplers and model in scoring._compiled
+    assert {key[0] for key in model_module._memos[model]} == {'sampler', 'log_prob_map'}
     ref = weakref.ref(model)
     del model
     gc.collect()

@@ -3,8 +3,6 @@ or the fast cached sampler (fast.py, with its caches in cache.py); the noise and
 step's inputs they share (inputs.py). The grid and files the images are written to:
 images.py."""
 
-import weakref
-
 import numpy as np
 import tensorflow as tf
 
@@ -14,20 +12,34 @@ from pixel_cnn_pp.sampling.fast import FastSampler
 from pixel_cnn_pp.sampling.inputs import noise
 from pixel_cnn_pp.sampling.naive import NaiveSampler
 
-# One sampler per model, method, image shape, conditioning and compilation, reused by every call.
-_samplers = weakref.WeakKeyDictionary()
 METHODS = ('fast', 'naive')
 
 
 def sampler(model, image_shape, conditional, method='fast', jit_compile=False):
     """The model's sampler for this image shape, conditioning and method, made once: later
     calls with any batch size reuse its compiled steps."""
-    samplers = _samplers.setdefault(model, {})
-    key = (method, tuple(image_shape), conditional, jit_compile)
-    if key not in samplers:
-        samplers[key] = FastSampler(model, image_shape, conditional, jit_compile) if method == 'fast' \
-            else NaiveSampler(model, image_shape, conditional)
-    return samplers[key]
+    return model.memo(('sampler', method, tuple(image_shape), conditional, jit_compile), lambda: (
+        FastSampler(model, image_shape, conditional, jit_compile) if method == 'fast'
+        else NaiveSampler(model, image_shape, conditional)))
+
+
+def xla(num, image_shape, jit_compile=None):
+    """Whether the fast sampler runs its pixels compiled by XLA: jit_compile if given, else
+    where it is faster once its compile is repaid within the call. On a CPU it never is: with
+    the row's shared terms (step.py) the compiled loop is slower per batch than TensorFlow's
+    (9.3 to 10.3 s against 8.5 to 9.0 at the paper size, 16 images), after a 35 s compile.
+    On a GPU, where each of the step's small ops pays a kernel launch, from 64 images of
+    32x32 in one call (not measured: no GPU here)."""
+    if jit_compile is not None:
+        return bool(jit_compile)
+    return bool(tf.config.list_logical_devices('GPU')) and num * image_shape[0] * image_shape[1] >= 64 * 32 * 32
+
+
+def path(model, num, image_shape=None, jit_compile=None, method='fast'):
+    """Which sampler sample() runs for these arguments: 'naive', 'fast' or 'fast, XLA'."""
+    if method == 'naive':
+        return 'naive'
+    return 'fast, XLA' if xla(num, image_shape or model.image_shape, jit_compile) else 'fast'
 
 
 def check_arguments(method='fast', temperature=1., jit_compile=False):
@@ -61,7 +73,7 @@ def check(model, method='fast', temperature=1., jit_compile=False, given_rows=0,
 
 
 def sample(model, num, h=None, seed=None, method='fast', image_shape=None, given=None,
-           given_rows=0, temperature=1., jit_compile=False, progress=None):
+           given_rows=0, temperature=1., jit_compile=None, progress=None):
     """`num` images (uint8 NHWC) from a built PixelCNNPP.
 
     h: (num, K) conditioning for a conditional model. seed: reproducible samples (the same
@@ -70,10 +82,10 @@ def sample(model, num, h=None, seed=None, method='fast', image_shape=None, given
     first r rows are given's and the others drawn from p(x | those rows). temperature T:
     mixture logits / T and logistic scales x T (1: the model's distribution; lower: sharper
     images of lower bits/dim if the logistics are narrower than the pixel range, as a trained
-    model's are; no longer samples of the model). jit_compile=True (fast only):
-    the per-pixel loop compiled by XLA, faster per batch once compiled (the first call of
-    a model, shape and conditioning compiles it, about a minute at the paper's size).
-    progress(rows_done) is called after each image row."""
+    model's are; no longer samples of the model). jit_compile=True (fast only): the
+    per-pixel loop compiled by XLA (the first call of a model, shape and conditioning
+    compiles it, about 35 s at the paper's size); None: where it pays (xla(); path() says
+    which). progress(rows_done) is called after each image row."""
     check(model, method, temperature, jit_compile, given_rows, image_shape)
     image_shape = tuple(model.image_shape if image_shape is None else image_shape)
     shape = (num,) + image_shape
@@ -96,6 +108,7 @@ def sample(model, num, h=None, seed=None, method='fast', image_shape=None, given
         given = images.scale(given)
     seed = tf.constant(seed, tf.int64) if seed is not None else None
     u_mix, u_logistic = noise(shape, model.nr_logistic_mix, seed)
+    jit_compile = method == 'fast' and xla(num, image_shape, jit_compile)
     x = sampler(model, image_shape, h is not None, method, jit_compile).draw(
         u_mix, u_logistic, given, given_rows, float(temperature), () if h is None else (h,), progress)
     return images.to_uint8(x).numpy()

@@ -1,82 +1,98 @@
-"""The fast sampler's memory: each activation map of the network in a cache that a pixel's
-step reads and writes at only the positions it needs."""
+"""The fast sampler's memory: each activation map of the network on a grid with a zero border
+(one row above, a column each side: the padding of the shifted convolutions; position
+(r, c) of the map is the grid's (r + 1, c + 1)), in the layout its readers need, and the
+terms a row's pixels share (Row)."""
 
 import tensorflow as tf
 
 
-class Cache:
-    """One activation map of the fast sampler, stored position first: a variable of shape
-    (rows * cols, B, C) whose entry r * cols + c is position (r, c) of every image, so that a
-    pixel's step reads and writes only the positions it needs (slicing the variable itself
-    would read, and copy, the whole map). The variable has one more row than the map, so
-    that every row of the map starts a slab.
+class RowCache:
+    """A u-stream map, read and written a whole row at a time: a variable (rows, B, cols, C),
+    so that a row is (B, 1, cols, C) as it is, without a transpose."""
 
-    While a row's pixels run (compiled by XLA, which takes no sparse reads or writes of
-    variables), the cache reads and writes a slab instead: rows base .. base + 2 of the
-    map as a tensor (3, cols, B, C), passed in and out of the compiled loop."""
+    def __init__(self, stream, level, rows, cols, channels):
+        self.stream, self.level, self.rows, self.cols, self.channels = stream, level, rows, cols, channels
+        self.var = tf.Variable(tf.zeros([rows, 0, cols, channels]), trainable=False,
+                               shape=[rows, None, cols, channels])
 
-    def __init__(self, level, rows, cols, channels):
-        self.level, self.rows, self.cols, self.channels = level, rows, cols, channels
-        self.var = tf.Variable(tf.zeros([(rows + 1) * cols, 0, channels]), trainable=False,
-                               shape=[(rows + 1) * cols, None, channels])
-        self.slab = self.base = None
+    def zero(self, batch_size):
+        self.var.assign(tf.zeros(tf.stack([self.rows, batch_size, self.cols, self.channels])))
+
+    def row(self, r):
+        """Grid row r, (B, 1, cols, C)."""
+        return tf.expand_dims(self.var.sparse_read(r), 1)
+
+    def put_row(self, r, value):
+        """Writes map row r: value (B, 1, cols - 2, C) between the border's zeros."""
+        value = tf.pad(value[:, 0], [[0, 0], [1, 1], [0, 0]])
+        tf.raw_ops.ResourceScatterUpdate(resource=self.var.handle, indices=r + 1, updates=value)
+
+
+class CellCache:
+    """A ul-stream map, or the image: read and written a position at a time by the pixels'
+    steps, and a row at a time when a row starts: a variable (rows + 1, cols, B, C) (the
+    extra row: every row of the map starts a slab). Positions are given as grid indices
+    [row, column] (the step computes them once per level).
+
+    While a row's pixels run compiled by XLA (which takes no sparse reads or writes of
+    variables), the cache reads and writes a slab instead: grid rows base .. base + 2 as a
+    tensor (3, cols, B, C), passed in and out of the compiled loop; the map row being
+    computed is then slab row 1."""
+
+    def __init__(self, stream, level, rows, cols, channels):
+        self.stream, self.level, self.rows, self.cols, self.channels = stream, level, rows, cols, channels
+        self.var = tf.Variable(tf.zeros([rows + 1, cols, 0, channels]), trainable=False,
+                               shape=[rows + 1, cols, None, channels])
+        self.slab = None
         self.written = False
 
-    def _index(self, r, nr, c, nc):
-        return tf.reshape((r + tf.range(nr))[:, None] * self.cols + (c + tf.range(nc))[None, :], [-1])
+    def zero(self, batch_size):
+        self.var.assign(tf.zeros(tf.stack([self.rows + 1, self.cols, batch_size, self.channels])))
 
-    def read(self, r, nr, c=0, nc=None):
-        """Rows r .. r + nr - 1, columns c .. c + nc - 1 (default: all) as (B, nr, nc, C)."""
-        nc = self.cols if nc is None else nc
+    def cell(self, index):
+        """The position at grid index [row, column], (B, C)."""
         if self.slab is not None:
-            # gathers, not tf.slice: XLA would compile a slice's start in, once per row
-            values = tf.gather(tf.gather(self.slab, r - self.base + tf.range(nr)), c + tf.range(nc), axis=1)
-            return tf.transpose(values, [2, 0, 1, 3])
-        values = self.var.sparse_read(self._index(r, nr, c, nc))
-        return tf.transpose(tf.reshape(values, [nr, nc, -1, self.channels]), [2, 0, 1, 3])
+            return tf.gather_nd(self.slab, index)
+        return tf.raw_ops.ResourceGatherNd(resource=self.var.handle, indices=index, dtype=self.var.dtype)
 
-    def put(self, r, c, value):
-        """Writes value (B, nr, nc, C) at rows r.., columns c.."""
+    def put_cells(self, index, value):
+        """Writes value (B, C) at grid index [row, column], or (n, B, C) at (n, 2)."""
+        if index.shape.rank == 1:
+            index, value = index[None], value[None]
         if self.slab is not None:
             self.written = True
-            nr, nc = tf.unstack(tf.shape(value)[1:3])
-            rows, cols = tf.meshgrid(r - self.base + tf.range(nr), c + tf.range(nc), indexing='ij')
-            self.slab = tf.tensor_scatter_nd_update(self.slab, tf.stack([rows, cols], 2),
-                                                    tf.transpose(value, [1, 2, 0, 3]))
+            self.slab = tf.tensor_scatter_nd_update(self.slab, index, value)
             return
-        shape = tf.shape(value)
-        values = tf.reshape(tf.transpose(value, [1, 2, 0, 3]), [-1, shape[0], self.channels])
-        self.var.scatter_update(tf.IndexedSlices(values, self._index(r, shape[1], c, shape[2])))
+        tf.raw_ops.ResourceScatterNdUpdate(ref=self.var.handle, indices=index, updates=value)
 
-    def load_slab(self, i):
-        """The slab of image row i: the map's rows i // 2^level .. + 2."""
-        base = i // 2 ** self.level
-        return tf.reshape(self.var.sparse_read(self._index(base, 3, 0, self.cols)), [3, self.cols, -1, self.channels])
+    def row(self, r):
+        """Grid row r, (cols, B, C)."""
+        return self.var.sparse_read(r)
 
-    def store_slab(self, i, slab):
-        base = i // 2 ** self.level
-        self.var.scatter_update(tf.IndexedSlices(tf.reshape(slab, [3 * self.cols, -1, self.channels]),
-                                                 self._index(base, 3, 0, self.cols)))
+    def load_slab(self, base):
+        return self.var.sparse_read(base + tf.range(3))
 
-    def use_slab(self, i, slab):
-        """Reads and writes go to slab (None: back to the variable)."""
-        self.slab, self.base = slab, None if slab is None else i // 2 ** self.level
+    def store_slab(self, base, slab):
+        tf.raw_ops.ResourceScatterUpdate(resource=self.var.handle, indices=base + tf.range(3), updates=slab)
 
 
-def read_window(cache, r, c, stride=1):
-    """The 2-row (and for a position, 2-column) input window of the output at (r, c) of a
-    shifted convolution with this stride; c None means the whole row (all columns, with
-    the zero border the down-shifted 2x3 kernels pad with)."""
-    return cache.read(stride * r, 2) if c is None else cache.read(stride * r, 2, stride * c, 2)
+class Row:
+    """What the steps of one row of a level share, computed once at the row's start: a
+    variable (cols, B, C) read by column (`value`, a tensor, instead while XLA's loop runs)."""
 
+    def __init__(self, cols, channels):
+        self.var = tf.Variable(tf.zeros([cols, 0, channels]), trainable=False, shape=[cols, None, channels])
+        self.value = None
 
-def read_center(cache, r, c):
-    return cache.read(r + 1, 1, 1, cache.cols - 2) if c is None else cache.read(r + 1, 1, c + 1, 1)
+    def put(self, value):
+        """value (cols, B, C)."""
+        self.var.assign(value)
 
+    def cell(self, c):
+        return self.var.sparse_read(c) if self.value is None else tf.gather(self.value, c)
 
-def write_block(cache, r, c, value):
-    """Writes value to the block at (r, c) (c None: to whole rows, with the zero border)."""
-    if c is None:
-        cache.put(r + 1, 0, tf.pad(value, [[0, 0], [0, 0], [1, 1], [0, 0]]))
-    else:
-        cache.put(r + 1, c + 1, value)
+    def zero(self, batch_size):
+        self.var.assign(tf.zeros(tf.stack([self.var.shape[0], batch_size, self.var.shape[2]])))
+
+    def put_cell(self, c, value):
+        tf.raw_ops.ResourceScatterUpdate(resource=self.var.handle, indices=c, updates=value)

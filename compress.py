@@ -179,7 +179,7 @@ def main(argv):
         raise app.UsageError('--check_environment is for --decompress')
     model = cli.load_model(FLAGS.checkpoint, use_ema=FLAGS.ema)
     with cli.flag_errors():
-        codec.check_model(model)
+        model.require('code with')
     (decompress if FLAGS.decompress else compress)(model)
 
 

@@ -37,9 +37,9 @@ flags.DEFINE_list('labels', None, 'For a class-conditional model: the classes to
                   'or an index (default: every class, one grid row per class)')
 flags.DEFINE_enum('method', 'fast', list(sampling.METHODS), 'fast: cached generation; naive: the '
                   'official loop, one forward pass of the whole network per pixel')
-flags.DEFINE_boolean('jit_compile', False, 'Compile the fast sampler\'s per-pixel loop with XLA: '
-                     'batches about 1.7x faster at the paper\'s size, after a first batch that '
-                     'compiles for about a minute (again for each new batch size)')
+flags.DEFINE_boolean('jit_compile', None, 'Compile the fast sampler\'s per-pixel loop with XLA '
+                     '(--nojit_compile: never; default: where its compile pays within the call, '
+                     'which on a CPU it never does; the line before sampling says which ran)')
 flags.DEFINE_float('temperature', 1., 'Mixture logits / T and logistic scales x T: 1 samples the '
                    'model; below 1 gives sharper, less varied images that are no longer samples '
                    'of the model', lower_bound=0.)
@@ -131,7 +131,9 @@ def main(argv):
     if FLAGS.complete:
         what = 'completing %d images, %d completion%s each (%d samples)' % (
             len(originals), FLAGS.samples_per_image, 's' if FLAGS.samples_per_image > 1 else '', total)
-    print(what + ('' if FLAGS.temperature == 1 else ' at temperature %g' % FLAGS.temperature))
+    which = sampling.path(model, min(FLAGS.batch_size, total), jit_compile=FLAGS.jit_compile, method=FLAGS.method)
+    print(what + ('' if FLAGS.temperature == 1 else ' at temperature %g' % FLAGS.temperature) +
+          ' (%s sampler)' % which)
     H = model.image_shape[0]
     starts = range(0, total, FLAGS.batch_size)
     bar = cli.progress_bar(len(starts) * H, unit_name='row')

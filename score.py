@@ -111,12 +111,12 @@ def main(argv):
             raise app.UsageError('--%s=%s: its folder does not exist' % (flag, FLAGS[flag].value))
     model = cli.load_model(FLAGS.checkpoint, use_ema=FLAGS.ema)
     with cli.flag_errors():
-        scoring.check_model(model)
+        model.require('score with')
     background = None
     if FLAGS.background:
         background = cli.load_model(FLAGS.background, use_ema=FLAGS.ema)
         with cli.flag_errors(prefix='--background=%s: ' % FLAGS.background):
-            scoring.check_model(background)
+            background.require('score with')
     sets = [cli.read_image_set(spec, model.image_shape, FLAGS.data_dir, flag=flag, run=model.run_config)
             for flag, spec in [('in', FLAGS['in'].value)] + [('ood', spec) for spec in FLAGS.ood or []]]
     names = [name for name, _ in sets]

@@ -85,22 +85,9 @@ def as_flag(field, value, name_only=False):
 
 def flag_message(error):
     """A library error's message with the settings it names written as the flags that set
-    them (as_flag): a config.ConfigError renders its own placeholders. (An error of the old
-    form, a message without placeholders and the fields it names as `error.fields`: each
-    found in the text; other engineers' modules still raise some.) The one place that knows
-    both names."""
-    if isinstance(error, config.ConfigError) and (error.values or any(
-            m.group(1) in error.fields for m in error.PLACEHOLDER.finditer(error.template))):
-        return error.render(as_flag)
-    text = str(error)
-    for field in getattr(error, 'fields', None) or ():
-        flag = flag_name(field)
-        if flag not in FLAGS:
-            continue
-        text = re.sub(r"(?<![\w./=-])%s='([^']*)'" % re.escape(field), lambda m: '--%s=%s' % (flag, m.group(1)), text)
-        text = re.sub(r'(?<![\w./=-])%s=True\b' % re.escape(field), '--' + flag, text)
-        text = re.sub(r'(?<![\w./=-])%s\b' % re.escape(field), '--' + flag, text)
-    return text
+    them (as_flag): a config.Settings error renders its own placeholders; any other error is
+    its own text. The one place that knows both names."""
+    return error.render(as_flag) if isinstance(error, config.Settings) else str(error)
 
 
 @contextlib.contextmanager

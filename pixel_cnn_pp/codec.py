@@ -179,11 +179,6 @@ def _checksum(images, labels):
     return digest.digest()[:8]
 
 
-def check_model(model):
-    """model.require('code with'), kept for compress.py (which calls it)."""
-    model.require('code with')
-
-
 def _passes(model, images, h, batch_size, callback, progress, known=False):
     """Runs the sampler's coding pass (sampling.coding.CodingPass) over the images in batches of
     batch_size; callback(start, i, j, l) gets the output at (i, j) of the batch that starts
@@ -248,7 +243,7 @@ def compress(model, images, h=None, labels=None, batch_size=16, verify=True, pro
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise TypeError('images must be uint8 (N, H, W, C) pixel values 0..255, got %s' % images.dtype)
-    config.check_images(images.shape, 'images', (model.channels,), error=ValueError)
+    config.check_images(images.shape, 'images', (model.channels,))
     if not 0 < len(images) < 2 ** 32 or max(images.shape[1:3]) >= 2 ** 16:  # the header's fields
         raise ValueError('images must be (N, H, W, %d) with 1 <= N < 2^32 and H, W < 65536, got shape %s'
                          % (model.channels, images.shape))

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import re
-import types
 from typing import Optional, Tuple
 
 from pixel_cnn_pp import files
@@ -26,14 +25,14 @@ MULTIPLE = 4       # of H and W: the network halves them twice
 MIXTURE_PARAMS = {1: 3, 3: 10}  # outputs per logistic of the mixture, by channels (nn.num_mixture_params)
 
 
-class ConfigError(ValueError):
-    """A setting that cannot be, or cannot be combined. `message` is one sentence in which the
-    settings it names stand as {field} (written field=value), {field:name} (the name alone) or
-    {field=_key} (field with another value, values['_key']); `values` gives each one's value,
-    the first keyword the field at fault. `fields` are their names. str(e) writes them as
-    Python arguments (batch_size=16), cli.py as the flags that set them (--batch_size=16),
-    from one table: no sentence is rewritten. (A message without placeholders names its
-    fields as positional arguments.)"""
+class Settings:
+    """An error whose message names settings: one sentence in which they stand as {field}
+    (written field=value), {field:name} (the name alone) or {field=_key} (field with another
+    value, values['_key']); `values` gives each one's value, the first keyword the field at
+    fault; a message without placeholders names its fields as positional arguments.
+    `fields` are their names. str(e) writes them as Python arguments (batch_size=16),
+    cli.py as the flags that set them (--batch_size=16), from one table: no sentence is
+    rewritten."""
 
     PLACEHOLDER = re.compile(r'\{(\w+)(?:(:name)|=(_\w+))?\}')
 
@@ -58,6 +57,10 @@ class ConfigError(ValueError):
         return self.PLACEHOLDER.sub(setting, self.template)
 
 
+class ConfigError(Settings, ValueError):
+    """A setting that cannot be, or cannot be combined (see Settings for its message)."""
+
+
 NO_VALUE = object()
 
 
@@ -74,50 +77,46 @@ def fits(shape, channels=CHANNELS):
     return sizes_fit and (len(shape) < 3 or shape[2] in channels)
 
 
-def refuse(field, problem, error=ConfigError):
-    """Raises `error` (a ConfigError unless told) saying `problem` of the argument `field`,
-    named where it is an identifier (a placeholder), else written as it is."""
-    placeholder = '{%s:name}' % field if field.isidentifier() else field
-    if issubclass(error, ConfigError):
-        raise error('%s %s' % (placeholder, problem), field) if field.isidentifier() else error(
-            '%s %s' % (field, problem))
-    raise error('%s %s' % (field, problem))
+def refuse(field, problem):
+    """A ConfigError saying `problem` of the argument `field`, named as a placeholder where
+    it is one (an identifier), else written as it is (a set's description)."""
+    if field.isidentifier():
+        raise ConfigError('{%s:name} %s' % (field, problem), field)
+    raise ConfigError('%s %s' % (field, problem))
 
 
-def check_image_shape(shape, field='image_shape', error=ConfigError):
-    """The shape rule (`fits`) of an image shape (H, W, C) named `field` (`error`: the type
-    raised, a ConfigError unless told). Returns the shape as a tuple of ints."""
+def check_image_shape(shape, field='image_shape'):
+    """The shape rule (`fits`) of an image shape (H, W, C) named `field`. Returns the shape
+    as a tuple of ints."""
     try:
         shape = tuple(int(d) for d in shape)
     except (TypeError, ValueError):
-        refuse(field, 'must be (H, W, C), got %r' % (shape,), error)
+        refuse(field, 'must be (H, W, C), got %r' % (shape,))
     if len(shape) != 3 or not fits(shape):
-        refuse(field, 'must be (H, W, C) with H and W positive multiples of 4 and C = 1 or 3, got %r'
-               % (shape,), error)
+        refuse(field, 'must be (H, W, C) with H and W positive multiples of 4 and C = 1 or 3, got %r' % (shape,))
     return shape
 
 
-def check_channels(channels, field, shape=None, error=ConfigError):
+def check_channels(channels, field, shape=None):
     """The shape rule's C: 1 (grayscale) or 3 (RGB), of `field` (of that shape)."""
     if channels not in CHANNELS:
         refuse(field, 'must have 1 (grayscale) or 3 (RGB) channels, got %s'
-               % ('shape %s' % (tuple(shape),) if shape is not None else channels), error)
+               % ('shape %s' % (tuple(shape),) if shape is not None else channels))
 
 
-def check_images(shape, field='images', channels=CHANNELS, error=ConfigError):
+def check_images(shape, field='images', channels=CHANNELS):
     """The shape rule of a batch of images (N, H, W, C) named `field`; `channels`: the C
     allowed (a built model's own). Returns the shape as a tuple."""
     shape = tuple(shape)
     if len(shape) != 4:
-        refuse(field, 'must be a 4-D batch of images (N, H, W, C), got shape %s' % (shape,), error)
+        refuse(field, 'must be a 4-D batch of images (N, H, W, C), got shape %s' % (shape,))
     if shape[3] not in channels:
         if channels == CHANNELS:
-            check_channels(shape[3], field, shape, error)
-        refuse(field, "must have %s channels (the model's), got shape %s" % (' or '.join(map(str, channels)), shape),
-               error)
+            check_channels(shape[3], field, shape)
+        refuse(field, "must have %s channels (the model's), got shape %s" % (' or '.join(map(str, channels)), shape))
     if not fits(shape[1:]):
         refuse(field, 'must have a height and width that are positive multiples of 4 (two stride-2 '
-               'downsamplings), got shape %s' % (shape,), error)
+               'downsamplings), got shape %s' % (shape,))
     return shape
 
 
@@ -172,11 +171,6 @@ def _in_range(obj, name, low, high, low_open=False, high_open=False):
             name, '(' if low_open else '[', low, high, ')' if high_open else ']'), **{name: value})
 
 
-def check_dropout_p(dropout_p):
-    """The rule of dropout_p: in [0, 1)."""
-    _in_range(types.SimpleNamespace(dropout_p=dropout_p), 'dropout_p', 0., 1., high_open=True)
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """A PixelCNNPP: its architecture (the official model flags), the image shape it is
@@ -200,7 +194,7 @@ class ModelConfig:
         object.__setattr__(self, 'image_shape', check_image_shape(self.image_shape))
         if isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int) or self.num_labels < 0:
             raise ConfigError('{num_labels} is not an integer >= 0', num_labels=self.num_labels)
-        check_dropout_p(self.dropout_p)
+        _in_range(self, 'dropout_p', 0., 1., high_open=True)
 
     # the fields a checkpoint's variables say (and the official model flags)
     ARCHITECTURE = ('nr_resnet', 'nr_filters', 'nr_logistic_mix', 'resnet_nonlinearity', 'energy_distance')

@@ -425,7 +425,7 @@ def check(data, data_set, class_conditional):
         if x.dtype != np.uint8:
             raise DataError('{data_set}: its %s images must be uint8, got %s %s' % (name, x.dtype, x.shape),
                             data_set=data_set)
-        config.check_images(x.shape, '%s %s images' % (data_set, name), error=DataError)
+        config.check_images(x.shape, '%s %s images' % (data_set, name))
         if len(x) == 0:
             raise DataError('{data_set} has no %s images' % name, data_set=data_set)
     if data.train_x.shape[1:] != data.test_x.shape[1:]:
@@ -694,7 +694,7 @@ def read_set(spec, data_dir=None, verbose=False, shape=None, resize=False, class
         raise DataError('%s: expected uint8 images (N, H, W, C), got %s %s' % (spec, x.dtype, x.shape))
     if x.ndim == 3:
         x = x[..., None]
-    check_channels(x.shape[-1], '%s: images' % spec, x.shape, error=DataError)
+    check_channels(x.shape[-1], '%s: images' % spec, x.shape)
     if y is not None and len(y) != len(x):
         raise DataError('%s: %d labels for %d images' % (spec, len(y), len(x)))
     total = len(x) if total is None else total

@@ -6,6 +6,7 @@ import tensorflow as tf
 import keras
 
 from pixel_cnn_pp import config, fitting, nn
+from pixel_cnn_pp.images import scale
 
 ENERGY_DISTANCE_SAMPLES = 10
 _memos = weakref.WeakKeyDictionary()  # model -> {key: what PixelCNNPP.memo made}
@@ -52,11 +53,11 @@ class PixelCNNPP(fitting.KerasTraining, keras.Model):
                  resnet_nonlinearity='concat_elu', dropout_p=0.5, energy_distance=False,
                  image_shape=None, num_labels=0, **kwargs):
         super().__init__(**kwargs)
-        # the architecture's rules are ModelConfig's (a ConfigError naming the argument)
-        checked = config.ModelConfig(nr_resnet, nr_filters, nr_logistic_mix, resnet_nonlinearity,
-                                     energy_distance, image_shape or config.ModelConfig.image_shape,
-                                     num_labels)
-        config.check_dropout_p(dropout_p)
+        # the rules of the arguments are ModelConfig's (a ConfigError naming the argument)
+        checked = config.ModelConfig(nr_resnet=nr_resnet, nr_filters=nr_filters, nr_logistic_mix=nr_logistic_mix,
+                                     resnet_nonlinearity=resnet_nonlinearity, energy_distance=energy_distance,
+                                     image_shape=image_shape or config.ModelConfig.image_shape,
+                                     num_labels=num_labels, dropout_p=dropout_p)
         if image_shape is not None:
             image_shape = checked.image_shape
         self.nr_resnet = nr_resnet
@@ -122,11 +123,8 @@ class PixelCNNPP(fitting.KerasTraining, keras.Model):
         return self._plan
 
     def get_config(self):
-        return dict(super().get_config(), nr_resnet=self.nr_resnet, nr_filters=self.nr_filters,
-                    nr_logistic_mix=self.nr_logistic_mix,
-                    resnet_nonlinearity=self.resnet_nonlinearity, dropout_p=self.dropout_p,
-                    energy_distance=self.energy_distance, image_shape=self._image_shape,
-                    num_labels=self.num_labels)
+        fields = {f: getattr(self, f) for f in config.field_names(config.ModelConfig)}
+        return dict(super().get_config(), **fields, image_shape=self._image_shape)
 
     @classmethod
     def from_config(cls, config):
@@ -152,10 +150,10 @@ class PixelCNNPP(fitting.KerasTraining, keras.Model):
         conditioning weights (passes() over the maps' shapes builds each layer, in the
         official order)."""
         channels = x_shape[-1]
-        config.check_channels(channels, 'x', x_shape, error=ValueError)
+        config.check_channels(channels, 'x', x_shape)
         if self._image_shape is not None and self._image_shape[2] != channels:
-            raise ValueError('x has %d channels but image_shape is %s'
-                             % (channels, self._image_shape))
+            raise config.ConfigError('{x:name} has %d channels, but {image_shape}' % channels, 'x',
+                                     image_shape=self._image_shape)
         if h_shape is not None:  # (num_labels says it in any case)
             self._check_h_shape(h_shape)
         self.channels = channels
@@ -208,17 +206,19 @@ class PixelCNNPP(fitting.KerasTraining, keras.Model):
     def _check_h_shape(self, h_shape):
         K = self.num_labels
         if K and h_shape is None:
-            raise ValueError('this model is conditioned on %d labels: pass h (B, %d)' % (K, K))
+            raise config.ConfigError('this model is conditioned on %d labels: pass {h:name} (B, %d)' % (K, K), 'h')
         if not K and h_shape is not None:
-            raise ValueError('this model is unconditional (num_labels=0): h must be None')
+            raise config.ConfigError('this model is unconditional (num_labels=0): {h:name} must be None', 'h')
         if h_shape is not None and (len(h_shape) != 2 or h_shape[-1] != K):
-            raise ValueError('h must be (B, %d) (num_labels=%d), got shape %s' % (K, K, tuple(h_shape)))
+            raise config.ConfigError('{h:name} must be (B, %d) (num_labels=%d), got shape %s' % (K, K, tuple(h_shape)),
+                                     'h')
 
     def _check_inputs(self, x, h):
-        config.check_images(x.shape, 'x', (self.channels,), error=ValueError)
+        config.check_images(x.shape, 'x', (self.channels,))
         self._check_h_shape(None if h is None else h.shape)
         if h is not None and x.shape[0] is not None and h.shape[0] is not None and x.shape[0] != h.shape[0]:
-            raise ValueError('h has batch size %d but x has %d' % (h.shape[0], x.shape[0]))
+            raise config.ConfigError('{h:name} has batch size %d but {x:name} has %d' % (h.shape[0], x.shape[0]),
+                                     'h', 'x')
 
     def passes(self, u, ul, gated_resnet, resample):
         """model_spec's up and down passes over the plan, from the streams' first maps u
@@ -248,8 +248,9 @@ class PixelCNNPP(fitting.KerasTraining, keras.Model):
         """seed: the stateless dropout seed (see GatedResnet). recompute=True keeps none of a
         gated ResNet block's inner activations for the backward pass, which recomputes them
         (tf.recompute_grad): the same numbers for about half the memory of a training step.
-        With dropout it needs the seed, so that the recomputed pass drops what the first did."""
-        x = tf.cast(x, self.compute_dtype)
+        With dropout it needs the seed, so that the recomputed pass drops what the first did.
+        uint8 images are scaled to [-1, 1] here (make_feed_dict's scaling)."""
+        x = tf.cast(scale(x) if tf.convert_to_tensor(x).dtype == tf.uint8 else x, self.compute_dtype)
         h = None if h is None else tf.cast(h, x.dtype)
         self._check_inputs(x, h)
         if recompute and training and self.dropout_p > 0 and seed is None:

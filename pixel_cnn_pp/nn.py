@@ -49,7 +49,7 @@ def log_prob_from_logits(x):
 def num_mixture_params(channels):
     """Outputs per mixture component: 1 logit, then per channel a mean and a log-scale,
     plus one coupling coefficient per earlier channel (10 for RGB, 3 for grayscale)."""
-    config.check_channels(channels, 'images', error=ValueError)
+    config.check_channels(channels, 'images')
     return config.MIXTURE_PARAMS[channels]
 
 

@@ -94,9 +94,11 @@ def epochs(trainer, saves, policy, data, c, model_config, save_dir):
         for k, batch in enumerate(batches, start=skip + 1):
             try:
                 nats = trainer.train_step(batch)  # Adam's update, then the Polyak average
-            except FloatingPointError as e:
-                raise training.Diverged('%s The latest checkpoint, %s, is from before it.' % (e, saves.latest),
-                                        *getattr(e, 'fields', ())) from None
+            except training.Diverged as e:
+                latest = ' The latest checkpoint, %s, is from before it.' % saves.latest
+                raise training.Diverged(e.template + latest, **e.values) from None
+            except FloatingPointError as e:  # a batch with NaN pixels
+                raise FloatingPointError('%s The latest checkpoint, %s, is from before it.' % (e, saves.latest)) from None
             seconds, ran = seconds + time.time() - t0, ran + 1
             losses.append(trainer.bits_per_dim(nats, c.update_images))
             bar.update(k, [('bits_per_dim', losses[-1]), ('images/s', ran * c.update_images / seconds)])

@@ -48,17 +48,12 @@ def _map_function(model, with_h):
         lambda images, *h: pixel_log_probs(model_ref(), images, *h), input_signature=signature))
 
 
-def check_model(model):
-    """model.require('score with'), kept for score.py (which calls it)."""
-    model.require('score with')
-
-
 def _check(model, images, h):
     model.require('score with')
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise TypeError('images must be uint8 (N, H, W, C) pixel values 0..255, got %s' % images.dtype)
-    config.check_images(images.shape, 'images', (model.channels,), error=ValueError)
+    config.check_images(images.shape, 'images', (model.channels,))
     if h is not None:
         if not model.num_labels:
             raise ValueError('this model is unconditional: h must be None')

@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from pixel_cnn_pp import nn, scoring, updates
-from pixel_cnn_pp.config import ModelConfig, TrainConfig
+from pixel_cnn_pp.config import ModelConfig, Settings, TrainConfig
 from pixel_cnn_pp.images import scale
 
 # The groups of a training checkpoint that hold weights (checkpoints.py reads them).
@@ -29,13 +29,9 @@ def mutate(x, rate, seed):
     return tf.where(replace, scale(values), x)
 
 
-class Diverged(FloatingPointError):
-    """A training step whose loss or gradients are not finite (not applied); `fields` are
-    the settings its message suggests changing."""
-
-    def __init__(self, message, *fields):
-        super().__init__(message)
-        self.fields = fields
+class Diverged(Settings, FloatingPointError):
+    """A training step whose loss or gradients are not finite (not applied); its message
+    names the settings to change (config.Settings)."""
 
 
 def _tf_variables(keras_variables):
@@ -282,13 +278,14 @@ class Trainer:
             raise FloatingPointError('the training batch of step %d holds %d NaN or inf pixel values; '
                                      'the step was not applied' % (step, bad_pixels))
         if not np.isfinite(loss) or not (bool(finite) or self.scale_loss):
+            mixed = self.model.dtype_policy.name != 'float32'
             raise Diverged(
-                'training diverged at step %d: the loss is %s (%s), at learning rate %.3g; the step '
-                'was not applied. Try a lower learning_rate%s.'
+                'training diverged at step %d: the loss is %s (%s), at learning rate %.3g; the step was not '
+                'applied. Try a lower {learning_rate:name}%s.'
                 % (step, loss, 'gradients not finite' if not bool(finite) else 'gradients finite',
-                   float(self.optimizer.lr.numpy()) * self.optimizer.lr_decay,
-                   ", or precision='float32'" if self.model.dtype_policy.name != 'float32' else ''),
-                'learning_rate', 'precision')
+                   float(self.optimizer.lr.numpy()) * self.optimizer.lr_decay, ', or {precision=_float32}' if mixed
+                   else ''), learning_rate=self.train_config.learning_rate, precision=self.train_config.precision,
+                _float32='float32')
         return loss
 
     def all_finite(self):

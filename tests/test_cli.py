@@ -170,7 +170,7 @@ def test_read_image_set(tmp_path, capsys):
 
 
 def test_scripts_say_what_the_library_refuses(tmp_path):
-    """Each script asks the library's own check (sampling.check, scoring/codec.check_model,
+    """Each script asks the library's own check (sampling.check, PixelCNNPP.require,
     serving.Serving) before it reads a set or writes anything, and says its ConfigError with
     flags: an energy-distance model everywhere a likelihood is needed (as --background too),
     the sampler's arguments (those that need no model before it is loaded: a checkpoint that

@@ -46,12 +46,12 @@ def check_arguments(method='fast', temperature=1., jit_compile=False):
     """The rules of sample()'s arguments that hold whatever the model: a ConfigError naming
     the argument."""
     if method not in METHODS:
-        raise ConfigError('method must be one of %s, got %r' % (', '.join(METHODS), method), 'method')
+        raise ConfigError('{method} is not one of %s' % ', '.join(METHODS), method=method)
     if jit_compile and method != 'fast':
-        raise ConfigError("jit_compile=True is for method='fast' (it compiles the fast sampler)",
-                          'jit_compile', 'method')
+        raise ConfigError('{jit_compile} is for {method=_fast} (it compiles the fast sampler)', jit_compile=True,
+                          method=method, _fast='fast')
     if not temperature > 0:
-        raise ConfigError('temperature must be > 0, got %s' % temperature, 'temperature')
+        raise ConfigError('{temperature} is not > 0', temperature=temperature)
 
 
 def check(model, method='fast', temperature=1., jit_compile=False, given_rows=0, image_shape=None):
@@ -60,16 +60,15 @@ def check(model, method='fast', temperature=1., jit_compile=False, given_rows=0,
     check_arguments(method, temperature, jit_compile)
     model.require()
     if method == 'fast' and model.energy_distance:
-        raise ConfigError("method='fast' needs a mixture model (the energy-distance head draws fresh "
-                          "noise each pass): use method='naive'", 'method')
+        raise ConfigError('{method} needs a mixture model (the energy-distance head draws fresh noise each '
+                          'pass): use {method=_naive}', method=method, _naive='naive')
     shape = model.image_shape if image_shape is None else config.check_image_shape(image_shape)
     if shape[2] != model.channels:
-        raise ConfigError("image_shape must have the model's %d channels, got %s" % (model.channels, shape),
-                          'image_shape')
+        raise ConfigError("{image_shape} does not have the model's %d channels" % model.channels, image_shape=shape)
     rows = shape[0]
     if isinstance(given_rows, bool) or not isinstance(given_rows, (int, np.integer)) or not 0 <= given_rows <= rows:
-        raise ConfigError('given_rows must be an integer in [0, %d] (the image has %d rows), got %r' % (rows, rows, given_rows),
-                          'given_rows')
+        raise ConfigError('{given_rows} is not an integer in [0, %d] (the image has %d rows)' % (rows, rows),
+                          given_rows=given_rows)
 
 
 def sample(model, num, h=None, seed=None, method='fast', image_shape=None, given=None,
@@ -90,21 +89,22 @@ def sample(model, num, h=None, seed=None, method='fast', image_shape=None, given
     image_shape = tuple(model.image_shape if image_shape is None else image_shape)
     shape = (num,) + image_shape
     if (h is None) != (not model.num_labels):
-        raise ConfigError('this model is conditioned on %d labels: pass h (num, %d)' % (model.num_labels, model.num_labels)
-                          if model.num_labels else 'this model is unconditional: h must be None', 'h')
+        raise ConfigError('this model is conditioned on %d labels: pass {h:name} (num, %d)' % (
+            model.num_labels, model.num_labels) if model.num_labels else 'this model is unconditional: {h:name} must be '
+            'None', h=None)
     if h is not None:
         h = tf.convert_to_tensor(h, tf.float32)
         if h.shape[0] != num:
-            raise ConfigError('h has %d rows but num is %d' % (h.shape[0], num), 'h', 'num')
+            raise ConfigError('{h:name} has %d rows, but {num}' % h.shape[0], h=None, num=num)
     if given is None:
         if given_rows:
-            raise ConfigError('given_rows=%d needs the given images' % given_rows, 'given_rows', 'given')
+            raise ConfigError('{given_rows} needs the {given:name} images', given_rows=given_rows, given=None)
         given = tf.zeros(shape)
     else:
         given = np.asarray(given)
         if given.dtype != np.uint8 or given.shape != shape:
-            raise ConfigError('given must be uint8 images of shape %s, got %s %s' % (shape, given.dtype, given.shape),
-                              'given')
+            raise ConfigError('{given:name} must be uint8 images of shape %s, got %s %s'
+                              % (shape, given.dtype, given.shape), given=None)
         given = images.scale(given)
     seed = tf.constant(seed, tf.int64) if seed is not None else None
     u_mix, u_logistic = noise(shape, model.nr_logistic_mix, seed)

@@ -124,7 +124,7 @@ class PixelCNNPP(fitting.KerasTraining, keras.Model):
 
     def get_config(self):
         fields = {f: getattr(self, f) for f in config.field_names(config.ModelConfig)}
-        return dict(super().get_config(), **fields, image_shape=self._image_shape)
+        return dict(super().get_config(), **dict(fields, image_shape=self._image_shape))
 
     @classmethod
     def from_config(cls, config):

@@ -176,15 +176,16 @@ def test_errors_after_build(model):
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    (dict(resnet_nonlinearity='tanh'), 'resnet_nonlinearity must be one of'),
-    (dict(nr_resnet=0), 'nr_resnet must be a positive integer'),
-    (dict(nr_filters=2.5), 'nr_filters must be a positive integer'),
-    (dict(dropout_p=1.), r'dropout_p must be in \[0, 1\)'),
+    (dict(resnet_nonlinearity='tanh'), '^resnet_nonlinearity=tanh is not one of concat_elu, elu, relu$'),
+    (dict(nr_resnet=0), '^nr_resnet=0 is not a positive integer$'),
+    (dict(nr_filters=2.5), 'is not a positive integer'),
+    (dict(dropout_p=1.), r'^dropout_p=1.0 is not in \[0, 1\)$'),
 ])
 def test_bad_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message) as e:
         PixelCNNPP(**kwargs)
-    assert e.value.fields == tuple(kwargs)  # the argument named, for cli.py to say as a flag
+    # the argument and its value, which cli.py says as the flag
+    assert e.value.fields == tuple(kwargs) and e.value.values == kwargs
 
 
 def test_the_plan_is_the_official_order():

@@ -190,7 +190,7 @@ def test_scripts_say_what_the_library_refuses(tmp_path):
              '--method=fast needs a mixture model (the energy-distance head draws fresh noise each pass): use '
              '--method=naive'),
             (['sample.py', '--checkpoint=' + small, '--image_size=8', '--complete=' + a, '--given_rows=9',
-              '--out=' + out], '--given_rows must be an integer in [0, 8] (the image has 8 rows), got 9'),
+              '--out=' + out], '--given_rows=9 is not an integer in [0, 8] (the image has 8 rows)'),
             (['score.py', '--checkpoint=' + ckpt, '--in=' + a, '--ood=' + a, '--heatmaps=' + out],
              'an energy-distance model has no likelihood to score with'),
             (['score.py', '--checkpoint=' + small, '--background=' + ckpt, '--in=' + a, '--ood=' + a,
@@ -200,7 +200,7 @@ def test_scripts_say_what_the_library_refuses(tmp_path):
              'an energy-distance model has no likelihood to code with'),
             (['export.py', '--checkpoint=' + ckpt, '--out=' + out],
              'an energy-distance model has no likelihood to export as a SavedModel; use --format=keras'),
-            (['sample.py', '--checkpoint=/nonexistent', '--temperature=0'], '--temperature must be > 0, got 0.0'),
+            (['sample.py', '--checkpoint=/nonexistent', '--temperature=0'], '--temperature=0.0 is not > 0'),
             (['sample.py', '--checkpoint=/nonexistent', '--jit_compile', '--method=naive'],
              '--jit_compile is for --method=fast (it compiles the fast sampler)')]:
         _, _, err = run_in_process(*args, status=cli.USAGE)

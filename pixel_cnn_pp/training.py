@@ -80,6 +80,43 @@ class Evaluator:
         return float(scoring.bits_per_dim(-nats / count, image_shape))
 
 
+def accumulate(loss_and_grads, x, y, seed, K, params):
+    """The loss and gradients of a replica's batch as the sum over K micro-batches, run one
+    after the other (a while loop, so that only one micro-batch's activations are alive at a
+    time); micro-batch k drops out with seed folded with k. loss_and_grads(x, y, seed)
+    computes one micro-batch's, for the variables `params`."""
+    xs = tf.reshape(x, [K, x.shape[0] // K] + x.shape[1:].as_list())
+    ys = tf.reshape(y, [K, -1])
+
+    def body(k, loss, grads):
+        l, g = loss_and_grads(tf.gather(xs, k), tf.gather(ys, k), tf.random.experimental.stateless_fold_in(seed, k))
+        return k + 1, loss + l, [a + b for a, b in zip(grads, g)]
+
+    zeros = [tf.zeros(p.shape) for p in params]
+    _, loss, grads = tf.while_loop(lambda k, *_: k < K, body, [tf.constant(0), tf.constant(0.), zeros],
+                                   parallel_iterations=1)
+    return loss, grads
+
+
+def check_step(step, loss, bad_pixels, finite, learning_rate, train_config):
+    """The error of a training step not applied (None if it was): a batch with NaN or inf
+    pixels (FloatingPointError), a loss or gradients not finite (Diverged, naming the
+    settings to change; under float16 loss scaling gradients that are not finite are an
+    overflow, which the loss scale handles). learning_rate: the step's."""
+    mixed = train_config.precision != 'float32'
+    if bad_pixels:
+        return FloatingPointError('the training batch of step %d holds %d NaN or inf pixel values; the step was '
+                                  'not applied' % (step, bad_pixels))
+    if not np.isfinite(loss) or not (finite or train_config.precision == 'mixed_float16'):
+        return Diverged(
+            'training diverged at step %d: the loss is %s (%s), at learning rate %.3g; the step was not applied. '
+            'Try a lower {learning_rate:name}%s.' % (step, loss, 'gradients finite' if finite else
+                                                     'gradients not finite', learning_rate,
+                                                     ', or {precision=_float32}' if mixed else ''),
+            learning_rate=train_config.learning_rate, precision=train_config.precision, _float32='float32')
+    return None
+
+
 class Trainer:
     """The training of `model`, a PixelCNNPP with its image_shape (built or not), which holds
     the Polyak average of the weights (what evaluation and sampling use), while the raw
@@ -220,7 +257,8 @@ class Trainer:
         if self.train_config.accum_steps == 1:
             loss, grads = self._loss_and_grads(x, y, dropout_seed)
         else:
-            loss, grads = self._accumulate(x, y, dropout_seed)
+            loss, grads = accumulate(self._loss_and_grads, x, y, dropout_seed, self.train_config.accum_steps,
+                                     self.params.values())
         if optimizer is not None:
             optimizer.apply(grads, [v for v in self.model.official_variables().values()])
             finite = tf.constant(True)
@@ -273,19 +311,10 @@ class Trainer:
                              'micro-batches' % (per_replica, self.train_config.accum_steps))
         loss, bad_pixels, finite = self._train_step(batch)
         loss, bad_pixels = float(loss), float(bad_pixels)
-        step = int(self.optimizer.step.numpy()) + 1
-        if bad_pixels:
-            raise FloatingPointError('the training batch of step %d holds %d NaN or inf pixel values; '
-                                     'the step was not applied' % (step, bad_pixels))
-        if not np.isfinite(loss) or not (bool(finite) or self.scale_loss):
-            mixed = self.model.dtype_policy.name != 'float32'
-            raise Diverged(
-                'training diverged at step %d: the loss is %s (%s), at learning rate %.3g; the step was not '
-                'applied. Try a lower {learning_rate:name}%s.'
-                % (step, loss, 'gradients not finite' if not bool(finite) else 'gradients finite',
-                   float(self.optimizer.lr.numpy()) * self.optimizer.lr_decay, ', or {precision=_float32}' if mixed
-                   else ''), learning_rate=self.train_config.learning_rate, precision=self.train_config.precision,
-                _float32='float32')
+        error = check_step(self.step() + 1, loss, bad_pixels, bool(finite),
+                           float(self.optimizer.lr.numpy()) * self.optimizer.lr_decay, self.train_config)
+        if error is not None:
+            raise error
         return loss
 
     def all_finite(self):

@@ -215,7 +215,7 @@ def test_the_passes_pop_the_short_cuts_in_the_official_order():
         reads.append((layer.name, x, aux))
         return layer.name
 
-    model.passes('u_in', 'ul_in', gated_resnet, lambda layer, x: layer.name)
+    model.plan.passes('u_in', 'ul_in', gated_resnet, lambda layer, x: layer.name)
     names = dict((name, (x, aux)) for name, x, aux in reads)
     u_up = [layer.name for level in model.up_u for layer in level]
     ul_up = [layer.name for level in model.up_ul for layer in level]

@@ -1,6 +1,6 @@
 """The network's computation at one image row (the u stream) or one pixel (the ul stream) on
 the fast sampler's caches, in the model's plan: the layers, their order and short-cuts are
-PixelCNNPP.passes', the gated ResNet's arithmetic nn.GatedResnet.residual's.
+those of the model's plan.passes, the gated ResNet's arithmetic nn.GatedResnet.residual's.
 
 A ul layer's 2x2 window at (r, c) is its input's row r - 1 (columns c - 1, c), known when
 row r starts, and row r (c - 1, computed a step before, and c, this step). So each row
@@ -76,7 +76,7 @@ def _times(x, w):
 class CachedNetwork:
     """Every map of the network in a cache (cache.py): the u stream's in RowCaches, the ul
     stream's and the image's in CellCaches. The ops are the plan's layers in its order
-    (PixelCNNPP.passes run on caches). `w` holds the weight-normalised weights and the
+    (PixelCNNPP.plan.passes run on caches). `w` holds the weight-normalised weights and the
     parts of them the steps multiply, computed once per batch (start)."""
 
     def __init__(self, model, image_shape):
@@ -102,7 +102,7 @@ class CachedNetwork:
         F = model.nr_filters
         self.x_pad = cache('x', 0, C + 1)
         self.u, self.ul = cache('u', 0, F), cache('ul', 0, F)
-        self.out = model.passes(self.u, self.ul, gated_resnet, resample)
+        self.out = model.plan.passes(self.u, self.ul, gated_resnet, resample)
         self.p_in = Row(W, F)  # ul's first map, but for its pixel's left neighbour
         self.l_row = Row(W, model.head[0].num_units)  # the network's output along the row
         self.rows = [self.p_in]

@@ -300,8 +300,10 @@ class TrainConfig:
     class_names: Optional[Tuple[str, ...]] = None  # the data's classes (label k is class_names[k]), recorded
     batch_size: int = 16           # per replica and micro-batch
     replicas: int = 1
+    # each replica's batch split into accum_steps micro-batches whose gradients are summed, one
+    # after the other, before the one update (a batch K times larger in one micro-batch's memory)
     accum_steps: int = 1
-    learning_rate: float = 0.001
+    learning_rate: float = 0.001   # learning_rate, lr_decay, polyak_decay: the official update rule (updates.py)
     lr_decay: float = 0.999995
     polyak_decay: float = 0.9995
     max_epochs: int = 5000
@@ -311,12 +313,21 @@ class TrainConfig:
     save_steps: int = 0
     save_minutes: float = 30.
     num_samples: int = 1
-    seed: int = 1
+    seed: int = 1                  # the initial weights, dropout, mutation, the epochs' order
+    # 'mixed_bfloat16' or 'mixed_float16': the compute dtype of training (variables, Adam, EMA
+    # and the loss stay float32; float16 adds dynamic loss scaling); evaluation uses the
+    # float32 EMA model in every case
     precision: str = 'float32'
+    # mutation_rate, l2_weight: for background models of the likelihood ratio (Ren et al. 2019):
+    # each sub-pixel of each training batch replaced with that probability by a uniform value
+    # in 0..255 (stateless, from seed and the step, so a resumed run mutates alike);
+    # l2_weight * (sum of the squared weights) added to the objective (not to the reported loss)
     mutation_rate: float = 0.
     l2_weight: float = 0.
+    # the gated ResNet blocks' activations recomputed in the backward pass instead of kept (the
+    # same numbers, about half the memory)
     recompute: bool = False
-    xla: bool = False
+    xla: bool = False              # the loss and gradients compiled by XLA
     progress: bool = True
 
     FREE = ('data_dir', 'cache', 'max_epochs', 'init_batch_size', 'save_interval', 'save_steps', 'save_minutes',

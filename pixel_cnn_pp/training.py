@@ -122,23 +122,8 @@ class Trainer:
     the Polyak average of the weights (what evaluation and sampling use), while the raw
     weights train in a twin of it (`.model`, starting from the model's weights): the official
     Adam, the average, and the distributed train and test steps under `strategy` (default: the
-    current one), with the settings of `train_config` (a config.TrainConfig; its batch and
-    epoch settings are the run's, not the Trainer's):
-
-    - learning_rate, lr_decay, polyak_decay: the official update rule (updates.py);
-    - precision 'mixed_bfloat16' or 'mixed_float16': the compute dtype of training (variables,
-      Adam, EMA and the loss stay float32; float16 adds dynamic loss scaling); evaluation uses
-      the float32 EMA model in every case;
-    - mutation_rate, l2_weight: for background models of the likelihood ratio (Ren et al.
-      2019): each sub-pixel of each training batch replaced with that probability by a uniform
-      value in 0..255 (stateless, from seed and the step, so a resumed run mutates alike);
-      l2_weight * (sum of the squared weights) added to the training objective (not to the
-      reported loss);
-    - accum_steps K: each replica's batch split into K micro-batches whose gradients are
-      summed, one after the other, before the one update (the update of a batch K times larger
-      in the memory of one micro-batch); recompute: the gated ResNet blocks' activations
-      recomputed in the backward pass instead of kept (the same numbers, about half the
-      memory); xla: the loss and gradients compiled by XLA; seed: dropout and mutation.
+    current one), with the step's settings of `train_config` (a config.TrainConfig, whose fields
+    say what each does; its batch and epoch settings are the run's, not the Trainer's).
 
     (Keras' fit: the model being fitted is `model`, so that what it computes with are the
     weights the official code evaluates with.)"""

@@ -45,7 +45,8 @@ class CodingPass:
         W, C, scaled). progress(rows done) after each row."""
         s = self.sampler
         H, W, C = s.image_shape
-        half = tf.fill((batch_size, H, W, s.model.nr_logistic_mix), .5)  # noise, unused
+        # the noise of the draw the coder replaces, unused
+        u_mix, u_logistic = tf.fill((batch_size, H, W, s.model.nr_logistic_mix), .5), tf.fill((batch_size, H, W, C), .5)
         h = () if h is None else (h,)
         if known is not None:
             with concurrent.futures.ThreadPoolExecutor(1) as worker:
@@ -56,7 +57,7 @@ class CodingPass:
                     rows.append(worker.submit(lambda i=done - 1, l=l: [coder(i, j, l[j]) for j in range(W)]))
                     if progress:
                         progress(done)
-                s.draw(half, half[..., :C], known, H, 1., h, after_row)
+                s.draw(u_mix, u_logistic, known, H, 1., h, after_row)
                 for row in rows:
                     row.result()
             return
@@ -69,7 +70,7 @@ class CodingPass:
                 progress(done)
         self.on.assign(True)
         try:
-            s.draw(half, half[..., :C], tf.zeros((batch_size, H, W, C)), 0, 1., h, after_row)
+            s.draw(u_mix, u_logistic, tf.zeros((batch_size, H, W, C)), 0, 1., h, after_row)
         finally:
             self.on.assign(False)
             self.coder = None

@@ -366,8 +366,9 @@ def test_ctrl_c_under_tee_keeps_the_run(tmp_path):
     save_dir stays, with a checkpoint of the step reached mid-epoch, exit status 130, and
     --load_params goes on to the end of the epoch."""
     write_cifar_layout(str(tmp_path / 'data'), per_file=400)  # 2,000 images: 500 steps of 4
+    steps = 100  # of them an epoch, its progress printed every 10
     argv = here(first_command())
-    argv = [argv[0]] + with_flags(argv[1:], num_samples='0', max_steps_per_epoch='500', save_minutes='0')
+    argv = [argv[0]] + with_flags(argv[1:], num_samples='0', max_steps_per_epoch=str(steps), save_minutes='0')
 
     def foreground(group):
         def start():  # what a shell does for a foreground job, and the signal at its default
@@ -382,10 +383,9 @@ def test_ctrl_c_under_tee_keeps_the_run(tmp_path):
     train.stdout.close()
     try:
         began, log = time.time(), tmp_path / 'train.log'
-        while not (log.exists() and 'starting training' in log.read_text()):
+        while not (log.exists() and ' %d/%d steps' % (steps // 10, steps) in log.read_text()):  # mid-epoch
             assert time.time() - began < 300 and train.poll() is None
-            time.sleep(0.2)
-        time.sleep(4)  # mid-epoch: a step takes about 10 ms
+            time.sleep(0.1)
         os.killpg(train.pid, signal.SIGINT)
         assert train.wait(120) == 130
         assert tee.wait(30) == -signal.SIGINT
@@ -393,15 +393,15 @@ def test_ctrl_c_under_tee_keeps_the_run(tmp_path):
         for p in (train, tee):
             if p.poll() is None:
                 p.kill()
-    steps = [int(p.rsplit('-', 1)[1][:-6]) for p in glob.glob(str(tmp_path / 'save_cpu' / 'ckpt-*.index'))]
-    assert len(steps) == 1 and 0 < steps[0] < 500, steps
+    saved = [int(p.rsplit('-', 1)[1][:-6]) for p in glob.glob(str(tmp_path / 'save_cpu' / 'ckpt-*.index'))]
+    assert len(saved) == 1 and steps // 10 <= saved[0] < steps, saved
     log = (tmp_path / 'train.log').read_text()
     assert 'Traceback' not in log and 'Iteration 0' not in log
     out = run([argv[0], '--data_dir=data', '--save_dir=save_cpu', '--load_params', '--noprogress'], tmp_path)
     ok(out, ['resume'])
-    assert 'restoring parameters from save_cpu/ckpt-%d' % steps[0] in out.stdout
+    assert 'restoring parameters from save_cpu/ckpt-%d' % saved[0] in out.stdout
     assert re.search(r'^Iteration 0, time = ', out.stdout, re.M)
-    assert glob.glob(str(tmp_path / 'save_cpu' / 'ckpt-500.index'))
+    assert glob.glob(str(tmp_path / 'save_cpu' / ('ckpt-%d.index' % steps)))
 
 
 @pytest.mark.slow

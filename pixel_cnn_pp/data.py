@@ -233,8 +233,8 @@ def load_folder(data_dir, held_out=config.HELD_OUT, image_size=None, skip_unread
     images are kept in (cached). Nothing is decoded here: the images are ImageFiles (or
     memory-mapped from the cache)."""
     if not os.path.isdir(data_dir):
-        raise DataError('{data_dir} is not a folder (data_set=folder reads a folder of image files)',
-                        data_dir=data_dir)
+        raise DataError('{data_dir} is not a folder ({data_set=_folder} reads a folder of image files)',
+                        data_dir=data_dir, data_set='folder', _folder='folder')
     train_dir, test_dir = folders.splits(data_dir)
     train = folders.listing(train_dir, class_names)
     test = folders.listing(test_dir, train.class_names) if test_dir else None

@@ -84,7 +84,7 @@ def labels_to_draw(num_labels, names=None):
 
 def images_to_complete(model):
     """The first --num_samples images of --complete, fitted to the model's shape."""
-    _, images = cli.read_image_set(FLAGS.complete, model.image_shape, FLAGS.data_dir, FLAGS.num_samples, 'complete',
+    _, images, _ = cli.read_image_set(FLAGS.complete, model.image_shape, FLAGS.data_dir, FLAGS.num_samples, 'complete',
                                    run=model.run_config)
     if len(images) < FLAGS.num_samples:
         print('--complete=%s holds %d images: completing all %d (--num_samples=%d asks for more)'

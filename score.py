@@ -49,7 +49,8 @@ flags.DEFINE_string('data_dir', None, 'Where tensorflow-datasets finds (or downl
                     'tfds:cifar10 also the CIFAR-10 python batches')
 flags.DEFINE_integer('batch_size', 64, 'Images scored at once', lower_bound=1)
 flags.DEFINE_string('report', None, 'Write {ood set: {score: {auroc, auprc, fpr95}}} as JSON here')
-flags.DEFINE_string('csv', None, 'Write one row per image with every score here')
+flags.DEFINE_string('csv', None, 'Write one row per image here: its set, index, file (of a folder) '
+                    'and every score')
 flags.DEFINE_string('heatmaps', None, 'Write into this folder grids of the images beside heat maps '
                     'of their bits per sub-pixel, %d images a PNG file, every map on one scale (see '
                     '--heatmap_max) with a colour bar' % heatmaps.PER_FILE)
@@ -119,26 +120,27 @@ def main(argv):
             background.require('score with')
     sets = [cli.read_image_set(spec, model.image_shape, FLAGS.data_dir, flag=flag, run=model.run_config)
             for flag, spec in [('in', FLAGS['in'].value)] + [('ood', spec) for spec in FLAGS.ood or []]]
-    names = [name for name, _ in sets]
+    names = [name for name, _, _ in sets]
     if len(set(names)) != len(names):
         raise app.UsageError('two sets have the same name %s; give files or folders distinct names'
                              % names)
     dims = float(np.prod(model.image_shape))
     scores, rows = {}, []
-    for name, images in sets:
+    for name, images, paths in sets:
         bits = pixel_bits(model, images, name)
         bpd = bits.sum(axis=(1, 2)) / dims
         scores[name] = {'likelihood': bpd, 'complexity': bpd - scoring.png_bits(images) / dims}
         if background is not None:
             back = pixel_bits(background, images, name + ' (background)').sum(axis=(1, 2)) / dims
             scores[name]['likelihood_ratio'] = bpd - back
-        rows += [dict({'set': name, 'index': k}, **{s: float(v[k]) for s, v in scores[name].items()})
-                 for k in range(len(images))]
+        rows += [dict({'set': name, 'index': k, 'file': paths[k] if paths else ''},
+                      **{s: float(v[k]) for s, v in scores[name].items()}) for k in range(len(images))]
         if FLAGS.heatmaps:
             write_heatmaps(FLAGS.heatmaps, name, images, bits)
     in_name = names[0]
-    print('\n%s: %d images, %.4f bits/dim on average (likelihood)' % (
-        in_name, len(sets[0][1]), np.mean(scores[in_name]['likelihood'])))
+    print('\n%s: %d images, %.4f bits/dim on average (likelihood%s)' % (
+        in_name, len(sets[0][1]), np.mean(scores[in_name]['likelihood']),
+        ", a class-conditional model's marginal over its %d labels" % model.num_labels if model.num_labels else ''))
     report = {ood: {score: {metric: fn(scores[in_name][score], scores[ood][score])
                             for metric, fn in METRICS.items()}
                     for score in scores[in_name]}

@@ -206,7 +206,8 @@ def npz_keys(keys):
 
 def read_image_set(spec, shape, data_dir=None, limit=None, flag=None, run=None):
     """data.read_set (tensorflow-datasets quiet unless --verbose) fitted to a model's shape:
-    (the set's name, its first `limit` images); prints what was read and done to it. run: the
+    (the set's name, its first `limit` images, a folder's files of them or None); prints what was
+    read and done to it. run: the
     model's run_config (its images resized and centre-cropped to its image_size, as in
     training, rather than padded or cropped). A bad SPEC is a UsageError (naming --flag when
     given)."""
@@ -218,9 +219,10 @@ def read_image_set(spec, shape, data_dir=None, limit=None, flag=None, run=None):
     except ValueError as e:
         raise app.UsageError(where + flag_message(e)) from None  # e names SPEC
     name = spec[len('tfds:'):] if spec.startswith('tfds:') else os.path.basename(spec.rstrip('/'))
-    print('%s: %d images%s%s' % (name, found.total, ' (%s)' % ', '.join(found.done) if found.done else '',
-                                 npz_keys(found.keys)))
-    return name, found.images
+    read = len(found.images)  # of found.total: the first `limit`, the readable files
+    print('%s: %s images%s%s' % (name, read if read == found.total else '%d of %d' % (read, found.total),
+                                 ' (%s)' % ', '.join(found.done) if found.done else '', npz_keys(found.keys)))
+    return name, found.images, found.files
 
 
 def progress_bar(target, unit_name='step', stateful_metrics=None):

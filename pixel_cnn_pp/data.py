@@ -602,7 +602,8 @@ class ImageSet(NamedTuple):
     keys: tuple  # the .npz keys read (('x', 'y'), ('test_x',), ...); () for a folder or tfds
     done: list  # what was done to fit them to the model (phrases), empty when nothing
     class_names: Optional[tuple]  # of a folder with class subfolders
-    total: int  # images in the set (more than images holds when a limit cut it)
+    total: int  # images in the set (more than images holds when a limit cut it or files were unreadable)
+    files: Optional[tuple] = None  # a folder's: each image's file, relative to the SPEC
 
 
 # Where else a set's images come from (the other forms of a SPEC).
@@ -660,7 +661,7 @@ def _read_folder(spec, shape, resize, class_names, limit):
         done.append('%d %s to %dx%d' % (n, 'resized and centre-cropped' if resize else 'zero-padded or centre-cropped',
                                         size[0], size[1]))
     x = folders.ImageFiles(paths, size + (channels,), fit, [i.depth == 16 for i in infos])[:]
-    return x, labels, found.class_names, done, len(found.paths)
+    return x, labels, found.class_names, done, len(found.paths), tuple(os.path.relpath(p, spec) for p in paths)
 
 
 def read_set(spec, data_dir=None, verbose=False, shape=None, resize=False, class_names=None, limit=None):
@@ -673,11 +674,11 @@ def read_set(spec, data_dir=None, verbose=False, shape=None, resize=False, class
     image_size), else zero-padded or centre-cropped (fit_images); without it, images as they
     are (a folder's of one size). limit: the first `limit` images only. A folder's unreadable
     files are skipped, a warning line each. Errors (DataError) name the SPEC or the file."""
-    keys, names, done, total = (), None, [], None
+    keys, names, done, total, paths = (), None, [], None, None
     if spec.startswith('tfds:'):
         x, y = _read_tfds(spec, data_dir, verbose)
     elif os.path.isdir(spec):
-        x, y, names, done, total = _read_folder(spec, shape, resize, class_names, limit)
+        x, y, names, done, total, paths = _read_folder(spec, shape, resize, class_names, limit)
     elif os.path.isfile(spec):
         if not is_npz(spec):
             raise DataError('%s: not an .npz (expected %s)' % (spec, SPEC_FORMS))
@@ -709,7 +710,7 @@ def read_set(spec, data_dir=None, verbose=False, shape=None, resize=False, class
         except DataError as e:
             raise e.within('%s: ' % spec) from None
         done += fitted
-    return ImageSet(x, y, keys, done, names, total)
+    return ImageSet(x, y, keys, done, names, total, paths)
 
 
 def read_images(spec, data_dir=None, verbose=False):

@@ -162,8 +162,8 @@ def test_read_image_set(tmp_path, capsys):
     """Says what it read and what it did; a set smaller than the limit is read whole; a bad
     set is a usage error naming the flag."""
     np.savez(tmp_path / 'three.npz', x=np.arange(3 * 2 * 4)[:, None].repeat(3, 1).reshape(3, 2, 4, 3).astype(np.uint8))
-    name, images = cli.read_image_set(str(tmp_path / 'three.npz'), (4, 4, 3), limit=5)
-    assert name == 'three.npz' and images.shape == (3, 4, 4, 3)
+    name, images, files = cli.read_image_set(str(tmp_path / 'three.npz'), (4, 4, 3), limit=5)
+    assert name == 'three.npz' and images.shape == (3, 4, 4, 3) and files is None
     assert capsys.readouterr().out == 'three.npz: 3 images (height zero-padded from 2 to 4), read from the .npz key x\n'
     with pytest.raises(app.UsageError, match=r'^--complete: .*missing\.npz: no such file'):
         cli.read_image_set(str(tmp_path / 'missing.npz'), (4, 4, 3), flag='complete')

@@ -4,6 +4,7 @@ training pipeline over files (the same batches as from arrays, resume, a broken 
 the cache, the held-out split; data.load of a folder, of an .npz of x alone and of tfds:NAME
 (mocked); train.py, sample.py and score.py on a folder of class subfolders."""
 
+import csv
 import json
 import os
 import re
@@ -390,9 +391,16 @@ def test_class_conditional_on_a_folder_of_digits(tmp_path):
     _, _, err = run_in_process('sample.py', '--checkpoint=' + save, '--labels=eight', '--out=%s' % (tmp_path / 't'),
                                status=cli.USAGE)
     assert "--labels must be class names (3, seven, zero) or integers in [0, 3), got eight" in err
-    _, out, _ = run_in_process('score.py', '--checkpoint=' + save, '--in=%s' % (tmp_path / 'digits' / 'test'),
-                               '--noprogress', status=0)
-    assert re.search(r'^test: 6 images, \d+\.\d{4} bits/dim on average', out, re.M), out
+    test = tmp_path / 'digits' / 'test'
+    (test / 'seven' / 'bad.png').write_bytes(b'not a png')  # skipped, with a warning
+    _, out, err = run_in_process('score.py', '--checkpoint=' + save, '--in=%s' % test, '--csv=%s' % (tmp_path / 's.csv'),
+                                 '--noprogress', status=0)
+    assert 'skipped %s' % (test / 'seven' / 'bad.png') in out and re.search(r'^test: 6 of 7 images$', out, re.M), out
+    assert re.search(r"^test: 6 images, \d+\.\d{4} bits/dim on average \(likelihood, a class-conditional model's "
+                     r"marginal over its 3 labels\)$", out, re.M), out
+    rows = list(csv.DictReader(open(tmp_path / 's.csv')))
+    assert [r['file'] for r in rows] == [os.path.relpath(p, test) for p in folders.listing(str(test)).paths
+                                         if not p.endswith('bad.png')]
 
 
 @pytest.mark.slow

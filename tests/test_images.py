@@ -300,7 +300,7 @@ def test_offline_sample_py_completes_the_cifar10_test_batch_in_data_dir(tmp_path
         _, out, _ = run_in_process('sample.py', '--checkpoint=' + SMALL_CKPT, '--complete=tfds:cifar10:test',
                                    '--data_dir=%s' % (tmp_path / 'data'), '--num_samples=2', '--samples_per_image=1',
                                    '--out=%s' % (tmp_path / 'c'), '--noprogress', status=0)
-    assert 'cifar10:test: 7 images' in out
+    assert 'cifar10:test: 2 of 7 images' in out
     np.testing.assert_array_equal(np.load(tmp_path / 'c.npz')['given'], written['test_batch'][0][:2])
 
 
@@ -347,8 +347,8 @@ def test_the_line_of_what_was_read_names_the_npz_keys(tmp_path, capsys):
     from pixel_cnn_pp import cli
     x = np.zeros((3, 6, 8, 1), np.uint8)
     np.savez(tmp_path / 'a.npz', x=x, test_x=x[:1])
-    name, fitted = cli.read_image_set(str(tmp_path / 'a.npz'), (8, 8, 3))
-    assert name == 'a.npz' and fitted.shape == (3, 8, 8, 3)
+    name, fitted, files = cli.read_image_set(str(tmp_path / 'a.npz'), (8, 8, 3))
+    assert name == 'a.npz' and fitted.shape == (3, 8, 8, 3) and files is None
     assert capsys.readouterr().out == ('a.npz: 3 images (grayscale repeated to 3 channels, height '
                                        'zero-padded from 6 to 8), read from the .npz key x\n')
     np.savez(tmp_path / 'b.npz', test_x=x, test_y=np.arange(3))

@@ -20,8 +20,8 @@ class Plan:
     pass pops the short-cuts. A plain object: Keras tracks the layers once, where the model
     holds them (their attributes are the .keras file's paths)."""
 
-    def __init__(self, up_pass, down_pass, nr_resnet):
-        self.up_pass, self.down_pass, self.nr_resnet = tuple(up_pass), tuple(down_pass), nr_resnet
+    def __init__(self, up_pass, down_pass):
+        self.up_pass, self.down_pass = tuple(up_pass), tuple(down_pass)
 
     @classmethod
     def make(cls, nr_resnet, resnet, resample):
@@ -38,7 +38,7 @@ class Plan:
             if stage > 0:
                 down_pass.append(resample('deconv2d'))
             down_pass += [(resnet('u', True), resnet('ul', True)) for _ in range(nr_resnet + (stage > 0))]
-        return cls(up_pass, down_pass, nr_resnet)
+        return cls(up_pass, down_pass)
 
     def paths(self):
         """{model attribute: tuple of layers}: where the model holds each layer (the .keras

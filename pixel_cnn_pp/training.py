@@ -203,24 +203,6 @@ class Trainer:
             grads = [g / self.loss_scale.scale for g in grads]
         return loss, grads
 
-    def _accumulate(self, x, y, seed):
-        """The loss and gradients of a replica's batch as the sum over its accum_steps
-        micro-batches, run one after the other (a while loop, so that only one micro-batch's
-        activations are alive at a time); micro-batch k drops out with seed folded with k."""
-        K = self.train_config.accum_steps
-        xs = tf.reshape(x, [K, x.shape[0] // K] + x.shape[1:].as_list())
-        ys = tf.reshape(y, [K, -1])
-
-        def body(k, loss, grads):
-            l, g = self._loss_and_grads(tf.gather(xs, k), tf.gather(ys, k),
-                                        tf.random.experimental.stateless_fold_in(seed, k))
-            return k + 1, loss + l, [a + b for a, b in zip(grads, g)]
-
-        zeros = [tf.zeros(p.shape) for p in self.params.values()]
-        _, loss, grads = tf.while_loop(lambda k, *_: k < K, body, [tf.constant(0), tf.constant(0.), zeros],
-                                       parallel_iterations=1)
-        return loss, grads
-
     def replica_step(self, x, y, optimizer=None):
         """One official step on this replica's batch, in replica context (strategy.run here,
         or Keras' fit): its loss and gradients, summed over the replicas, then the update and

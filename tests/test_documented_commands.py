@@ -274,7 +274,7 @@ def check(argv, out, ws):
         if back.endswith('.npz'):
             np.testing.assert_array_equal(np.load(ws / back)['x'], x)
         else:
-            from pixel_cnn_pp.images import read_images
+            from pixel_cnn_pp.data import read_images
             np.testing.assert_array_equal(read_images(str(ws / back))[0], x)
     elif name == 'compress.py':
         assert (ws / flag(args, 'out')).read_bytes()[:4] == b'PC++'

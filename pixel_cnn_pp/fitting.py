@@ -18,8 +18,9 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from pixel_cnn_pp import images
+from pixel_cnn_pp import images, nn
 from pixel_cnn_pp.config import PRECISIONS, TrainConfig
+from pixel_cnn_pp.training import Trainer, epoch_order
 
 STATE_KEY = 'fit_state_%d'  # the training state's entries among the model's own variables
 
@@ -38,7 +39,6 @@ class EpochOrder(keras.utils.PyDataset):
         return len(self.x) // self.batch_size
 
     def __getitem__(self, index):
-        from pixel_cnn_pp.training import epoch_order
         order = epoch_order(len(self.x), self.seed, self.epoch)
         batch = order[index * self.batch_size:(index + 1) * self.batch_size]
         x = self.x[batch]
@@ -126,7 +126,6 @@ class KerasTraining:
         return self.trainer.model if self.trainer else None
 
     def _start_trainer(self):
-        from pixel_cnn_pp.training import Trainer
         state = _fit_state(self)
         with self.distribute_strategy.scope():
             state.trainer = Trainer(self, state.train_config, self.distribute_strategy)
@@ -190,7 +189,6 @@ class KerasTraining:
 
     def test_step(self, batch):
         """The test loss of the model's weights (the Polyak average), as bits/dim."""
-        from pixel_cnn_pp import nn
         x, y = self._unpack(batch)
         out = self(x, h=tf.one_hot(y, self.num_labels) if self.num_labels else None)
         nats = tf.reduce_sum(nn.discretized_mix_logistic_loss(x, out, sum_all=False))
